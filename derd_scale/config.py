@@ -1,0 +1,508 @@
+"""Typed run configuration: dataclasses loaded from YAML, dotted CLI overrides, validation.
+
+Every decision that ``../shared/spec/METHOD.md`` marks **Decision** is a field here with
+the spec's default. Load a run config with::
+
+    cfg = load_config("configs/cifar10_resnet.yaml", overrides=["stage2.sa.steps=5"])
+
+Errors are one line and name the bad key (``ConfigError: stage2.sa.stepz: unknown key;
+allowed: enabled, steps, alpha, ...``). ``python -m derd_scale.config`` prints the schema
+with every option, its type and its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the dotted key."""
+
+
+# --------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Data is read only for evaluation and teacher training, never for distillation."""
+
+    name: str = "cifar10"
+    """Dataset: a known name (cifar10, cifar100, fashion_mnist, mnist, imagenet100) or a Hub repo id."""
+    source: Literal["hub", "parquet", "imagefolder"] = "hub"
+    """Where to read it: the Hub, local parquet files in the Hub layout, or an image folder."""
+    path: Optional[str] = None
+    """Root of the local copy (parquet: a folder holding `<config>/<split>-*.parquet` or the split files; imagefolder: folder with `<split>/<class>/img`)."""
+    eval_split: str = "test"
+    train_split: str = "train"
+    resize: Optional[int] = None
+    """Evaluation resize of the shorter side before center crop (ImageNet: 256); None keeps the size."""
+    crop: Optional[int] = None
+    """Center-crop size for evaluation (ImageNet: 224); None keeps the size."""
+
+
+@dataclass
+class ModelConfig:
+    """One network: a derd_scale/timm architecture, optional weights, optional normalisation."""
+
+    arch: str = "resnet20"
+    """Architecture name (derd_scale CIFAR nets or any timm name); or a source string `timm:NAME`, `hf-hub:ORG/REPO`, `local-dir:DIR`."""
+    checkpoint: Optional[str] = None
+    """Local weights (.safetensors, or .pth/.th loaded with weights_only=True)."""
+    pretrained: bool = False
+    """timm pretrained weights from the Hub (needs network)."""
+    mean: Optional[list[float]] = None
+    """Input normalisation inside the model; None = the architecture's pretrained_cfg or none."""
+    std: Optional[list[float]] = None
+    num_classes: Optional[int] = None
+    """Output classes; None = the dataset's. A larger head is restricted with class_subset."""
+    class_subset: Optional[str] = None
+    """File with one class id (e.g. ImageNet wnid) per line, or `imagenet100`: keep only these logits, in this order."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra architecture arguments (timm: img_size, patch_size, depth, ...)."""
+
+
+@dataclass
+class TeachersConfig:
+    natural: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet56"))
+    robust: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet4b"))
+
+
+@dataclass
+class GeneratorConfig:
+    kind: Literal["auto", "dcgan", "implicit"] = "auto"
+    """auto/dcgan: a trained generator G(z) sized by the image (upsampling stages); implicit: optimise a bank of pseudo images directly (model inversion)."""
+    latent_dim: int = 256
+    base_channels: int = 64
+    pseudo_labels: Literal["argmax", "sampled"] = "argmax"
+    """Decision (Eq. 6): ŷ = argmax T_nat(G(z)) (DAFL); `sampled` draws balanced labels and conditions G on them."""
+    implicit_bank_size: int = 1024
+    """Number of pseudo images optimised directly when kind=implicit."""
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_steps: int = 0
+    milestones: list[float] = field(default_factory=lambda: [0.4, 0.8])
+    """For schedule=step: fractions of the stage's steps where lr is multiplied by gamma."""
+    gamma: float = 0.1
+    grad_clip: Optional[float] = None
+
+
+def _generator_optimizer() -> OptimizerConfig:
+    return OptimizerConfig(name="adam", lr=1e-3, weight_decay=0.0, betas=[0.5, 0.999], schedule="constant")
+
+
+@dataclass
+class Stage1Config:
+    """Stage I warm-up: G learns Eq. 11 against T_nat, S distils T_nat on G(z) (Eq. 12)."""
+
+    enabled: bool = True
+    steps: int = 2000
+    batch_size: int = 256
+    lambda_oh: float = 1.0
+    lambda_a: float = 0.1
+    lambda_bn: float = 1.0
+    lambda_ie: float = 5.0
+    lambda_tv: float = 0.0
+    """Total-variation prior on G(z); 0 for CNN teachers, >0 for ViTs (no BatchNorm)."""
+    student_steps: int = 1
+    """Student updates per generator update, on the same detached batch (Decision)."""
+    kd_temperature: float = 1.0
+
+
+@dataclass
+class SAConfig:
+    """Self-adversary (Eqs. 13-16)."""
+
+    enabled: bool = True
+    steps: int = 10
+    """K sign-ascent steps."""
+    alpha: float = 2 / 255
+    """Step size in [0, 1] pixel units."""
+    lambda_d: float = 1.0
+    """Weight of CE(T_nat(x_d), ŷ) in the ascent objective."""
+    discrepancy_on: Literal["probs", "logits"] = "probs"
+    """Decision: D = batch-mean ‖T_nat − T_rob‖₁ on softmax probabilities."""
+
+
+@dataclass
+class EGConfig:
+    """Expert guiding (Eq. 17)."""
+
+    enabled: bool = True
+    """False = `SA only`: the student distils T_rob alone."""
+    lambda_rob: float = 1.0
+    natural_data: Literal["x_d", "gz"] = "x_d"
+    """Which data the natural term L_1 sees: x_d as in the paper, or the un-ascended G(z)."""
+    natural_teacher: Literal["teacher", "student", "ema"] = "teacher"
+    """Who plays T_nat in Stage II: the natural teacher, a frozen copy of the student, or an EMA of it."""
+    ema_decay: float = 0.999
+
+
+@dataclass
+class AggregationConfig:
+    """Gradient aggregation (Eqs. 18-26)."""
+
+    method: Literal["sum", "ga", "sga"] = "sga"
+    """sum: g1+g2 (SA+EG); ga: Eqs. 18-21; sga: GA plus the SGA regulariser (full DERD)."""
+    granularity: Literal["global", "per_tensor"] = "global"
+    """Decision: τ from the flat gradient of all parameters; per_tensor computes τ per parameter tensor."""
+    sigma_r: float = 0.01
+    lambda_sga: float = 1.0
+
+
+@dataclass
+class Stage2Config:
+    enabled: bool = True
+    steps: int = 1000
+    batch_size: int = 256
+    kd_temperature: float = 1.0
+    generator_updates: bool = True
+    """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
+    sa: SAConfig = field(default_factory=SAConfig)
+    eg: EGConfig = field(default_factory=EGConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+
+
+@dataclass
+class OptimConfig:
+    student: OptimizerConfig = field(default_factory=OptimizerConfig)
+    generator: OptimizerConfig = field(default_factory=_generator_optimizer)
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "cifar"
+    """Attack budget preset: cifar, imagenet100, robustbench_imagenet, fashion_mnist, or custom (set eps/alpha/steps)."""
+    attacks: list[str] = field(default_factory=lambda: ["clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa"])
+    eps: Optional[float] = None
+    alpha: Optional[float] = None
+    steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    n_examples: Optional[int] = 1000
+    """First N examples of the evaluation split; None = all."""
+    every_steps: int = 0
+    """Probe evaluation every N student steps (0 = only at the end of each stage)."""
+    probe_examples: int = 256
+    probe_attacks: list[str] = field(default_factory=lambda: ["clean", "pgd_s"])
+    final: bool = True
+    """Run the full evaluation after training."""
+
+
+@dataclass
+class DistributedConfig:
+    backend: Literal["auto", "none", "ddp", "deepspeed", "fsdp"] = "auto"
+    """auto = whatever `accelerate launch` set up; fsdp on CPU uses torchrun + fully_shard."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class OutputConfig:
+    root: str = "runs"
+    name: Optional[str] = None
+    """Run folder name; None = `<config stem>-<timestamp>`."""
+    checkpoint_every: int = 500
+    resume: bool = True
+    """Resume from the latest checkpoint in the run folder if there is one."""
+    overwrite: bool = False
+    """Allow reusing a folder whose run finished."""
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet18"))
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# --------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with errors that name the key
+# --------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: invalid value {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in hints:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key; allowed: {', '.join(names)}")
+    obj = cls()
+    for name in names:
+        if name in data:
+            dotted = f"{prefix}.{name}" if prefix else name
+            current = getattr(obj, name)
+            value = data[name]
+            if dataclasses.is_dataclass(current) and isinstance(value, dict):
+                # Merge into the field's own default so nested defaults (e.g. the robust
+                # teacher's arch) survive a partial mapping.
+                merged = dataclasses.asdict(current)
+                _deep_update(merged, value)
+                value = merged
+            setattr(obj, name, _coerce(value, hints[name], dotted))
+    return obj
+
+
+def _deep_update(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "kwargs":
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"{item}: override must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _check_override_path(path: list[str]) -> None:
+    cls: Any = RunConfig
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            if get_origin(cls) is dict or cls is dict:
+                return  # free-form mapping (model kwargs)
+            raise ConfigError(f"{'.'.join(path[:i])}: is a value, not a section")
+        hints = get_type_hints(cls)
+        if part not in hints:
+            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"{'.'.join(path[: i + 1])}: unknown key; allowed: {allowed}")
+        cls = hints[part]
+        args = [a for a in get_args(cls) if a is not type(None)]
+        if get_origin(cls) in (Union, types.UnionType) and len(args) == 1:
+            cls = args[0]
+
+
+def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> RunConfig:
+    data = dict(data or {})
+    for item in overrides or []:
+        path, value = _parse_override(item)
+        _check_override_path(path)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    cfg = _build(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    return config_from_dict(data, overrides)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks the type system cannot express; each names its key."""
+
+    def positive(key: str, value: float, strict: bool = True) -> None:
+        if value < 0 or (strict and value == 0):
+            raise ConfigError(f"{key}: must be {'>' if strict else '>='} 0, got {value}")
+
+    for stage in ("stage1", "stage2"):
+        sc = getattr(cfg, stage)
+        positive(f"{stage}.steps", sc.steps, strict=False)
+        positive(f"{stage}.batch_size", sc.batch_size)
+        positive(f"{stage}.kd_temperature", sc.kd_temperature)
+    for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv"):
+        positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
+    positive("stage1.student_steps", cfg.stage1.student_steps)
+    positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)
+    positive("stage2.sa.alpha", cfg.stage2.sa.alpha, strict=False)
+    positive("stage2.sa.lambda_d", cfg.stage2.sa.lambda_d, strict=False)
+    positive("stage2.eg.lambda_rob", cfg.stage2.eg.lambda_rob, strict=False)
+    if not 0.0 <= cfg.stage2.eg.ema_decay < 1.0:
+        raise ConfigError(f"stage2.eg.ema_decay: must be in [0, 1), got {cfg.stage2.eg.ema_decay}")
+    positive("stage2.aggregation.sigma_r", cfg.stage2.aggregation.sigma_r, strict=False)
+    positive("stage2.aggregation.lambda_sga", cfg.stage2.aggregation.lambda_sga, strict=False)
+    positive("generator.latent_dim", cfg.generator.latent_dim)
+    positive("generator.base_channels", cfg.generator.base_channels)
+    for which in ("student", "generator"):
+        oc = getattr(cfg.optim, which)
+        positive(f"optim.{which}.lr", oc.lr)
+        positive(f"optim.{which}.weight_decay", oc.weight_decay, strict=False)
+        if len(oc.betas) != 2:
+            raise ConfigError(f"optim.{which}.betas: expected two numbers, got {oc.betas}")
+        if any(not 0 < m < 1 for m in oc.milestones):
+            raise ConfigError(f"optim.{which}.milestones: fractions in (0, 1), got {oc.milestones}")
+    positive("distributed.gradient_accumulation_steps", cfg.distributed.gradient_accumulation_steps)
+    positive("logging.every_steps", cfg.logging.every_steps)
+    positive("output.checkpoint_every", cfg.output.checkpoint_every, strict=False)
+    if not cfg.stage1.enabled and not cfg.stage2.enabled:
+        raise ConfigError("stage1.enabled / stage2.enabled: at least one stage must run")
+    for i, attack in enumerate(cfg.eval.attacks + cfg.eval.probe_attacks):
+        if attack not in KNOWN_ATTACKS:
+            key = "eval.attacks" if i < len(cfg.eval.attacks) else "eval.probe_attacks"
+            raise ConfigError(f"{key}: unknown attack {attack!r}; allowed: {', '.join(KNOWN_ATTACKS)}")
+    for key, ref in (("teachers.natural", cfg.teachers.natural), ("teachers.robust", cfg.teachers.robust), ("student", cfg.student)):
+        if (ref.mean is None) != (ref.std is None):
+            raise ConfigError(f"{key}.mean / {key}.std: give both or neither")
+        if ref.std is not None and any(s <= 0 for s in ref.std):
+            raise ConfigError(f"{key}.std: must be > 0, got {ref.std}")
+
+
+KNOWN_ATTACKS = ("clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa", "square", "transfer_pgd", "transfer_cw")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def schema_lines(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """One line per option: dotted key, type, default, and the field's docstring."""
+    docs = _field_docs(cls)
+    hints = get_type_hints(cls)
+    default_obj = cls()
+    lines = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(default_obj, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.extend(schema_lines(type(value), key + "."))
+            continue
+        doc = docs.get(f.name, "")
+        lines.append(f"  {key} ({_type_name(hints[f.name])}) = {value!r}" + (f"  — {doc}" if doc else ""))
+    return lines
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal right after a field) from the source."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+if __name__ == "__main__":  # python -m derd_scale.config
+    print("\n".join(schema_lines()))
+    sys.exit(0)

@@ -1,0 +1,42 @@
+"""Shared fixtures. Real data is read from ../shared/data (never copied)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+WEIGHTS = SHARED_DATA / "weights"
+
+# Two cores: keep intra-op threads bounded so parallel subprocess tests do not thrash.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"missing shared data at {path}; tests read ../shared/data beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    return _need(WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def cifar10_test(shared_data):
+    from derd_scale.config import DataConfig
+    from derd_scale.data import load_dataset_split
+
+    ds, info = load_dataset_split(DataConfig(name="cifar10", source="parquet", path=str(shared_data)), "test")
+    ds.tensors()
+    return ds, info

@@ -1,0 +1,78 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from derd_scale.config import ConfigError, RunConfig, config_from_dict, load_config, save_config, schema_lines
+
+
+def test_defaults_follow_method_decisions():
+    cfg = RunConfig()
+    assert cfg.generator.latent_dim == 256
+    assert cfg.generator.pseudo_labels == "argmax"
+    assert cfg.stage2.sa.steps == 10 and cfg.stage2.sa.alpha == pytest.approx(2 / 255)
+    assert cfg.stage2.sa.discrepancy_on == "probs"
+    assert cfg.stage2.aggregation.granularity == "global"
+    assert cfg.stage2.aggregation.method == "sga"
+    assert cfg.stage2.eg.natural_data == "x_d"
+    assert cfg.optim.student.lr == 0.01 and cfg.optim.student.momentum == 0.9 and cfg.optim.student.weight_decay == 5e-4
+
+
+def test_dotted_overrides_and_nested_defaults():
+    cfg = config_from_dict({"teachers": {"natural": {"checkpoint": "a.th"}}}, ["stage2.sa.steps=5", "stage2.sa.alpha=0.01", "student.kwargs.width=8"])
+    assert cfg.stage2.sa.steps == 5 and cfg.stage2.sa.alpha == 0.01
+    assert cfg.teachers.natural.arch == "resnet56" and cfg.teachers.natural.checkpoint == "a.th"
+    assert cfg.teachers.robust.arch == "resnet4b"  # untouched sibling keeps its default
+    assert cfg.student.kwargs == {"width": 8}
+
+
+def test_bad_key_is_one_line_naming_it():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({}, ["stage2.sa.stepz=5"])
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("stage2.sa.stepz: unknown key") and "steps" in msg
+    with pytest.raises(ConfigError, match=r"^stage1\.lambda_x: unknown key"):
+        config_from_dict({"stage1": {"lambda_x": 1}})
+
+
+def test_bad_value_is_one_line_naming_key_and_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({}, ["stage2.aggregation.method=avg"])
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == "stage2.aggregation.method: invalid value 'avg'; allowed: sum, ga, sga"
+    with pytest.raises(ConfigError, match=r"^stage2\.sa\.steps: expected an integer"):
+        config_from_dict({}, ["stage2.sa.steps=ten"])
+    with pytest.raises(ConfigError, match=r"^stage1\.batch_size: must be > 0"):
+        config_from_dict({}, ["stage1.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"^eval\.attacks: unknown attack 'pgd'"):
+        config_from_dict({"eval": {"attacks": ["clean", "pgd"]}})
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = config_from_dict({}, ["seed=3", "stage2.eg.lambda_rob=2.5"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["stage2"]["eg"]["lambda_rob"] == 2.5
+
+
+def test_schema_documents_every_leaf():
+    lines = schema_lines()
+    assert any(line.strip().startswith("stage2.sa.discrepancy_on") and "softmax" in line for line in lines)
+    assert any(line.strip().startswith("stage2.aggregation.sigma_r") for line in lines)
+
+
+def test_every_shipped_config_validates():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"))
+    assert configs, "no run configs shipped"
+    for path in configs:
+        load_config(path)
+
+
+def test_python_m_config_prints_schema():
+    out = subprocess.run([sys.executable, "-m", "derd_scale.config"], capture_output=True, text=True, check=True).stdout
+    assert "stage2.sa.steps" in out and "distributed.backend" in out
