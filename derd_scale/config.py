@@ -163,7 +163,10 @@ class AggregationConfig:
     granularity: Literal["global", "per_tensor"] = "global"
     """Decision: τ from the flat gradient of all parameters; per_tensor computes τ per parameter tensor."""
     sigma_r: float = 0.01
+    """Standard deviation of the SGA noise r (Eqs. 22-25)."""
     lambda_sga: float = 1.0
+    tau: Literal["mean", "sum", "one"] = "mean"
+    """τ in L_SGA = τ‖r⊙θ‖₂ (the paper leaves it open): mean of τ1, τ2, their sum, or 1."""
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Gradient aggregation (GA, Eqs. 18–21) and stochastic gradient aggregation (SGA, Eqs. 22–26).
+
+Pure tensor math over lists of gradient tensors. Nothing here knows how the gradients were
+obtained or whether they are whole or a shard: the caller passes ``all_reduce``, a function
+that sums a small tensor across ranks (identity in one process, one collective when every
+rank holds a different shard). Only the three partial sums — g1·g2, ‖g1‖², ‖g2‖² — and the
+SGA norm ‖r⊙θ‖² cross that boundary, always in fp32.
+
+GA (Eq. 18 as printed):
+    if g1·g2 < 0:  τ1 = 1 − (g1·g2)/‖g1‖²,  τ2 = 1 − (g1·g2)/‖g2‖²    else τ1 = τ2 = 1
+    g = τ1 g1 + τ2 g2
+SGA (Eqs. 22–26): g += λ_SGA · ∇_θ [τ ‖r⊙θ‖₂] = λ_SGA · τ (r⊙r⊙θ)/‖r⊙θ‖₂,
+    r ~ N(0, σ_r² I), drawn as a deterministic function of (seed, step, name, element index).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass
+class AggregationStats:
+    dot: float
+    norm1: float
+    norm2: float
+    cos: float
+    tau1: float
+    tau2: float
+    sga_norm: float = 0.0
+    """‖λ_SGA · ∇L_SGA‖₂, the size of the SGA term added to g."""
+
+
+def ga_coefficients(dot: torch.Tensor, sq1: torch.Tensor, sq2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 18: τ1, τ2 from g1·g2, ‖g1‖², ‖g2‖² (tensors, any shape; elementwise)."""
+    conflict = dot < 0
+    tiny = torch.finfo(torch.float32).tiny
+    tau1 = torch.where(conflict, 1 - dot / sq1.clamp_min(tiny), torch.ones_like(dot))
+    tau2 = torch.where(conflict, 1 - dot / sq2.clamp_min(tiny), torch.ones_like(dot))
+    return tau1, tau2
+
+
+def aggregate_gradients(
+    g1: Sequence[torch.Tensor],
+    g2: Sequence[torch.Tensor],
+    method: str = "ga",
+    granularity: str = "global",
+    all_reduce: Optional[AllReduce] = None,
+) -> tuple[list[torch.Tensor], AggregationStats]:
+    """Combine the two task gradients (Eqs. 18–21). ``method`` is ``sum`` (g1 + g2) or
+    ``ga``/``sga`` (τ-weighted; SGA's noise term is added separately by ``sga_gradient``).
+
+    ``granularity='global'`` treats all tensors as one flat vector (Decision);
+    ``per_tensor`` computes τ per tensor. Returned stats are always the global ones.
+    """
+    all_reduce = all_reduce or _identity
+    if len(g1) != len(g2):
+        raise ValueError("g1 and g2 must have one tensor per parameter")
+    # Per-tensor partial sums in fp32 (bf16 shards would lose the sums' precision).
+    sums = torch.stack(
+        [torch.stack([(a.float() * b.float()).sum(), a.float().pow(2).sum(), b.float().pow(2).sum()]) for a, b in zip(g1, g2)]
+    ) if g1 else torch.zeros(0, 3)
+    sums = all_reduce(sums)  # one collective: [n_tensors, 3]
+    total = sums.sum(dim=0)
+    dot, sq1, sq2 = total[0], total[1], total[2]
+    norm1, norm2 = sq1.sqrt(), sq2.sqrt()
+    cos = (dot / (norm1 * norm2).clamp_min(1e-30)).item()
+    if method == "sum":
+        tau1 = tau2 = torch.ones(())
+        combined = [a + b for a, b in zip(g1, g2)]
+    elif method in ("ga", "sga"):
+        if granularity == "global":
+            tau1, tau2 = ga_coefficients(dot, sq1, sq2)
+            combined = [(tau1 * a.float() + tau2 * b.float()).to(a.dtype) for a, b in zip(g1, g2)]
+        elif granularity == "per_tensor":
+            t1, t2 = ga_coefficients(sums[:, 0], sums[:, 1], sums[:, 2])
+            combined = [(t1[i] * a.float() + t2[i] * b.float()).to(a.dtype) for i, (a, b) in enumerate(zip(g1, g2))]
+            tau1, tau2 = ga_coefficients(dot, sq1, sq2)  # logged: the global view
+        else:
+            raise ValueError(f"granularity: {granularity!r}; allowed: global, per_tensor")
+    else:
+        raise ValueError(f"method: {method!r}; allowed: sum, ga, sga")
+    stats = AggregationStats(dot.item(), norm1.item(), norm2.item(), cos, float(tau1), float(tau2))
+    return combined, stats
+
+
+# --------------------------------------------------------------------------------------
+# Deterministic SGA noise
+# --------------------------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x · c) mod 2³² for x in [0, 2³²) held in int64, without int64 overflow."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (lowbias32, Wellons) on int64 tensors with values in [0, 2³²)."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    x = x ^ (x >> 16)
+    return x
+
+
+def _key(*parts: int) -> int:
+    k = torch.tensor(0, dtype=torch.int64)
+    for p in parts:
+        k = hash32(k ^ torch.tensor(p & _M32, dtype=torch.int64))
+    return int(k)
+
+
+def sga_noise(seed: int, step: int, name: str, indices: torch.Tensor, sigma: float) -> torch.Tensor:
+    """r for the elements ``indices`` (flat indices into the full parameter ``name``):
+    N(0, σ²) by Box–Muller from two hashed uniforms. The same (seed, step, name, index)
+    always gives the same value, on any rank and any sharding layout."""
+    key = _key(seed, step, zlib.crc32(name.encode()))
+    idx = indices.to(torch.int64)
+    h_lo = hash32((idx & _M32) ^ key)
+    h = hash32(h_lo ^ (idx >> 32) ^ 0x5BD1E995)
+    h2 = hash32(h ^ 0x68E31DA4)
+    u1 = (h.double() + 1.0) / 4294967297.0  # (0, 1): log is finite
+    u2 = h2.double() / 4294967296.0
+    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)
+    return (sigma * z).float()
+
+
+def sga_gradient(
+    params: Sequence[torch.Tensor],
+    noise: Sequence[torch.Tensor],
+    tau: float,
+    all_reduce: Optional[AllReduce] = None,
+) -> tuple[list[torch.Tensor], float]:
+    """∇_θ [τ‖r⊙θ‖₂] = τ (r⊙r⊙θ)/‖r⊙θ‖₂ with the norm over all (possibly sharded) tensors.
+
+    Returns the per-tensor gradients and ‖r⊙θ‖₂.
+    """
+    all_reduce = all_reduce or _identity
+    sq = torch.stack([(r * p.detach().float()).pow(2).sum() for p, r in zip(params, noise)]).sum() if params else torch.zeros(())
+    norm = all_reduce(sq.reshape(1)).squeeze(0).sqrt()
+    scale = tau / norm.clamp_min(1e-30)
+    grads = [(scale * r * r * p.detach().float()).to(p.dtype) for p, r in zip(params, noise)]
+    return grads, float(norm)
+
+
+def sga_tau(tau1: float, tau2: float, mode: str) -> float:
+    """τ of L_SGA = τ‖r⊙θ‖₂ (the paper leaves it open): mean of τ1, τ2 (default), their sum, or 1."""
+    if mode == "mean":
+        return 0.5 * (tau1 + tau2)
+    if mode == "sum":
+        return tau1 + tau2
+    if mode == "one":
+        return 1.0
+    raise ValueError(f"sga_tau: {mode!r}; allowed: mean, sum, one")

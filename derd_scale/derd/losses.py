@@ -1,0 +1,164 @@
+"""DERD's losses as pure functions (equation numbers from ../shared/spec/METHOD.md).
+
+Stage I generator loss, Eq. 11:
+    L_G = λ_oh L_oh + λ_a L_a + λ_BN L_BN + λ_ie L_ie (+ λ_tv L_tv, our ViT prior)
+Student losses: Eq. 12 (KL to T_nat on G(z)) and Eq. 17 (L_Dis = L_1 + λ_rob L_2 on x_d).
+Discrepancy D (inside Eqs. 13–16): batch-mean L1 distance of the two teachers' outputs.
+
+Every function works on a batch and returns a scalar; nothing here knows about devices,
+processes or optimisers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def one_hot_loss(logits: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eq. 6: L_oh = mean_i CE(T(G(z_i)), ŷ_i), ŷ = argmax T(G(z)) unless targets are given."""
+    if targets is None:
+        targets = logits.detach().argmax(dim=1)
+    return F.cross_entropy(logits, targets)
+
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: L_a = −mean |Feat(G(z))| (per-element mean, so the scale ignores the width)."""
+    return -features.abs().mean()
+
+
+def information_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 10 (soft): L_ie = −H(p̄), p̄ = mean_i softmax(T(G(z_i))), H(p) = −(1/k) Σ_c p_c log p_c.
+
+    Minimising it maximises the entropy of the batch's class distribution (balanced classes).
+    """
+    p_mean = F.softmax(logits, dim=1).mean(dim=0)
+    k = logits.shape[1]
+    entropy = -(p_mean * torch.log(p_mean.clamp_min(1e-12))).sum() / k
+    return -entropy
+
+
+def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV prior: mean |x[h+1]−x[h]| + mean |x[w+1]−x[w]| (keeps ViT pseudo images smooth)."""
+    dh = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().mean()
+    dw = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().mean()
+    return dh + dw
+
+
+def kd_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Eqs. 12/17: KL(softmax(T/t) ‖ softmax(S/t)), batch-mean, scaled by t² (Hinton) so the
+    gradient magnitude does not depend on t."""
+    t = temperature
+    log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+def discrepancy(natural_logits: torch.Tensor, robust_logits: torch.Tensor, on: str = "probs") -> torch.Tensor:
+    """D = mean_i ‖T_nat(x_i) − T_rob(x_i)‖₁ on softmax probabilities (Decision) or on logits."""
+    if on == "probs":
+        a, b = F.softmax(natural_logits, dim=1), F.softmax(robust_logits, dim=1)
+    elif on == "logits":
+        a, b = natural_logits, robust_logits
+    else:
+        raise ValueError(f"discrepancy_on: {on!r}; allowed: probs, logits")
+    return (a - b).abs().sum(dim=1).mean()
+
+
+# --------------------------------------------------------------------------------------
+# Eq. 8: BatchNorm statistics via forward hooks
+# --------------------------------------------------------------------------------------
+
+
+class BNStatistics:
+    """Collects, per BatchNorm layer of a model, the distance between the batch statistics
+    of the layer's input and the layer's running statistics (Eq. 8):
+
+        L_BN = Σ_l ‖μ_l(x) − running_mean_l‖₂ + ‖σ²_l(x) − running_var_l‖₂
+
+    Use as a context manager so the hooks are always removed::
+
+        with BNStatistics(teacher) as bn:
+            logits = teacher(x)
+            loss = bn.loss()
+    """
+
+    _warned: set[int] = set()
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.handles: list = []
+        self.terms: list[torch.Tensor] = []
+        if not self.layers and id(type(model)) not in BNStatistics._warned:
+            BNStatistics._warned.add(id(type(model)))
+            warnings.warn(f"{type(model).__name__} has no BatchNorm layers: L_BN contributes 0 (use the TV/feature priors)", stacklevel=2)
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        x = inputs[0]
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, unbiased=False)
+        rm, rv = module.running_mean, module.running_var
+        self.terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
+
+    def __enter__(self) -> "BNStatistics":
+        self.terms = []
+        self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def loss(self) -> torch.Tensor:
+        if not self.terms:
+            return torch.zeros(())
+        return torch.stack(self.terms).sum()
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients for the duration (teachers while crafting)."""
+    was_training = module.training
+    flags = [p.requires_grad for p in module.parameters()]
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def generator_loss(
+    teacher,
+    images: torch.Tensor,
+    lambda_oh: float,
+    lambda_a: float,
+    lambda_bn: float,
+    lambda_ie: float,
+    lambda_tv: float = 0.0,
+    targets: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 11 on a (frozen, eval-mode) teacher with ``forward_with_features``.
+
+    Returns (L_G, teacher logits, parts) — the logits are reused as Stage I's KD target.
+    """
+    with BNStatistics(teacher) as bn:
+        logits, features = teacher.forward_with_features(images)
+    l_oh = one_hot_loss(logits, targets)
+    l_a = activation_loss(features)
+    l_bn = bn.loss().to(images.device)
+    l_ie = information_entropy_loss(logits)
+    l_tv = total_variation_loss(images) if lambda_tv > 0 else torch.zeros((), device=images.device)
+    total = lambda_oh * l_oh + lambda_a * l_a + lambda_bn * l_bn + lambda_ie * l_ie + lambda_tv * l_tv
+    parts = {"l_oh": l_oh.detach(), "l_a": l_a.detach(), "l_bn": l_bn.detach(), "l_ie": l_ie.detach(), "l_tv": l_tv.detach(), "l_g": total.detach()}
+    return total, logits, parts

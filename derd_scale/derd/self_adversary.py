@@ -1,0 +1,68 @@
+"""Self-adversary (SA): discrepancy data between the two teachers, Eqs. 13–16.
+
+Starting from x_d⁰ = G(z) (detached), K sign-ascent steps:
+
+    x_d^{t+1} = clip_[0,1]( x_d^t + α · sign ∇_x [ D(T_nat(x_d^t), T_rob(x_d^t)) + λ_d CE(T_nat(x_d^t), ŷ) ] )
+
+with ŷ = argmax T_nat(x_d⁰) and D the batch-mean L1 distance of the teachers' softmax
+outputs (or logits). No ε-ball: only the pixel range is enforced. The teachers are frozen
+(eval mode, no parameter gradients accumulated): gradients are taken w.r.t. x only with
+``torch.autograd.grad``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .losses import discrepancy, frozen
+
+
+@dataclass
+class DiscrepancyData:
+    x_d: torch.Tensor
+    natural_labels: torch.Tensor
+    """ŷ = argmax T_nat(x_d⁰)."""
+    discrepancy_before: float
+    discrepancy_after: float
+    flip_rate: float
+    """Share of x_d on which T_nat's prediction differs from ŷ."""
+    teacher_agreement: float
+    """Share of x_d on which T_nat and T_rob predict the same class."""
+    natural_logits: torch.Tensor
+    """T_nat(x_d) and T_rob(x_d) on the final x_d, reused as distillation targets (no extra forward)."""
+    robust_logits: torch.Tensor
+
+
+def ascent_objective(natural_logits: torch.Tensor, robust_logits: torch.Tensor, labels: torch.Tensor, lambda_d: float, on: str = "probs") -> torch.Tensor:
+    """The quantity SA ascends: D(T_nat, T_rob) + λ_d CE(T_nat, ŷ). CE is a batch mean."""
+    return discrepancy(natural_logits, robust_logits, on) + lambda_d * F.cross_entropy(natural_logits, labels)
+
+
+def sa_step(x: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+    """One update of Eqs. 13–16: x + α·sign(∇), clipped to [0, 1]."""
+    return (x + alpha * grad.sign()).clamp_(0.0, 1.0)
+
+
+def craft_discrepancy_data(natural_teacher, robust_teacher, x0: torch.Tensor, steps: int, alpha: float, lambda_d: float = 1.0, on: str = "probs") -> DiscrepancyData:
+    x0 = x0.detach()
+    with frozen(natural_teacher), frozen(robust_teacher):
+        with torch.no_grad():
+            nat0, rob0 = natural_teacher(x0), robust_teacher(x0)
+            labels = nat0.argmax(dim=1)
+            d_before = discrepancy(nat0, rob0, on).item()
+        x = x0.clone()
+        for _ in range(steps):
+            x.requires_grad_(True)
+            objective = ascent_objective(natural_teacher(x), robust_teacher(x), labels, lambda_d, on)
+            (grad,) = torch.autograd.grad(objective, x)
+            x = sa_step(x.detach(), grad, alpha)
+        with torch.no_grad():
+            nat, rob = natural_teacher(x), robust_teacher(x)
+            pred_nat = nat.argmax(dim=1)
+            d_after = discrepancy(nat, rob, on).item()
+            flip = (pred_nat != labels).float().mean().item()
+            agree = (pred_nat == rob.argmax(dim=1)).float().mean().item()
+    return DiscrepancyData(x.detach(), labels, d_before, d_after, flip, agree, nat, rob)

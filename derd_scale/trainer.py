@@ -1,0 +1,502 @@
+"""DERD training: Stage I (warm-up) and Stage II (robustness distillation), one explicit loop each.
+
+Run it through ``launch/train.py``::
+
+    accelerate launch launch/train.py --config configs/cifar10_resnet.yaml --set stage2.sa.steps=5
+    python launch/train.py --config configs/fmnist_small.yaml            # one process
+
+Reading order: ``train`` (setup, resume, the two stages, export, evaluation) →
+``stage1_step`` → ``stage2_step``. Every quantity the method names is logged, and every
+``checkpoint_every`` steps the full state (student, generator, optimisers, schedulers,
+EMA, RNG, stage, step) is saved so a killed run resumes exactly.
+
+Noise is a pure function of (seed, stage, step): every step draws the *global* batch of
+latents from a generator seeded with those three numbers and each rank keeps its own
+slice, so ranks see different data, the global batch is their sum, and a resumed or
+re-sharded run draws exactly the same pseudo images.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .config import OptimizerConfig, RunConfig
+from .data import DatasetInfo, dataset_info
+from .derd.aggregation import aggregate_gradients, sga_gradient, sga_noise, sga_tau
+from .derd.generator import build_generator
+from .derd.losses import generator_loss, kd_kl
+from .derd.self_adversary import DiscrepancyData, craft_discrepancy_data
+from .distributed import all_reduce_sum, build_accelerator, gradient_access, unwrap, world
+from .run_dir import RunDir, prepare_run_dir
+
+STAGES = ("stage1", "stage2")
+
+
+# --------------------------------------------------------------------------------------
+# Setup helpers
+# --------------------------------------------------------------------------------------
+
+
+def build_optimizer(params, oc: OptimizerConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if oc.name == "sgd":
+        return torch.optim.SGD(params, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
+    if oc.name == "adam":
+        return torch.optim.Adam(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+    return torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+
+
+def lr_multiplier(step: int, total: int, oc: OptimizerConfig) -> float:
+    """Linear warm-up, then constant / cosine to 0 / step decay at fractions of the stage."""
+    if oc.warmup_steps and step < oc.warmup_steps:
+        return (step + 1) / oc.warmup_steps
+    if oc.schedule == "constant" or total <= 0:
+        return 1.0
+    progress = min(1.0, (step - oc.warmup_steps) / max(1, total - oc.warmup_steps))
+    if oc.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return oc.gamma ** sum(progress >= m for m in oc.milestones)
+
+
+def build_scheduler(optimizer, total: int, oc: OptimizerConfig):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, total, oc))
+
+
+def build_two_stage_scheduler(optimizer, stage1_steps: int, stage2_steps: int, oc: OptimizerConfig):
+    """One LambdaLR over the student's whole life: Stage I's schedule, then Stage II's from the start."""
+
+    def multiplier(s: int) -> float:
+        if s < stage1_steps:
+            return lr_multiplier(s, stage1_steps, oc)
+        return lr_multiplier(s - stage1_steps, stage2_steps, oc)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def step_noise(seed: int, stage: str, step: int) -> torch.Generator:
+    """The generator of this step's global latent batch (a pure function of its inputs)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + STAGES.index(stage) * 7_919 + step) % (2**63 - 1))
+
+
+def local_slice(t: Optional[torch.Tensor], rank: int, world_size: int) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    n = t.shape[0] // world_size
+    return t[rank * n : (rank + 1) * n]
+
+
+@dataclass
+class Models:
+    natural_teacher: nn.Module
+    robust_teacher: nn.Module
+    student: nn.Module
+    generator: nn.Module
+    info: DatasetInfo
+    natural_expert: Optional[nn.Module] = None
+    """Who plays T_nat in Stage II: the natural teacher, a frozen student snapshot, or an EMA of the student."""
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_models(cfg: RunConfig) -> Models:
+    from .teachers import model_from_config
+
+    info = dataset_info(cfg.data.name)
+    natural = freeze(model_from_config(cfg.teachers.natural, info))
+    robust = freeze(model_from_config(cfg.teachers.robust, info))
+    student = model_from_config(cfg.student, info)
+    g = cfg.generator
+    generator = build_generator(g.kind, info.image_size, info.channels, info.num_classes, g.latent_dim, g.base_channels, g.pseudo_labels, g.implicit_bank_size, cfg.seed)
+    return Models(natural, robust, student, generator, info)
+
+
+# --------------------------------------------------------------------------------------
+# Training state and checkpoints
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    stage: str = "stage1"
+    step: int = 0
+    ema: Optional[nn.Module] = None
+    history: list = field(default_factory=list)
+
+
+def _checkpoint_dirs(run: RunDir) -> list[Path]:
+    dirs = [p for p in run.checkpoints.glob("*") if (p / "state.pt").exists()]
+    return sorted(dirs, key=lambda p: (STAGES.index(p.name.split("-")[0]), int(p.name.split("-")[1])))
+
+
+def save_checkpoint(run: RunDir, state: TrainState, models: Models, opts: dict, scheds: dict, accelerator) -> Path:
+    path = run.checkpoints / f"{state.stage}-{state.step:08d}"
+    if accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "stage": state.stage,
+            "step": state.step,
+            "student": unwrap(models.student).state_dict(),
+            "generator": unwrap(models.generator).state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in opts.items()},
+            "schedulers": {k: s.state_dict() for k, s in scheds.items()},
+            "ema": state.ema.state_dict() if state.ema is not None else None,
+            "natural_expert": models.natural_expert.state_dict() if models.natural_expert is not None and models.natural_expert is not models.natural_teacher else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        tmp = path / "state.pt.tmp"
+        torch.save(blob, tmp)
+        tmp.replace(path / "state.pt")  # atomic: a kill mid-write never leaves a torn checkpoint
+        for old in _checkpoint_dirs(run)[:-2]:  # keep the two newest
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(path: Path, state: TrainState, models: Models, opts: dict, scheds: dict) -> None:
+    blob = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state.stage, state.step = blob["stage"], blob["step"]
+    unwrap(models.student).load_state_dict(blob["student"])
+    unwrap(models.generator).load_state_dict(blob["generator"])
+    for k, o in opts.items():
+        if k in blob["optimizers"]:
+            o.load_state_dict(blob["optimizers"][k])
+    for k, s in scheds.items():
+        if k in blob["schedulers"]:
+            s.load_state_dict(blob["schedulers"][k])
+    if blob.get("ema") is not None:
+        state.ema = freeze(copy.deepcopy(unwrap(models.student)))
+        state.ema.load_state_dict(blob["ema"])
+    if blob.get("natural_expert") is not None:
+        expert = freeze(copy.deepcopy(unwrap(models.student)))
+        expert.load_state_dict(blob["natural_expert"])
+        models.natural_expert = expert
+    torch.set_rng_state(blob["torch_rng"])
+    if blob["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+
+
+# --------------------------------------------------------------------------------------
+# One step of each stage
+# --------------------------------------------------------------------------------------
+
+
+def sample_pseudo(models: Models, cfg: RunConfig, stage: str, step: int, batch_size: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """This rank's slice of the step's global latent batch → G(z), with the graph to G."""
+    rank, size = world()
+    gen = unwrap(models.generator)
+    latent, labels = gen.sample(batch_size, step_noise(cfg.seed, stage, step))
+    latent, labels = local_slice(latent, rank, size), local_slice(labels, rank, size)
+    return models.generator(latent, labels), labels
+
+
+def generator_update(models: Models, teacher: nn.Module, images: torch.Tensor, labels, cfg: RunConfig, opt, sched, accelerator) -> tuple[torch.Tensor, dict]:
+    """Eq. 11 on ``teacher`` (frozen), one optimiser step for G; returns the teacher logits."""
+    s1 = cfg.stage1
+    with accelerator.autocast():
+        loss, logits, parts = generator_loss(teacher, images, s1.lambda_oh, s1.lambda_a, s1.lambda_bn, s1.lambda_ie, s1.lambda_tv, targets=labels)
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    opt.step()
+    sched.step()
+    return logits.detach(), parts
+
+
+def stage1_step(models: Models, cfg: RunConfig, step: int, opts: dict, scheds: dict, accelerator) -> dict:
+    """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12."""
+    images, labels = sample_pseudo(models, cfg, "stage1", step, cfg.stage1.batch_size)
+    teacher_logits, parts = generator_update(models, models.natural_teacher, images, labels, cfg, opts["generator"], scheds["generator"], accelerator)
+    x = images.detach()
+    metrics = dict(parts)
+    for _ in range(cfg.stage1.student_steps):
+        with accelerator.autocast():
+            loss = kd_kl(teacher_logits, models.student(x), cfg.stage1.kd_temperature)
+        opts["student"].zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        _clip(models.student, cfg.optim.student.grad_clip)
+        opts["student"].step()
+    scheds["student"].step()
+    metrics["l_s"] = loss.detach()
+    metrics["lr"] = scheds["student"].get_last_lr()[0]
+    return metrics
+
+
+def _clip(model: nn.Module, max_norm: Optional[float]) -> None:
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def stage2_step(models: Models, cfg: RunConfig, state: TrainState, opts: dict, scheds: dict, accelerator, grads) -> dict:
+    """One Stage-II step: G update (Eq. 11) → SA (Eqs. 13–16) → EG (Eq. 17) → GA/SGA (18–26) → S step."""
+    s2 = cfg.stage2
+    expert = models.natural_expert or models.natural_teacher
+    images, labels = sample_pseudo(models, cfg, "stage2", state.step, s2.batch_size)
+    metrics: dict = {}
+    if s2.generator_updates:
+        _, parts = generator_update(models, expert, images, labels, cfg, opts["generator"], scheds["generator"], accelerator)
+        metrics.update(parts)
+    x = images.detach()
+
+    # 1. Self-adversary: discrepancy data (local to each rank).
+    with accelerator.autocast():
+        if s2.sa.enabled and s2.sa.steps > 0:
+            dd = craft_discrepancy_data(expert, models.robust_teacher, x, s2.sa.steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on)
+        else:
+            dd = craft_discrepancy_data(expert, models.robust_teacher, x, 0, 0.0, s2.sa.lambda_d, s2.sa.discrepancy_on)
+    metrics.update(d_before=dd.discrepancy_before, d_after=dd.discrepancy_after, flip_rate=dd.flip_rate, teacher_agreement=dd.teacher_agreement)
+
+    # 2. Expert guiding: L_1 (natural expert) and L_2 (robust teacher, weighted by λ_rob).
+    t = s2.kd_temperature
+    student = models.student
+    opt = opts["student"]
+    opt.zero_grad(set_to_none=True)
+    if not s2.eg.enabled:  # "SA only": the student distils T_rob alone (Eq. 12 with T_rob)
+        with accelerator.autocast():
+            s_xd = student(dd.x_d)
+            loss = kd_kl(dd.robust_logits, s_xd, t)
+        accelerator.backward(loss)
+        metrics.update(l_2=loss.detach(), l_dis=loss.detach())
+    else:
+        with grads.no_sync():
+            with accelerator.autocast():
+                s_xd = student(dd.x_d)
+                l_2 = kd_kl(dd.robust_logits, s_xd, t)
+                if s2.eg.natural_data == "x_d":
+                    l_1 = kd_kl(dd.natural_logits, s_xd, t)
+                else:  # the natural term on the un-ascended G(z)
+                    with torch.no_grad():
+                        nat_gz = expert(x)
+                    l_1 = kd_kl(nat_gz, student(x), t)
+            g1, g2 = grads.task_gradients(l_1, s2.eg.lambda_rob * l_2)
+        # 3. Gradient aggregation (pure math; sums cross ranks through grads.all_reduce).
+        agg = s2.aggregation
+        combined, stats = aggregate_gradients(g1, g2, agg.method, agg.granularity, grads.all_reduce)
+        sga_norm = 0.0
+        if agg.method == "sga" and agg.lambda_sga > 0 and agg.sigma_r > 0:
+            shards = grads.shards()
+            noise = [sga_noise(cfg.seed, state.step, v.name, v.indices, agg.sigma_r).to(v.param.device).view_as(v.param) for v in shards]
+            tau = sga_tau(stats.tau1, stats.tau2, agg.tau)
+            extra, _ = sga_gradient([v.param for v in shards], noise, tau, grads.all_reduce)
+            extra = [agg.lambda_sga * e for e in extra]
+            sq = torch.stack([e.float().pow(2).sum() for e in extra]).sum() if extra else torch.zeros(())
+            sga_norm = float(grads.all_reduce(sq.reshape(1)).sqrt())
+            combined = [c + e.to(c.dtype) for c, e in zip(combined, extra)]
+        grads.write_gradients(combined)
+        metrics.update(
+            l_1=l_1.detach(), l_2=l_2.detach(), l_dis=(l_1 + s2.eg.lambda_rob * l_2).detach(),
+            g1_norm=stats.norm1, g2_norm=stats.norm2, cos_g1_g2=stats.cos, tau1=stats.tau1, tau2=stats.tau2, sga_norm=sga_norm,
+        )
+    _clip(student, cfg.optim.student.grad_clip)
+    opt.step()
+    scheds["student"].step()
+
+    with torch.no_grad():
+        pred = s_xd.detach().argmax(1)
+        metrics["student_agree_rob"] = (pred == dd.robust_logits.argmax(1)).float().mean().item()
+        metrics["student_agree_nat"] = (pred == dd.natural_logits.argmax(1)).float().mean().item()
+    if state.ema is not None:
+        _ema_update(state.ema, unwrap(student), s2.eg.ema_decay)
+    metrics["lr"] = scheds["student"].get_last_lr()[0]
+    return metrics
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _setup_natural_expert(models: Models, state: TrainState, cfg: RunConfig) -> None:
+    """Decide who plays T_nat in Stage II (the discussion section's "no natural teacher")."""
+    mode = cfg.stage2.eg.natural_teacher
+    if mode == "teacher":
+        models.natural_expert = None
+    elif models.natural_expert is None and state.ema is None:
+        snapshot = freeze(copy.deepcopy(unwrap(models.student)))
+        if mode == "student":
+            models.natural_expert = snapshot
+        else:
+            state.ema = snapshot
+    if mode == "ema":
+        models.natural_expert = state.ema
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
+    from tqdm.auto import tqdm
+
+    accelerator = accelerator or build_accelerator(cfg.distributed)
+    rank, size = world()
+    for stage in STAGES:
+        bs = getattr(cfg, stage).batch_size
+        if bs % size:
+            raise ValueError(f"{stage}.batch_size: {bs} is not divisible by the {size} processes (it is the global batch)")
+    run = prepare_run_dir(cfg, config_stem, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    torch.manual_seed(cfg.seed)
+
+    models = build_models(cfg)
+    device = accelerator.device
+    models.natural_teacher.to(device)
+    models.robust_teacher.to(device)
+
+    opts = {
+        "student": build_optimizer(models.student.parameters(), cfg.optim.student),
+        "generator": build_optimizer(models.generator.parameters(), cfg.optim.generator),
+    }
+    models.student, models.generator, opts["student"], opts["generator"] = accelerator.prepare(models.student, models.generator, opts["student"], opts["generator"])
+    steps = {"stage1": cfg.stage1.steps if cfg.stage1.enabled else 0, "stage2": cfg.stage2.steps if cfg.stage2.enabled else 0}
+    scheds = {
+        # The student's schedule restarts (warm-up, cosine/step) at the start of Stage II.
+        "student": build_two_stage_scheduler(opts["student"], steps["stage1"], steps["stage2"], cfg.optim.student),
+        "generator": build_scheduler(opts["generator"], steps["stage1"] + steps["stage2"], cfg.optim.generator),
+    }
+    state = TrainState()
+    existing = _checkpoint_dirs(run) if cfg.output.resume else []
+    if existing:
+        load_checkpoint(existing[-1], state, models, opts, scheds)
+        accelerator.print(f"resumed from {existing[-1]} ({state.stage} step {state.step})")
+    if state.stage == "stage1" and steps["stage1"] == 0:
+        state.stage, state.step = "stage2", 0
+
+    grads = gradient_access(accelerator, models.student)
+    start_time = time.time()
+    for stage in STAGES:
+        if STAGES.index(stage) < STAGES.index(state.stage) or steps[stage] == 0:
+            continue
+        if stage == "stage2":
+            _setup_natural_expert(models, state, cfg)
+        models.student.train()
+        models.generator.train()
+        bar = tqdm(total=steps[stage], initial=state.step, desc=stage, disable=not (accelerator.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
+        window_start, window_samples = time.time(), 0
+        while state.step < steps[stage]:
+            if stage == "stage1":
+                metrics = stage1_step(models, cfg, state.step, opts, scheds, accelerator)
+            else:
+                metrics = stage2_step(models, cfg, state, opts, scheds, accelerator, grads)
+            state.step += 1
+            window_samples += getattr(cfg, stage).batch_size
+            bar.update(1)
+            if state.step % cfg.logging.every_steps == 0 or state.step == steps[stage]:
+                elapsed = max(time.time() - window_start, 1e-9)
+                record = {"stage": stage, "step": state.step, **{k: float(v) for k, v in metrics.items()}, "samples_per_s": window_samples / elapsed, "samples_per_s_per_rank": window_samples / elapsed / size}
+                record.update(_probe(models, cfg, stage, state.step, steps[stage], accelerator))
+                if accelerator.is_main_process:
+                    run.log(record)
+                    bar.set_postfix({k: f"{record[k]:.3g}" for k in ("l_s", "l_dis", "cos_g1_g2", "probe_pgd_s") if k in record})
+                window_start, window_samples = time.time(), 0
+            if cfg.output.checkpoint_every and state.step % cfg.output.checkpoint_every == 0 and state.step < steps[stage]:
+                save_checkpoint(run, state, models, opts, scheds, accelerator)
+        bar.close()
+        save_checkpoint(run, state, models, opts, scheds, accelerator)
+        if stage == "stage1":
+            state.stage, state.step = "stage2", 0
+
+    summary = {"train_seconds": time.time() - start_time, "world_size": size}
+    _export_student(run, models, cfg, accelerator)
+    if cfg.eval.final:
+        summary["eval"] = _final_eval(run, models, cfg, accelerator)
+    if accelerator.is_main_process:
+        run.mark_finished(summary)
+    accelerator.wait_for_everyone()
+    return run
+
+
+def _probe(models: Models, cfg: RunConfig, stage: str, step: int, total: int, accelerator) -> dict:
+    """Small robust-accuracy probe on real test data every eval.every_steps and at stage end."""
+    every = cfg.eval.every_steps
+    if not (every and (step % every == 0)) and step != total:
+        return {}
+    if not cfg.eval.probe_attacks or cfg.eval.probe_examples <= 0:
+        return {}
+    try:
+        dataset = _eval_dataset(cfg, cfg.eval.probe_examples)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        warnings.warn(f"probe evaluation skipped: {err}", stacklevel=1)
+        return {}
+    from .evaluation import evaluate, protocol_from_config
+
+    student = unwrap(models.student)
+    was = student.training
+    report = evaluate(student, dataset, cfg.eval.probe_attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=accelerator, seed=cfg.seed, progress=False)
+    student.train(was)
+    return {f"probe_{name}": r["accuracy"] for name, r in report.results.items()}
+
+
+_EVAL_CACHE: dict = {}
+
+
+def _eval_dataset(cfg: RunConfig, n: Optional[int]):
+    from .data import load_dataset_split
+
+    key = (cfg.data.name, cfg.data.source, cfg.data.path, cfg.data.eval_split)
+    if key not in _EVAL_CACHE:
+        ds, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
+        _EVAL_CACHE[key] = ds
+    return _EVAL_CACHE[key].subset(n)
+
+
+def _export_student(run: RunDir, models: Models, cfg: RunConfig, accelerator) -> None:
+    from .export import export_model
+
+    student = accelerator.unwrap_model(models.student)
+    state_dict = accelerator.get_state_dict(models.student)  # consolidated (ZeRO-3/FSDP gather)
+    if accelerator.is_main_process:
+        info = models.info
+        export_model(
+            unwrap(student), run.student_dir, arch=cfg.student.arch, num_classes=info.num_classes, in_chans=info.channels,
+            img_size=info.image_size, class_names=list(info.class_names), model_kwargs=dict(cfg.student.kwargs),
+            metadata={"teachers": {"natural": cfg.teachers.natural.arch, "robust": cfg.teachers.robust.arch}, "dataset": cfg.data.name},
+            state_dict=_strip_norm_prefix(state_dict),
+        )
+    accelerator.wait_for_everyone()
+
+
+def _strip_norm_prefix(sd: dict) -> dict:
+    """The NormalizedModel's backbone lives under `model.`; export writes the bare backbone."""
+    return {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")} or sd
+
+
+def _final_eval(run: RunDir, models: Models, cfg: RunConfig, accelerator) -> dict:
+    from .evaluation import evaluate, protocol_from_config
+
+    try:
+        dataset = _eval_dataset(cfg, cfg.eval.n_examples)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        warnings.warn(f"final evaluation skipped: {err}", stacklevel=1)
+        return {"skipped": str(err)}
+    student = unwrap(models.student)
+    report = evaluate(student, dataset, cfg.eval.attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=accelerator, seed=cfg.seed, progress=cfg.logging.progress_bar)
+    out = run.path / "eval"
+    if accelerator.is_main_process:
+        out.mkdir(exist_ok=True)
+        report.save(out)
+    return {name: r["accuracy"] for name, r in report.results.items()}
+
+
+def read_summary(run: RunDir) -> dict:
+    return json.loads(run.done_marker.read_text()) if run.done_marker.exists() else {}

@@ -1,0 +1,111 @@
+"""GA (Eqs. 18–21) in its three cases, the SGA term (Eqs. 22–26) and the deterministic r."""
+
+import math
+
+import pytest
+import torch
+
+from derd_scale.derd.aggregation import aggregate_gradients, ga_coefficients, hash32, sga_gradient, sga_noise, sga_tau
+
+
+def _agg(g1, g2, **kw):
+    out, stats = aggregate_gradients([torch.tensor(g1)], [torch.tensor(g2)], **kw)
+    return out[0].tolist(), stats
+
+
+def test_ga_acute_keeps_the_sum():
+    g, s = _agg([1.0, 0.0], [1.0, 1.0], method="ga")
+    assert g == [2.0, 1.0] and s.tau1 == 1.0 and s.tau2 == 1.0
+    assert s.cos == pytest.approx(1 / math.sqrt(2))
+
+
+def test_ga_obtuse_rescales_both():
+    # g1·g2 = −1, ‖g1‖² = 1, ‖g2‖² = 2 → τ1 = 2, τ2 = 1.5 → g = [2, 0] + [−1.5, 1.5]
+    g, s = _agg([1.0, 0.0], [-1.0, 1.0], method="ga")
+    assert s.tau1 == pytest.approx(2.0) and s.tau2 == pytest.approx(1.5)
+    assert g == pytest.approx([0.5, 1.5])
+    assert s.dot == pytest.approx(-1.0) and s.norm2 == pytest.approx(math.sqrt(2))
+
+
+def test_ga_orthogonal_is_not_a_conflict():
+    g, s = _agg([1.0, 0.0], [0.0, 1.0], method="ga")
+    assert g == [1.0, 1.0] and s.tau1 == 1.0 and s.tau2 == 1.0 and s.cos == 0.0
+
+
+def test_sum_method_ignores_conflict():
+    g, s = _agg([1.0, 0.0], [-1.0, 1.0], method="sum")
+    assert g == [0.0, 1.0] and s.tau1 == 1.0
+
+
+def test_global_vs_per_tensor():
+    g1 = [torch.tensor([1.0]), torch.tensor([1.0])]
+    g2 = [torch.tensor([-1.0]), torch.tensor([3.0])]
+    # global: dot = −1 + 3 = 2 > 0 → plain sum
+    out, _ = aggregate_gradients(g1, g2, "ga", "global")
+    assert [t.item() for t in out] == [0.0, 4.0]
+    # per tensor: first tensor conflicts (dot −1, both norms² 1 → τ = 2, 2), second does not
+    out, _ = aggregate_gradients(g1, g2, "ga", "per_tensor")
+    assert out[0].item() == pytest.approx(2 * 1.0 + 2 * -1.0) and out[1].item() == pytest.approx(4.0)
+
+
+def test_all_reduce_hook_sees_one_small_tensor():
+    calls = []
+
+    def fake_all_reduce(t):
+        calls.append(t.shape)
+        return t * 2  # as if a second rank held an identical shard
+
+    aggregate_gradients([torch.ones(3)], [-torch.ones(3)], "ga", all_reduce=fake_all_reduce)
+    assert calls == [torch.Size([1, 3])]
+
+
+def test_ga_coefficients_elementwise():
+    t1, t2 = ga_coefficients(torch.tensor([-2.0, 1.0]), torch.tensor([4.0, 1.0]), torch.tensor([1.0, 1.0]))
+    assert t1.tolist() == [1.5, 1.0] and t2.tolist() == [3.0, 1.0]
+
+
+def test_sga_gradient_matches_autograd():
+    torch.manual_seed(0)
+    params = [torch.randn(3, 2), torch.randn(4)]
+    noise = [torch.randn(3, 2) * 0.01, torch.randn(4) * 0.01]
+    tau = 1.7
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    norm = torch.sqrt(sum(((r * p) ** 2).sum() for r, p in zip(noise, leaves)))
+    (tau * norm).backward()
+    grads, value = sga_gradient(params, noise, tau)
+    assert value == pytest.approx(norm.item(), rel=1e-6)
+    for g, leaf in zip(grads, leaves):
+        assert torch.allclose(g, leaf.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_sga_tau_modes():
+    assert sga_tau(2.0, 1.5, "mean") == 1.75 and sga_tau(2.0, 1.5, "sum") == 3.5 and sga_tau(2.0, 1.5, "one") == 1.0
+
+
+def _lowbias32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+def test_hash32_matches_reference_integer_arithmetic():
+    xs = [0, 1, 2, 12345, 0xDEADBEEF, 0xFFFFFFFF]
+    assert hash32(torch.tensor(xs, dtype=torch.int64)).tolist() == [_lowbias32(x) for x in xs]
+
+
+def test_sga_noise_is_deterministic_and_shard_consistent():
+    full = sga_noise(7, 3, "layer1.weight", torch.arange(10_000), 0.01)
+    again = sga_noise(7, 3, "layer1.weight", torch.arange(10_000), 0.01)
+    assert torch.equal(full, again)
+    # any shard of the indices reproduces the same elements
+    shard = sga_noise(7, 3, "layer1.weight", torch.arange(2_500, 5_000), 0.01)
+    assert torch.equal(shard, full[2_500:5_000])
+    # a different step, name or seed gives a different draw
+    assert not torch.equal(full, sga_noise(7, 4, "layer1.weight", torch.arange(10_000), 0.01))
+    assert not torch.equal(full, sga_noise(7, 3, "layer2.weight", torch.arange(10_000), 0.01))
+    assert not torch.equal(full, sga_noise(8, 3, "layer1.weight", torch.arange(10_000), 0.01))
+    # N(0, σ²)
+    assert abs(full.mean().item()) < 0.0005 and full.std().item() == pytest.approx(0.01, rel=0.05)
