@@ -1,0 +1,96 @@
+"""One full Stage-II step (SA + EG + GA + SGA) against a straight-line reference."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from derd_scale.config import config_from_dict
+from derd_scale.data import dataset_info
+from derd_scale.derd.aggregation import sga_noise
+from derd_scale.derd.generator import PseudoImageGenerator
+from derd_scale.models import create_model
+from derd_scale.trainer import Models, TrainState, build_optimizer, build_scheduler, freeze, stage2_step, step_noise
+
+
+def _setup(method="sga", natural_data="x_d"):
+    cfg = config_from_dict(
+        {"data": {"name": "fashion_mnist"}},
+        [
+            "seed=3", "stage2.batch_size=8", "stage2.sa.steps=2", "stage2.sa.alpha=0.05", "stage2.sa.lambda_d=0.5",
+            "stage2.eg.lambda_rob=2.0", f"stage2.eg.natural_data={natural_data}", f"stage2.aggregation.method={method}",
+            "stage2.aggregation.sigma_r=0.05", "stage2.aggregation.lambda_sga=3.0", "stage2.generator_updates=false",
+            "optim.student.lr=0.1", "optim.student.schedule=constant",
+        ],
+    )
+    torch.manual_seed(0)
+    nat = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
+    rob = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
+    student = create_model("small_cnn", 10, in_chans=1, width=4)
+    gen = PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4)
+    return cfg, Models(nat, rob, student, gen, dataset_info("fashion_mnist"))
+
+
+def _reference(cfg, models, student):
+    s2 = cfg.stage2
+    gen = copy.deepcopy(models.generator)
+    z, _ = gen.sample(s2.batch_size, step_noise(cfg.seed, "stage2", 0))
+    x0 = gen(z).detach()
+    nat, rob = models.natural_teacher, models.robust_teacher
+    labels = nat(x0).argmax(1)
+    x = x0.clone()
+    for _ in range(s2.sa.steps):
+        x.requires_grad_(True)
+        obj = (F.softmax(nat(x), 1) - F.softmax(rob(x), 1)).abs().sum(1).mean() + s2.sa.lambda_d * F.cross_entropy(nat(x), labels)
+        (g,) = torch.autograd.grad(obj, x)
+        x = (x.detach() + s2.sa.alpha * g.sign()).clamp(0, 1)
+    params = [p for p in student.parameters()]
+    names = [n for n, _ in student.named_parameters()]
+    out = student(x)
+    kl = lambda t, s: F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="batchmean", log_target=True)  # noqa: E731
+    if s2.eg.natural_data == "x_d":
+        l1 = kl(nat(x).detach(), out)
+    else:
+        l1 = kl(nat(x0).detach(), student(x0))
+    l2 = s2.eg.lambda_rob * kl(rob(x).detach(), out)
+    g1 = torch.cat([g.flatten() for g in torch.autograd.grad(l1, params, retain_graph=True)])
+    g2 = torch.cat([g.flatten() for g in torch.autograd.grad(l2, params)])
+    dot = g1 @ g2
+    if s2.aggregation.method == "sum" or dot >= 0:
+        t1 = t2 = 1.0
+    else:
+        t1, t2 = 1 - dot / (g1 @ g1), 1 - dot / (g2 @ g2)
+    g = t1 * g1 + t2 * g2
+    theta = torch.cat([p.detach().flatten() for p in params])
+    if s2.aggregation.method == "sga":
+        r = torch.cat([sga_noise(cfg.seed, 0, n, torch.arange(p.numel()), s2.aggregation.sigma_r) for n, p in zip(names, params)])
+        tau = 0.5 * (t1 + t2)
+        g = g + s2.aggregation.lambda_sga * tau * (r * r * theta) / torch.linalg.vector_norm(r * theta)
+    # SGD, first step: momentum buffer = g + wd·θ
+    oc = cfg.optim.student
+    return theta - oc.lr * (g + oc.weight_decay * theta), (float(t1), float(t2))
+
+
+@pytest.mark.parametrize("method,natural_data", [("sga", "x_d"), ("ga", "x_d"), ("sum", "x_d"), ("sga", "gz")])
+def test_one_stage2_step_matches_the_formulas(method, natural_data):
+    from accelerate import Accelerator
+
+    from derd_scale.distributed import ReplicatedGradients
+
+    cfg, models = _setup(method, natural_data)
+    ref_student = copy.deepcopy(models.student)
+    expected, (t1, t2) = _reference(cfg, models, ref_student)
+    teachers_before = [p.clone() for p in list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters())]
+    opts = {"student": build_optimizer(models.student.parameters(), cfg.optim.student), "generator": build_optimizer(models.generator.parameters(), cfg.optim.generator)}
+    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in opts.items()}
+    acc = Accelerator(cpu=True)
+    metrics = stage2_step(models, cfg, TrainState(stage="stage2"), opts, scheds, acc, ReplicatedGradients(models.student))
+    got = torch.cat([p.detach().flatten() for p in models.student.parameters()])
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got - expected).abs().max()
+    assert metrics["tau1"] == pytest.approx(t1, rel=1e-5) and metrics["tau2"] == pytest.approx(t2, rel=1e-5)
+    for name in ("g1_norm", "g2_norm", "cos_g1_g2", "sga_norm", "d_before", "d_after", "flip_rate", "teacher_agreement", "l_1", "l_2"):
+        assert name in metrics
+    assert (metrics["sga_norm"] > 0) == (method == "sga")
+    for p, q in zip(list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters()), teachers_before):
+        assert torch.equal(p, q) and p.grad is None
