@@ -411,6 +411,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
                 window_start, window_samples = time.time(), 0
             if cfg.output.checkpoint_every and state.step % cfg.output.checkpoint_every == 0 and state.step < steps[stage]:
                 save_checkpoint(run, state, models, opts, scheds, accelerator)
+                _maybe_simulate_preemption(stage, state.step)
         bar.close()
         save_checkpoint(run, state, models, opts, scheds, accelerator)
         if stage == "stage1":
@@ -424,6 +425,17 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         run.mark_finished(summary)
     accelerator.wait_for_everyone()
     return run
+
+
+def _maybe_simulate_preemption(stage: str, step: int) -> None:
+    """Rehearse a preemption: DERD_SIMULATE_PREEMPTION=stage2:200 hard-exits right after that
+    checkpoint (no cleanup, like a SIGKILL), so resume can be tested for real."""
+    import os
+    import sys
+
+    if os.environ.get("DERD_SIMULATE_PREEMPTION") == f"{stage}:{step}":
+        print(f"simulated preemption after checkpoint {stage}:{step}", file=sys.stderr, flush=True)
+        os._exit(17)
 
 
 def _probe(models: Models, cfg: RunConfig, stage: str, step: int, total: int, accelerator) -> dict:
