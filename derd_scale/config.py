@@ -68,6 +68,10 @@ class ModelConfig:
     """File with one class id (e.g. ImageNet wnid) per line, or `imagenet100`: keep only these logits, in this order."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra architecture arguments (timm: img_size, patch_size, depth, ...)."""
+    input_size: Optional[int] = None
+    """Resize inputs to this size inside the model (bilinear) when it differs from the data's; None = feed as is."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing (timm `set_grad_checkpointing`) to trade compute for memory."""
 
 
 @dataclass
@@ -138,6 +142,8 @@ class SAConfig:
     """Weight of CE(T_nat(x_d), ŷ) in the ascent objective."""
     discrepancy_on: Literal["probs", "logits"] = "probs"
     """Decision: D = batch-mean ‖T_nat − T_rob‖₁ on softmax probabilities."""
+    chunk_size: Optional[int] = None
+    """Craft x_d in chunks of this many images (memory); exact, since sign(∇) ignores the batch-mean scale."""
 
 
 @dataclass

@@ -257,9 +257,9 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, opts: dict, s
     # 1. Self-adversary: discrepancy data (local to each rank).
     with accelerator.autocast():
         if s2.sa.enabled and s2.sa.steps > 0:
-            dd = craft_discrepancy_data(expert, models.robust_teacher, x, s2.sa.steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on)
-        else:
-            dd = craft_discrepancy_data(expert, models.robust_teacher, x, 0, 0.0, s2.sa.lambda_d, s2.sa.discrepancy_on)
+            dd = craft_discrepancy_data(expert, models.robust_teacher, x, s2.sa.steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size)
+        else:  # no ascent: x_d = G(z); still one pass for the teachers' outputs and the logs
+            dd = craft_discrepancy_data(expert, models.robust_teacher, x, 0, 0.0, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size)
     metrics.update(d_before=dd.discrepancy_before, d_after=dd.discrepancy_after, flip_rate=dd.flip_rate, teacher_agreement=dd.teacher_agreement)
 
     # 2. Expert guiding: L_1 (natural expert) and L_2 (robust teacher, weighted by λ_rob).

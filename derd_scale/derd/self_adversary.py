@@ -46,7 +46,23 @@ def sa_step(x: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
     return (x + alpha * grad.sign()).clamp_(0.0, 1.0)
 
 
-def craft_discrepancy_data(natural_teacher, robust_teacher, x0: torch.Tensor, steps: int, alpha: float, lambda_d: float = 1.0, on: str = "probs") -> DiscrepancyData:
+def craft_discrepancy_data(natural_teacher, robust_teacher, x0: torch.Tensor, steps: int, alpha: float, lambda_d: float = 1.0, on: str = "probs", chunk_size: int | None = None) -> DiscrepancyData:
+    """K sign-ascent steps from x0. With ``chunk_size`` the batch is crafted chunk by chunk:
+    every term is a per-sample mean, so a chunk's gradient equals the full batch's up to a
+    positive factor and sign(∇) — hence x_d — is unchanged (memory for ViTs at 224²)."""
+    if chunk_size and chunk_size < x0.shape[0]:
+        parts = [craft_discrepancy_data(natural_teacher, robust_teacher, c, steps, alpha, lambda_d, on) for c in x0.split(chunk_size)]
+        n = x0.shape[0]
+        weights = [p.x_d.shape[0] / n for p in parts]
+
+        def mean(attr: str) -> float:
+            return sum(w * getattr(p, attr) for w, p in zip(weights, parts))
+
+        return DiscrepancyData(
+            torch.cat([p.x_d for p in parts]), torch.cat([p.natural_labels for p in parts]),
+            mean("discrepancy_before"), mean("discrepancy_after"), mean("flip_rate"), mean("teacher_agreement"),
+            torch.cat([p.natural_logits for p in parts]), torch.cat([p.robust_logits for p in parts]),
+        )
     x0 = x0.detach()
     with frozen(natural_teacher), frozen(robust_teacher):
         with torch.no_grad():

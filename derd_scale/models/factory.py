@@ -50,9 +50,12 @@ class NormalizedModel(nn.Module):
     ImageNet teacher is used on ImageNet-100 without fine-tuning.
     """
 
-    def __init__(self, model: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, class_indices: Optional[Sequence[int]] = None):
+    def __init__(self, model: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, class_indices: Optional[Sequence[int]] = None, input_size: Optional[int] = None):
         super().__init__()
         self.model = model
+        # Pseudo images come at the dataset's size; a model trained at another size (e.g. a
+        # patch-14 ViT at 518², or a 224² teacher fed 32² twins) gets them resized here.
+        self.input_size = input_size
         self.has_norm = mean is not None
         c = len(mean) if mean is not None else 1
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0], dtype=torch.float32).view(1, c, 1, 1), persistent=False)
@@ -63,6 +66,8 @@ class NormalizedModel(nn.Module):
             self.class_indices = None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size is not None and x.shape[-1] != self.input_size:
+            x = torch.nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > self.input_size)
         if not self.has_norm:
             return x
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -147,6 +152,7 @@ def create_model(
     std: Optional[Sequence[float]] = None,
     class_indices: Optional[Sequence[int]] = None,
     backbone_classes: Optional[int] = None,
+    input_size: Optional[int] = None,
     **kwargs,
 ) -> NormalizedModel:
     """Build a model in [0, 1] pixel space. ``backbone_classes`` is the head size when a
@@ -161,7 +167,7 @@ def create_model(
             mean, std = timm_pretrained_norm(backbone)
             if mean is not None and len(mean) != in_chans:
                 mean, std = None, None
-    return NormalizedModel(backbone, mean, std, class_indices)
+    return NormalizedModel(backbone, mean, std, class_indices, input_size)
 
 
 def unwrap_normalized(model: nn.Module) -> NormalizedModel:

@@ -53,3 +53,12 @@ def test_ascent_increases_the_objective_and_reports_flip_rate():
     # no ε-ball: the data may move further than any fixed small radius after enough steps
     assert (out.x_d - x0).abs().max() > 0.1
     assert torch.allclose(out.natural_logits, nat(out.x_d))
+
+
+def test_chunked_crafting_is_exact():
+    nat, rob = _linear_teacher(4), _linear_teacher(5)
+    x0 = torch.rand(10, 3, 2, 2)
+    full = craft_discrepancy_data(nat, rob, x0, steps=3, alpha=0.03)
+    chunked = craft_discrepancy_data(nat, rob, x0, steps=3, alpha=0.03, chunk_size=4)
+    assert torch.equal(full.x_d, chunked.x_d)
+    assert abs(full.flip_rate - chunked.flip_rate) < 1e-9

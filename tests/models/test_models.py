@@ -111,3 +111,9 @@ def test_timm_pretrained_offline_gives_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="unreachable"):
         create_model("timm:resnet18", 10, pretrained=True)
+
+
+def test_input_size_resizes_inside_the_model():
+    m = create_model("vit_tiny_patch16_224", 5, img_size=64, patch_size=16, depth=1, input_size=64)
+    out = m(torch.rand(2, 3, 32, 32))  # pseudo images at 32² reach the ViT at 64²
+    assert out.shape == (2, 5)
