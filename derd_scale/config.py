@@ -90,6 +90,8 @@ class GeneratorConfig:
     """Decision (Eq. 6): ŷ = argmax T_nat(G(z)) (DAFL); `sampled` draws balanced labels and conditions G on them."""
     implicit_bank_size: int = 1024
     """Number of pseudo images optimised directly when kind=implicit."""
+    grad_checkpointing: bool = False
+    """Recompute the generator's upsampling stages in backward (memory at 224²)."""
 
 
 @dataclass

@@ -122,6 +122,11 @@ def build_models(cfg: RunConfig) -> Models:
     student = model_from_config(cfg.student, info)
     g = cfg.generator
     generator = build_generator(g.kind, info.image_size, info.channels, info.num_classes, g.latent_dim, g.base_channels, g.pseudo_labels, g.implicit_bank_size, cfg.seed)
+    for key, module, wanted in (("student.grad_checkpointing", student.model, cfg.student.grad_checkpointing), ("generator.grad_checkpointing", generator, g.grad_checkpointing)):
+        if wanted:
+            if not hasattr(module, "set_grad_checkpointing"):
+                raise ValueError(f"{key}: {type(module).__name__} does not support activation checkpointing")
+            module.set_grad_checkpointing(True)
     return Models(natural, robust, student, generator, info)
 
 

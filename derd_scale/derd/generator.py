@@ -55,6 +55,11 @@ class PseudoImageGenerator(nn.Module):
             ]
         self.blocks = nn.Sequential(*blocks)
         self.to_image = nn.Sequential(nn.Conv2d(widths[-1], channels, 3, 1, 1), nn.Sigmoid())
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the upsampling stages in backward (the 224² activations dominate memory)."""
+        self.grad_checkpointing = enable
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         device = self.project[0].weight.device
@@ -72,7 +77,15 @@ class PseudoImageGenerator(nn.Module):
                 raise ValueError("conditional generator needs labels")
             z = z * self.label_embedding(labels)
         h = self.project(z).view(z.shape[0], self.widths[0], self.start, self.start)
-        return self.to_image(self.blocks(h))
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint_sequential
+
+            # The recomputation in backward updates BatchNorm running stats a second time;
+            # harmless here because G always runs in train mode (batch statistics).
+            h = checkpoint_sequential(self.blocks, max(1, len(self.blocks) // 4), h, use_reentrant=False)
+        else:
+            h = self.blocks(h)
+        return self.to_image(h)
 
 
 class ImplicitGenerator(nn.Module):
