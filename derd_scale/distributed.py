@@ -29,8 +29,9 @@ def build_accelerator(cfg: DistributedConfig, cpu: Optional[bool] = None):
     from accelerate.utils import InitProcessGroupKwargs
 
     kwargs_handlers = []
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Without this, DeepSpeed under Accelerate on CPU sees one process per rank (PLATFORM.md).
+        # Only when launched multi-process: in one process a backend makes Accelerate expect a group.
         kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo"))
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
