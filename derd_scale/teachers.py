@@ -90,4 +90,5 @@ def _robustbench(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
         raise ValueError(f"{mcfg.arch}: expected robustbench:<dataset>/<threat>/<name>") from None
     model = load_model(model_name=name, dataset=dataset, threat_model=threat)
     # RobustBench models normalise inside and take [0, 1] inputs.
-    return NormalizedModel(model, None, None, None, mcfg.input_size)
+    class_indices, _ = _class_indices(mcfg, info)
+    return NormalizedModel(model, None, None, class_indices, mcfg.input_size)
