@@ -281,6 +281,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `no`/`off` as false: map it back to the option's spelling.
+            value = next((a for a in allowed if isinstance(a, str) and a in (("yes", "on", "true") if value else ("no", "off", "false"))), value)
         if value not in allowed:
             raise ConfigError(f"{key}: invalid value {value!r}; allowed: {', '.join(map(str, allowed))}")
         return value

@@ -76,3 +76,8 @@ def test_every_shipped_config_validates():
 def test_python_m_config_prints_schema():
     out = subprocess.run([sys.executable, "-m", "derd_scale.config"], capture_output=True, text=True, check=True).stdout
     assert "stage2.sa.steps" in out and "distributed.backend" in out
+
+
+def test_yaml_bare_no_maps_to_the_literal():
+    assert config_from_dict({"distributed": {"mixed_precision": False}}).distributed.mixed_precision == "no"
+    assert config_from_dict({}, ["distributed.mixed_precision=no"]).distributed.mixed_precision == "no"
