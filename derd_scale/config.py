@@ -213,6 +213,17 @@ class EvalConfig:
     probe_attacks: list[str] = field(default_factory=lambda: ["clean", "pgd_s"])
     final: bool = True
     """Run the full evaluation after training."""
+    restarts: int = 1
+    """Random restarts of PGD_S/CW (an example counts as robust only if it survives every restart)."""
+    cw_kappa: float = 0.0
+    square_queries: int = 5000
+    surrogate: Optional[str] = None
+    """Transfer attacks: surrogate architecture (any model name or `local-dir:`); crafted there, scored on the student."""
+    surrogate_checkpoint: Optional[str] = None
+    masking_threshold: float = 0.10
+    """Warn when PGD_S − AA exceeds this (fraction), a classic sign of gradient masking."""
+    masking_check: bool = True
+    """Also run PGD_S with twice the steps and warn if robust accuracy goes up."""
 
 
 @dataclass

@@ -507,7 +507,16 @@ def _final_eval(run: RunDir, models: Models, cfg: RunConfig, accelerator) -> dic
         warnings.warn(f"final evaluation skipped: {err}", stacklevel=1)
         return {"skipped": str(err)}
     student = unwrap(models.student)
-    report = evaluate(student, dataset, cfg.eval.attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=accelerator, seed=cfg.seed, progress=cfg.logging.progress_bar)
+    surrogate = None
+    if cfg.eval.surrogate:
+        from .config import ModelConfig
+        from .teachers import model_from_config
+
+        surrogate = model_from_config(ModelConfig(arch=cfg.eval.surrogate, checkpoint=cfg.eval.surrogate_checkpoint), models.info).to(accelerator.device)
+    report = evaluate(
+        student, dataset, cfg.eval.attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=accelerator, seed=cfg.seed,
+        progress=cfg.logging.progress_bar, surrogate=surrogate, masking_check=cfg.eval.masking_check, masking_threshold=cfg.eval.masking_threshold,
+    )
     out = run.path / "eval"
     if accelerator.is_main_process:
         out.mkdir(exist_ok=True)

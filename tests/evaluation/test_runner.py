@@ -1,0 +1,113 @@
+"""Evaluation runs, reports and the 1-vs-2-process equivalence."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from derd_scale.config import EvalConfig
+from derd_scale.evaluation import PRESETS, Protocol, evaluate, protocol_from_config
+from derd_scale.models import create_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_protocol_presets_and_overrides():
+    assert PRESETS["cifar"].eps == pytest.approx(8 / 255) and PRESETS["cifar"].batch_size == 512
+    assert PRESETS["imagenet100"].eps == 0.03 and PRESETS["imagenet100"].alpha == pytest.approx(2 / 255)
+    p = protocol_from_config(EvalConfig(protocol="cifar", eps=2 / 255, steps=20))
+    assert p.eps == pytest.approx(2 / 255) and p.steps == 20 and p.alpha == pytest.approx(2 / 255)
+    with pytest.raises(ValueError, match="eval.protocol: unknown"):
+        protocol_from_config(EvalConfig(protocol="mnist_big"))
+
+
+@pytest.fixture(scope="module")
+def resnet20(weights_dir):
+    return create_model("resnet20", 10, checkpoint=weights_dir / "akamaster_resnet_cifar10" / "resnet20-12fca82f.th").eval()
+
+
+@pytest.fixture(scope="module")
+def resnet4b(weights_dir):
+    return create_model("resnet4b", 10, checkpoint=weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth").eval()
+
+
+def test_clean_accuracy_equals_a_plain_loop(cifar10_test, resnet20):
+    ds, _ = cifar10_test
+    report = evaluate(resnet20, ds, ["clean"], Protocol("t", 0.0, 0.0, 1, 64), n_examples=150, progress=False)
+    x, y = ds.tensors()
+    with torch.no_grad():
+        plain = (resnet20(x[:150].float() / 255).argmax(1) == y[:150]).sum().item()
+    assert report.results["clean"]["correct"] == plain and report.n == 150
+
+
+def test_non_robust_net_collapses_and_robust_net_holds(cifar10_test, resnet20, resnet4b):
+    ds, _ = cifar10_test
+    weak = evaluate(resnet20, ds, ["pgd_s"], PRESETS["cifar"], n_examples=100, progress=False)
+    assert weak.accuracy("pgd_s") <= 0.02
+    strong = evaluate(resnet4b, ds, ["pgd_s"], Protocol("eps2", 2 / 255, 0.5 / 255, 10, 100), n_examples=100, progress=False)
+    assert strong.accuracy("pgd_s") > 0.4
+
+
+def test_monotone_per_example_and_report_files(tmp_path, cifar10_test, resnet4b):
+    ds, _ = cifar10_test
+    p = Protocol("eps2", 2 / 255, 0.5 / 255, 5, 40)
+    report = evaluate(resnet4b, ds, ["fgsm", "pgd_s", "aa"], p, n_examples=40, progress=False, masking_check=True)
+    c = {a: report.correct[:, report.attacks.index(a)] for a in report.attacks}
+    assert bool((c["aa"] <= c["pgd_s"]).all()) and bool((c["pgd_s"] <= c["clean"]).all())
+    assert report.monotonicity_violations()["aa>pgd_s"] == 0
+    report.save(tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert set(data["attacks"]) >= {"clean", "fgsm", "pgd_s", "aa", "pgd_s_2x"}
+    assert data["attacks"]["pgd_s"]["eps"] == pytest.approx(2 / 255) and data["attacks"]["pgd_s"]["n"] == 40
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("Clean") < md.index("FGSM") < md.index("PGD_S") < md.index("| AA")
+    rows = [json.loads(line) for line in (tmp_path / "per_example.jsonl").read_text().splitlines()]
+    assert len(rows) == 40
+    for row in rows:
+        if not row["correct"]["clean"]:
+            assert row["first_fooled_by"] == "clean"
+        elif row["correct"]["aa"] and row["correct"]["pgd_s"] and row["correct"]["fgsm"]:
+            assert row["first_fooled_by"] in (None, "pgd_s_2x")
+
+
+def test_masking_warnings_fire_on_suspicious_numbers():
+    from derd_scale.evaluation.report import EvalReport, masking_warnings
+
+    def rep(acc):
+        attacks = list(acc)
+        return EvalReport({a: {"accuracy": v, "seconds": 0.0} for a, v in acc.items()}, {"eps": 0.03, "alpha": 0.01, "steps": 10}, 0, [], torch.zeros(0, len(attacks), dtype=torch.bool), attacks)
+
+    ok = masking_warnings(rep({"clean": 0.8, "fgsm": 0.5, "pgd_s": 0.45, "aa": 0.42, "pgd_s_2x": 0.44}))
+    assert ok == []
+    bad = masking_warnings(rep({"clean": 0.8, "fgsm": 0.62, "pgd_s": 0.54, "aa": 0.36, "pgd_s_2x": 0.58}))
+    assert any("AutoAttack" in w for w in bad) and any("more PGD steps" in w for w in bad)
+    assert any("weaker than single-step" in w for w in masking_warnings(rep({"fgsm": 0.3, "pgd_s": 0.5})))
+
+
+@pytest.mark.slow
+def test_two_processes_give_exactly_the_one_process_numbers(tmp_path, shared_data, weights_dir):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    common = [
+        str(REPO / "launch" / "evaluate.py"), "--model", str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth"), "--arch", "resnet4b",
+        "--data-name", "cifar10", "--data-source", "parquet", "--data-path", str(shared_data), "--protocol", "cifar", "--eps", str(2 / 255),
+        "--attacks", "clean,fgsm,pgd_s,pgd_t,cw", "--n-examples", "37", "--batch-size", "8", "--steps", "3", "--no-masking-check",
+    ]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "report.json").read_text())
+    b = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert b["world_size"] == 2 and a["world_size"] == 1, "the launch did not start two synchronised processes"
+    for name in a["attacks"]:
+        assert a["attacks"][name]["correct"] == b["attacks"][name]["correct"] and b["attacks"][name]["n"] == 37
+    pa = (tmp_path / "one" / "per_example.jsonl").read_text()
+    pb = (tmp_path / "two" / "per_example.jsonl").read_text()
+    assert pa == pb
