@@ -40,3 +40,19 @@ def cifar10_test(shared_data):
     ds, info = load_dataset_split(DataConfig(name="cifar10", source="parquet", path=str(shared_data)), "test")
     ds.tensors()
     return ds, info
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """Make huggingface_hub fail fast as it does without network (its constants are read at import)."""
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True, raising=False)
+    try:
+        import datasets.config as dc
+
+        monkeypatch.setattr(dc, "HF_HUB_OFFLINE", True, raising=False)
+    except ImportError:
+        pass

@@ -46,8 +46,6 @@ def test_unknown_dataset_and_missing_path():
         load_dataset_split(DataConfig(name="cifar10", source="parquet"))
 
 
-def test_hub_offline_error_is_clear(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_hub_offline_error_is_clear(hub_offline):
     with pytest.raises(RuntimeError, match="Offline\\? Use data.source=parquet"):
         load_dataset_split(DataConfig(name="cifar10", source="hub"), "test")

@@ -31,8 +31,7 @@ def test_missing_local_dir_is_clear(tmp_path):
         model_from_config(ModelConfig(arch=f"local-dir:{tmp_path}"), CIFAR)
 
 
-def test_hub_sources_fail_with_one_line_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_sources_fail_with_one_line_offline(hub_offline):
     with pytest.raises(RuntimeError) as err:
         model_from_config(ModelConfig(arch="timm:resnet18", pretrained=True), CIFAR)
     assert "\n" not in str(err.value) and "unreachable" in str(err.value)

@@ -107,8 +107,7 @@ def test_timm_model_by_name_offline_random_init():
     assert torch.allclose(m.classify(feats), out)
 
 
-def test_timm_pretrained_offline_gives_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_timm_pretrained_offline_gives_clear_error(hub_offline):
     with pytest.raises(RuntimeError, match="unreachable"):
         create_model("timm:resnet18", 10, pretrained=True)
 
