@@ -1,0 +1,248 @@
+"""The distillation tables: DERD's ablation rows next to data-driven references, on real test data.
+
+    python bench/distill_table.py --recipe fmnist  --data-path ../shared/data --out bench/out/fmnist
+    python bench/distill_table.py --recipe cifar10 --data-path ../shared/data --out bench/out/cifar10
+
+Rows (every DERD row uses the same teachers, student architecture and step count):
+  natural        student trained with CE on the real training set, no attack (data-driven)
+  stage1_only    DERD Stage I only (T_nat distilled on G(z))
+  sa_only        Stage I + SA, student distils T_rob alone on x_d
+  sa_eg          Stage I + SA + EG, plain sum L_1 + L_2
+  full_derd      Stage I + SA + EG + SGA (the paper's method)
+  full_derd_gz   full DERD with the natural term on the un-ascended G(z)
+  rslad          data-driven upper bound: RSLAD on the real training set, same T_rob and steps
+
+Stage I is run once (the ``stage1_only`` row) and every Stage-II row resumes from its final
+checkpoint, so rows differ only in what they change. Each row writes ``<out>/<row>/``;
+re-running skips finished rows (resumable). Outputs: ``results.json``, ``results.md``,
+``results.png`` (grouped bars) and ``<row>/curves.png`` for the DERD rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = ("natural", "stage1_only", "sa_only", "sa_eg", "full_derd", "full_derd_gz", "rslad")
+ROW_OVERRIDES = {
+    "stage1_only": ["stage2.enabled=false"],
+    "sa_only": ["stage2.eg.enabled=false"],
+    "sa_eg": ["stage2.aggregation.method=sum"],
+    "full_derd": [],
+    "full_derd_gz": ["stage2.eg.natural_data=gz"],
+}
+
+
+def recipe(name: str, data_path: str) -> dict:
+    """Budgets chosen for this 2-core CPU (see docs/results.md for why)."""
+    if name == "fmnist":
+        teachers = REPO / "bench" / "out" / "fmnist_teachers"
+        return {
+            "teachers": teachers,
+            "config": [
+                "data.name=fashion_mnist", "data.source=parquet", f"data.path={data_path}",
+                f"teachers.natural.arch=local-dir:{teachers / 'natural'}", f"teachers.robust.arch=local-dir:{teachers / 'pgd_at'}",
+                "student.arch=small_cnn", "student.kwargs={width: 8}",
+                "generator.latent_dim=128", "generator.base_channels=32",
+                "stage1.steps=400", "stage1.batch_size=128", "stage2.steps=400", "stage2.batch_size=128",
+                "stage2.sa.steps=5", "stage2.sa.alpha=0.02", "optim.student.lr=0.05",
+                "eval.protocol=fashion_mnist", "eval.n_examples=null", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
+                "eval.every_steps=100", "eval.probe_examples=500", "eval.masking_check=true",
+                "logging.every_steps=20", "output.checkpoint_every=200",
+            ],
+            "aa_examples": 1000, "batch": 128, "eps": 0.1, "alpha": 0.025, "rslad_alpha": 0.025, "lr": 0.05,
+        }
+    if name == "cifar10":
+        w = Path(data_path) / "weights"
+        return {
+            "teachers": None,
+            "config": [
+                "data.name=cifar10", "data.source=parquet", f"data.path={data_path}",
+                "teachers.natural.arch=resnet56", f"teachers.natural.checkpoint={w / 'akamaster_resnet_cifar10' / 'resnet56-4bfd9763.th'}",
+                "teachers.robust.arch=resnet4b", f"teachers.robust.checkpoint={w / 'abcrown_robust_cifar10' / 'resnet4b.pth'}",
+                "student.arch=resnet20",
+                "stage1.steps=200", "stage1.batch_size=64", "stage2.steps=100", "stage2.batch_size=64",
+                "stage2.sa.steps=4", "stage2.sa.alpha=0.00784313725490196", "optim.student.lr=0.05",
+                "eval.protocol=cifar", "eval.eps=0.00784313725490196", "eval.alpha=0.00196078431372549",
+                "eval.n_examples=1000", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
+                "eval.every_steps=50", "eval.probe_examples=200", "eval.masking_check=true",
+                "logging.every_steps=10", "output.checkpoint_every=50",
+            ],
+            "aa_examples": 500, "batch": 64, "eps": 2 / 255, "alpha": 0.5 / 255, "rslad_alpha": 0.5 / 255, "lr": 0.05,
+        }
+    raise ValueError(f"--recipe: {name!r}; allowed: fmnist, cifar10")
+
+
+def ensure_fmnist_teachers(folder: Path, data_path: str) -> None:
+    from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
+    from derd_scale.teacher_training import TeacherTrainConfig, train_teacher
+
+    data = DataConfig(name="fashion_mnist", source="parquet", path=data_path)
+    specs = {
+        "natural": dict(method="ce", epochs=1),
+        "pgd_at": dict(method="pgd", epochs=1, attack_steps=3, alpha=0.05),
+    }
+    for name, spec in specs.items():
+        out = folder / name
+        if (out / "metrics.json").exists():
+            continue
+        cfg = TeacherTrainConfig(data=data, model=ModelConfig(arch="small_cnn", kwargs={"width": 16}), eps=0.1, batch_size=128,
+                                 optim=OptimizerConfig(name="sgd", lr=0.05, schedule="cosine"), eval_examples=10000, out=str(out),
+                                 **{"alpha": 0.025, **spec})
+        print(f"[bench] training the {name} Fashion-MNIST teacher", flush=True)
+        train_teacher(cfg)
+
+
+def run_row(row: str, r: dict, out: Path, progress: bool) -> dict:
+    from derd_scale.config import config_from_dict
+    from derd_scale.plots import plot_training_curves
+    from derd_scale.trainer import train
+
+    row_dir = out / row
+    if (row_dir / "row.json").exists():
+        return json.loads((row_dir / "row.json").read_text())
+    t0 = time.time()
+    base = r["config"] + [f"output.root={out}", f"output.name={row}", f"logging.progress_bar={'true' if progress else 'false'}"]
+    cfg = config_from_dict({}, base)
+    student_steps = cfg.stage1.steps + cfg.stage2.steps
+    if row in ROW_OVERRIDES:
+        cfg = config_from_dict({}, base + ROW_OVERRIDES[row])
+        if row != "stage1_only":
+            # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
+            src = sorted((out / "stage1_only" / "checkpoints").glob("stage1-*"))
+            if not src:
+                raise RuntimeError("stage1_only must run first")
+            dst = row_dir / "checkpoints" / src[-1].name
+            if not dst.exists() and not (row_dir / "DONE").exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(src[-1], dst)
+        run = train(cfg, row)
+        plot_training_curves(run.metrics_path, row_dir / "curves.png")
+        report = json.loads((row_dir / "eval" / "report.json").read_text())
+    else:
+        report = reference_row(row, cfg, r, row_dir, student_steps, progress)
+    result = {"row": row, "attacks": {k: v["accuracy"] for k, v in report["attacks"].items()}, "n": {k: v["n"] for k, v in report["attacks"].items()},
+              "warnings": report.get("warnings", []), "seconds": time.time() - t0}
+    row_dir.mkdir(parents=True, exist_ok=True)
+    (row_dir / "row.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def reference_row(row: str, cfg, r: dict, row_dir: Path, steps: int, progress: bool) -> dict:
+    """The data-driven rows: natural CE and RSLAD on the real training split."""
+    import torch
+
+    from derd_scale.baselines import train_natural_student, train_rslad_student
+    from derd_scale.data import dataset_info, load_dataset_split
+    from derd_scale.evaluation import evaluate, protocol_from_config
+    from derd_scale.teachers import model_from_config
+    from derd_scale.trainer import freeze
+
+    info = dataset_info(cfg.data.name)
+    train_set, _ = load_dataset_split(cfg.data, cfg.data.train_split)
+    x_all, y_all = train_set.tensors()
+    torch.manual_seed(cfg.seed)
+    student = model_from_config(cfg.student, info)
+    if row == "natural":
+        train_natural_student(student, x_all, y_all, steps, r["batch"], r["lr"], cfg.seed, progress)
+    else:
+        teacher = freeze(model_from_config(cfg.teachers.robust, info))
+        train_rslad_student(student, teacher, x_all, y_all, steps, r["batch"], r["eps"], r["rslad_alpha"], 10, r["lr"], cfg.seed, progress)
+    test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
+    report = evaluate(student, test, cfg.eval.attacks, protocol_from_config(cfg.eval, cfg.data.name), n_examples=cfg.eval.n_examples, seed=cfg.seed, progress=progress, masking_check=True)
+    report.save(row_dir / "eval")
+    from derd_scale.export import export_model
+
+    export_model(student, row_dir / "student", cfg.student.arch, info.num_classes, info.channels, info.image_size, list(info.class_names), dict(cfg.student.kwargs))
+    return report.to_json()
+
+
+def autoattack_row(row: str, r: dict, out: Path, progress: bool) -> float:
+    """AutoAttack on the first ``aa_examples`` test images (separately: it dominates the cost)."""
+    from derd_scale.config import ModelConfig, config_from_dict
+    from derd_scale.data import dataset_info, load_dataset_split
+    from derd_scale.evaluation import evaluate, protocol_from_config
+    from derd_scale.teachers import model_from_config
+
+    path = out / row / "aa.json"
+    if path.exists():
+        return json.loads(path.read_text())["aa"]
+    cfg = config_from_dict({}, r["config"])
+    info = dataset_info(cfg.data.name)
+    student = model_from_config(ModelConfig(arch=f"local-dir:{out / row / 'student'}"), info)
+    test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
+    report = evaluate(student, test, ["aa"], protocol_from_config(cfg.eval, cfg.data.name), n_examples=r["aa_examples"], seed=cfg.seed, progress=progress)
+    result = {"aa": report.accuracy("aa"), "n": report.n, "seconds": report.results["aa"]["seconds"], "clean_on_same": report.accuracy("clean")}
+    path.write_text(json.dumps(result, indent=2))
+    return result["aa"]
+
+
+def write_tables(results: dict, out: Path, r: dict, title: str) -> None:
+    from derd_scale.plots import plot_results_bars
+
+    cols = [("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", f"AA (first {r['aa_examples']})")]
+    lines = [f"# {title}", "", "| row | " + " | ".join(c for _, c in cols) + " | Ave | minutes |", "|---" * (len(cols) + 3) + "|"]
+    bars = {}
+    for row, res in results.items():
+        accs = res["attacks"]
+        vals = [accs.get(k) for k, _ in cols]
+        ave = sum(vals) / len(vals) if all(v is not None for v in vals) else None
+        lines.append(f"| {row} | " + " | ".join("—" if v is None else f"{100 * v:.2f}" for v in vals) + f" | {'—' if ave is None else f'{100 * ave:.2f}'} | {res['seconds'] / 60:.1f} |")
+        bars[row] = {k: v for k, v in accs.items() if v is not None}
+    warn = [f"- {row}: {w}" for row, res in results.items() for w in res.get("warnings", [])]
+    if warn:
+        lines += ["", "Evaluator warnings:", *warn]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_results_bars(bars, out / "results.png", title)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", required=True, choices=["fmnist", "cifar10"])
+    p.add_argument("--data-path", default="../shared/data")
+    p.add_argument("--out", default=None, help="default bench/out/<recipe>")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra dotted config override for every row (e.g. stage2.steps=50)")
+    p.add_argument("--no-aa", action="store_true", help="skip the AutoAttack column")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    r = recipe(args.recipe, args.data_path)
+    out = Path(args.out or f"bench/out/{args.recipe}")
+    out.mkdir(parents=True, exist_ok=True)
+    if r["teachers"] is not None:
+        ensure_fmnist_teachers(r["teachers"], args.data_path)
+    rows = [x.strip() for x in args.rows.split(",") if x.strip()]
+    unknown = [x for x in rows if x not in ROWS]
+    if unknown:
+        print(f"--rows: unknown {unknown}; allowed: {', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    if any(x in ROW_OVERRIDES for x in rows):
+        rows.append("stage1_only")  # every DERD row resumes from the shared Stage I
+    rows = sorted(set(rows), key=ROWS.index)  # ROWS lists stage1_only before the Stage-II rows
+    r["config"] = r["config"] + args.overrides
+    results = {}
+    t0 = time.time()
+    for row in rows:
+        print(f"[bench] {args.recipe}: row {row}", flush=True)
+        results[row] = run_row(row, r, out, not args.no_progress)
+        write_tables(dict(sorted(results.items(), key=lambda kv: ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
+    if not args.no_aa:
+        for row in rows:
+            print(f"[bench] {args.recipe}: AutoAttack on {row}", flush=True)
+            results[row]["attacks"]["aa"] = autoattack_row(row, r, out, not args.no_progress)
+            write_tables(dict(sorted(results.items(), key=lambda kv: ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
+    print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

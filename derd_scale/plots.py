@@ -1,0 +1,94 @@
+"""Plots (PNG, matplotlib, no display needed): training curves and results bars.
+
+    plot_training_curves("runs/x/metrics.jsonl", "runs/x/curves.png")
+    plot_results_bars({"full DERD": {"clean": .8, "pgd_s": .5}, ...}, "bench/out/x/results.png")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd_s": "PGD_S", "pgd_t": "PGD_T", "cw": "CW", "aa": "AA"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
+    """Per stage: losses; Stage II also τ1/τ2, cos(g1, g2) (the paper's Fig. 5), ‖g1‖/‖g2‖;
+    and the robust-accuracy probe on real test images over steps."""
+    plt = _plt()
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    s1 = [r for r in records if r["stage"] == "stage1"]
+    s2 = [r for r in records if r["stage"] == "stage2"]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+
+    def series(rows, key):
+        pts = [(r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    ax = axes[0, 0]
+    for key in ("l_g", "l_oh", "l_ie", "l_s"):
+        ax.plot(*series(s1, key), label=key)
+    ax.set_title("Stage I losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    ax = axes[0, 1]
+    for key in ("l_1", "l_2", "l_dis", "l_g"):
+        ax.plot(*series(s2, key), label=key)
+    ax.set_title("Stage II losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    ax = axes[0, 2]
+    ax.plot(*series(s2, "cos_g1_g2"), label="cos(g1, g2)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title("Gradient conflict (paper Fig. 5)"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    ax.plot(*series(s2, "tau1"), label="τ1")
+    ax.plot(*series(s2, "tau2"), label="τ2")
+    ax.set_title("GA weights"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    ax.plot(*series(s2, "g1_norm"), label="‖g1‖ (natural)")
+    ax.plot(*series(s2, "g2_norm"), label="‖g2‖ (robust)")
+    ax.plot(*series(s2, "sga_norm"), label="‖SGA term‖")
+    ax.plot(*series(s2, "flip_rate"), label="T_nat flip rate")
+    ax.set_yscale("symlog", linthresh=1e-3), ax.set_title("Which teacher dominates"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    ax = axes[1, 2]
+    offset = max([r["step"] for r in s1], default=0)
+    for key in ("probe_clean", "probe_pgd_s"):
+        x1, y1 = series(s1, key)
+        x2, y2 = series(s2, key)
+        ax.plot(x1 + [offset + x for x in x2], y1 + y2, marker="o", label=key)
+    if offset:
+        ax.axvline(offset, color="grey", ls="--", lw=0.8)
+    ax.set_title("Probe accuracy on real test images"), ax.set_xlabel("student step (Stage I | Stage II)"), ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_results_bars(rows: dict[str, dict[str, float]], out_png: str | Path, title: str = "") -> Path:
+    """Grouped bars: one group per attack column, one bar per method row (accuracy %)."""
+    plt = _plt()
+    attacks = [a for a in ATTACK_LABELS if any(a in r for r in rows.values())]
+    n = len(rows)
+    width = 0.8 / max(n, 1)
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(attacks) + 2), 4.5))
+    for i, (name, accs) in enumerate(rows.items()):
+        xs = [j + (i - (n - 1) / 2) * width for j in range(len(attacks))]
+        ax.bar(xs, [100 * accs.get(a, float("nan")) for a in attacks], width, label=name)
+    ax.set_xticks(range(len(attacks)), [ATTACK_LABELS[a] for a in attacks])
+    ax.set_ylabel("accuracy (%)"), ax.set_ylim(0, 100), ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
