@@ -130,7 +130,10 @@ def gradient_access(accelerator, student: nn.Module) -> ReplicatedGradients:
     kind = accelerator.distributed_type
     if kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         return ReplicatedGradients(student)
-    raise NotImplementedError(f"gradient aggregation under {kind} is not wired yet")
+    raise NotImplementedError(
+        f"distributed type {kind}: Stage-II gradient aggregation on sharded gradients (DeepSpeed ZeRO, FSDP) "
+        f"is not implemented yet; run plain or DDP (configs/accelerate/ddp.yaml)"
+    )
 
 
 def seed_everything(seed: int) -> None:
