@@ -93,7 +93,7 @@ def ensure_fmnist_teachers(folder: Path, data_path: str) -> None:
         out = folder / name
         if (out / "metrics.json").exists():
             continue
-        cfg = TeacherTrainConfig(data=data, model=ModelConfig(arch="small_cnn", kwargs={"width": 16}), eps=0.1, batch_size=128,
+        cfg = TeacherTrainConfig(data=data, model=ModelConfig(arch="small_cnn", kwargs={"width": 16}), eps=0.1, batch_size=128, progress=False,
                                  optim=OptimizerConfig(name="sgd", lr=0.05, schedule="cosine"), eval_examples=10000, out=str(out),
                                  **{"alpha": 0.025, **spec})
         print(f"[bench] training the {name} Fashion-MNIST teacher", flush=True)
