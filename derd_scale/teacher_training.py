@@ -102,7 +102,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     from .config import DistributedConfig
     from .export import export_model
     from .teachers import model_from_config
-    from .trainer import build_optimizer, build_scheduler
+    from .trainer import _maybe_simulate_preemption, build_optimizer, build_scheduler
 
     cfg.validate()
     accelerator = accelerator or build_accelerator(DistributedConfig())
@@ -163,6 +163,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps({"epoch": epoch + 1, "loss": total / max(seen, 1), "seconds": time.time() - t_start}) + "\n")
         accelerator.wait_for_everyone()
+        _maybe_simulate_preemption("teacher", epoch + 1)
 
     plain = accelerator.unwrap_model(model)
     metrics = evaluate_teacher(plain, cfg, accelerator)
