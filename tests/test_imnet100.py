@@ -82,3 +82,20 @@ def test_tiny_twin_runs_both_stages_under_accelerate_launch(tmp_path, shared_dat
     assert s2[-1]["l_2"] < s2[0]["l_2"]
     report = json.loads((run / "eval" / "report.json").read_text())
     assert "clean" in json.dumps(report)
+
+
+@pytest.mark.slow
+def test_one_real_size_stage2_step_at_batch_2():
+    from accelerate import Accelerator
+
+    from derd_scale.distributed import ReplicatedGradients
+    from derd_scale.trainer import TrainState, build_models, build_optimizer, build_scheduler, stage2_step
+
+    cfg = load_config(REPO / "configs" / "imnet100_vit.yaml", OFFLINE_TEACHERS + ["stage2.batch_size=2", "stage2.sa.chunk_size=2", "distributed.mixed_precision=no"])
+    models = build_models(cfg)
+    opts = {"student": build_optimizer(models.student.parameters(), cfg.optim.student), "generator": build_optimizer(models.generator.parameters(), cfg.optim.generator)}
+    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in opts.items()}
+    before = [p.detach().clone() for p in models.student.parameters()]
+    metrics = stage2_step(models, cfg, TrainState(stage="stage2"), opts, scheds, Accelerator(cpu=True), ReplicatedGradients(models.student))
+    assert all(torch.isfinite(torch.tensor(float(v))) for k, v in metrics.items() if isinstance(v, (int, float)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, models.student.parameters()))
