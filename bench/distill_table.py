@@ -75,7 +75,7 @@ def recipe(name: str, data_path: str) -> dict:
                 "eval.every_steps=50", "eval.probe_examples=200", "eval.masking_check=true",
                 "logging.every_steps=10", "output.checkpoint_every=50",
             ],
-            "aa_examples": 500, "batch": 64, "eps": 2 / 255, "alpha": 0.5 / 255, "rslad_alpha": 0.5 / 255, "lr": 0.05,
+            "aa_examples": 200, "batch": 64, "eps": 2 / 255, "alpha": 0.5 / 255, "rslad_alpha": 0.5 / 255, "lr": 0.05,
         }
     raise ValueError(f"--recipe: {name!r}; allowed: fmnist, cifar10")
 
