@@ -18,6 +18,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+class _Classifier(nn.Module):
+    """``forward(x) = classifier(forward_features(x))`` — the split Eq. 7's L_a needs.
+
+    Subclasses define ``forward_features`` and name their final linear layer in ``head_name``.
+    """
+
+    head_name = "linear"
+
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.head_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.get_classifier()(self.forward_features(x))
+
+
 # --------------------------------------------------------------------------------------
 # He et al. ResNet-(6n+2), option A (akamaster)
 # --------------------------------------------------------------------------------------
@@ -50,7 +65,7 @@ class _BasicBlockA(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetCifarA(nn.Module):
+class ResNetCifarA(_Classifier):
     """ResNet-(6n+2) for CIFAR; ``forward_features`` returns the pooled 64-d features."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, width: int = 16):
@@ -81,12 +96,6 @@ class ResNetCifarA(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
-
-    def get_classifier(self) -> nn.Module:
-        return self.linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------
@@ -135,7 +144,7 @@ class _Bottleneck(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(_Classifier):
     def __init__(self, block: type, num_blocks: list[int], num_classes: int = 10, in_chans: int = 3, width: int = 64):
         super().__init__()
         self.in_planes = width
@@ -160,12 +169,6 @@ class ResNetCifar(nn.Module):
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
-    def get_classifier(self) -> nn.Module:
-        return self.linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.forward_features(x))
-
 
 # --------------------------------------------------------------------------------------
 # Wide ResNet (Zagoruyko & Komodakis), WRN-34-10/20 as in TRADES/RSLAD
@@ -189,7 +192,9 @@ class _WideBlock(nn.Module):
         return y + (x if self.equal else self.shortcut(o))
 
 
-class WideResNet(nn.Module):
+class WideResNet(_Classifier):
+
+    head_name = "fc"
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, in_chans: int = 3):
         super().__init__()
         if (depth - 4) % 6:
@@ -208,12 +213,6 @@ class WideResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         return F.adaptive_avg_pool2d(F.relu(self.bn1(out)), 1).flatten(1)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------
@@ -243,7 +242,7 @@ class _InvertedResidual(nn.Module):
         return out + self.shortcut(x) if self.stride == 1 else out
 
 
-class MobileNetV2Cifar(nn.Module):
+class MobileNetV2Cifar(_Classifier):
     # (expansion, out_planes, num_blocks, stride); strides 1 where ImageNet has 2, for 32×32
     CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
@@ -267,12 +266,6 @@ class MobileNetV2Cifar(nn.Module):
         out = F.relu(self.bn2(self.conv2(self.layers(out))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
-    def get_classifier(self) -> nn.Module:
-        return self.linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.forward_features(x))
-
 
 # --------------------------------------------------------------------------------------
 # alpha-beta-CROWN robust CIFAR-10 nets (no BatchNorm)
@@ -292,8 +285,10 @@ class _CrownBlock(nn.Module):
         return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
 
 
-class CrownResNet(nn.Module):
+class CrownResNet(_Classifier):
     """ResNet-2B / ResNet-4B (no BN, dense head), state-dict names as alpha-beta-CROWN."""
+
+    head_name = "linear2"
 
     def __init__(self, layers: list[list[tuple[int, int]]], in_planes: int, flat: int, num_classes: int = 10, in_chans: int = 3, head_relu: bool = True):
         super().__init__()
@@ -317,12 +312,6 @@ class CrownResNet(nn.Module):
             out = getattr(self, f"layer{i}")(out)
         out = self.linear1(out.flatten(1))
         return F.relu(out) if self.head_relu else out
-
-    def get_classifier(self) -> nn.Module:
-        return self.linear2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.forward_features(x))
 
 
 class SequentialClassifier(nn.Module):
@@ -364,8 +353,10 @@ def _conv_stack(in_chans: int, convs: list[tuple[int, int, int, int]], flat: int
 # --------------------------------------------------------------------------------------
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(_Classifier):
     """conv-BN-ReLU ×2 → pool → conv-BN-ReLU ×2 → pool → FC; width controls capacity."""
+
+    head_name = "fc2"
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, img_size: int = 28):
         super().__init__()
@@ -381,12 +372,6 @@ class SmallCNN(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc1(self.features(x).flatten(1)))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------
