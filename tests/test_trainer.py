@@ -116,3 +116,13 @@ def test_train_help_documents_every_option():
     for line in schema_lines():
         key = line.strip().split(" ")[0]
         assert key in out, key
+
+
+def test_bf16_mixed_precision_runs_both_stages(tmp_path):
+    run = _train(tmp_path, "distributed.mixed_precision=bf16", "stage1.steps=2", "stage2.steps=2")
+    s2 = [r for r in run.read_metrics() if r["stage"] == "stage2"]
+    assert len(s2) == 2 and all(torch.isfinite(torch.tensor([r["l_1"], r["l_2"], r["tau1"], r["cos_g1_g2"]])).all() for r in s2)
+    # the student's master weights stay fp32 (autocast computes in bf16)
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float32 for t in load_file(str(run.student_dir / "model.safetensors")).values() if t.is_floating_point())
