@@ -406,10 +406,12 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             state.step += 1
             window_samples += getattr(cfg, stage).batch_size
             bar.update(1)
-            if state.step % cfg.logging.every_steps == 0 or state.step == steps[stage]:
+            probe_due = _probe_due(cfg, state.step, steps[stage])
+            if state.step % cfg.logging.every_steps == 0 or state.step == steps[stage] or probe_due:
                 elapsed = max(time.time() - window_start, 1e-9)
                 record = {"stage": stage, "step": state.step, **{k: float(v) for k, v in metrics.items()}, "samples_per_s": window_samples / elapsed, "samples_per_s_per_rank": window_samples / elapsed / size}
-                record.update(_probe(models, cfg, stage, state.step, steps[stage], accelerator))
+                if probe_due:
+                    record.update(_probe(models, cfg, accelerator))
                 if accelerator.is_main_process:
                     run.log(record)
                     bar.set_postfix({k: f"{record[k]:.3g}" for k in ("l_s", "l_dis", "cos_g1_g2", "probe_pgd_s") if k in record})
@@ -443,13 +445,16 @@ def _maybe_simulate_preemption(stage: str, step: int) -> None:
         os._exit(17)
 
 
-def _probe(models: Models, cfg: RunConfig, stage: str, step: int, total: int, accelerator) -> dict:
-    """Small robust-accuracy probe on real test data every eval.every_steps and at stage end."""
-    every = cfg.eval.every_steps
-    if not (every and (step % every == 0)) and step != total:
-        return {}
+def _probe_due(cfg: RunConfig, step: int, total: int) -> bool:
+    """A probe runs every eval.every_steps student steps and at the end of each stage."""
     if not cfg.eval.probe_attacks or cfg.eval.probe_examples <= 0:
-        return {}
+        return False
+    every = cfg.eval.every_steps
+    return bool(every and step % every == 0) or step == total
+
+
+def _probe(models: Models, cfg: RunConfig, accelerator) -> dict:
+    """Small robust-accuracy probe on real test data (a collective: every rank calls it)."""
     try:
         dataset = _eval_dataset(cfg, cfg.eval.probe_examples)
     except (FileNotFoundError, RuntimeError, ValueError) as err:

@@ -126,3 +126,10 @@ def test_bf16_mixed_precision_runs_both_stages(tmp_path):
     from safetensors.torch import load_file
 
     assert all(t.dtype == torch.float32 for t in load_file(str(run.student_dir / "model.safetensors")).values() if t.is_floating_point())
+
+
+def test_probe_runs_on_its_own_schedule(tmp_path, shared_data):
+    run = _train(tmp_path, "eval.probe_attacks=[clean]", "eval.probe_examples=20", "eval.every_steps=3", "logging.every_steps=100",
+                 "data.source=parquet", f"data.path={shared_data}", "stage1.steps=6", "stage2.steps=3")
+    probed = [(r["stage"], r["step"]) for r in run.read_metrics() if "probe_clean" in r]
+    assert probed == [("stage1", 3), ("stage1", 6), ("stage2", 3)]
