@@ -424,7 +424,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         if stage == "stage1":
             state.stage, state.step = "stage2", 0
 
-    summary = {"train_seconds": time.time() - start_time, "world_size": size}
+    summary = {"train_seconds": time.time() - start_time, "world_size": size, "student_digest": check_ranks_in_sync(models.student)}
     _export_student(run, models, cfg, accelerator)
     if cfg.eval.final:
         summary["eval"] = _final_eval(run, models, cfg, accelerator)
@@ -432,6 +432,32 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         run.mark_finished(summary)
     accelerator.wait_for_everyone()
     return run
+
+
+def check_ranks_in_sync(student: nn.Module) -> str:
+    """SHA-256 of the student's parameters, compared across ranks.
+
+    Data-parallel replicas must end with bit-identical parameters; a gradient that skipped
+    the reduction (PLATFORM.md's silent trap) makes them drift with no error. One all_gather
+    of a string turns that into a loud failure at the end of every run. (BatchNorm running
+    statistics are buffers DDP re-broadcasts from rank 0 at each forward, so they may differ
+    after the last step; they are not compared.)"""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, t in sorted(unwrap(student).named_parameters()):
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    mine = digest.hexdigest()
+    rank, size = world()
+    if size > 1:
+        import torch.distributed as dist
+
+        digests: list = [None] * size
+        dist.all_gather_object(digests, mine)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"data-parallel ranks diverged: student digests {digests}")
+    return mine
 
 
 def _maybe_simulate_preemption(stage: str, step: int) -> None:
