@@ -47,16 +47,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a small tensor over ranks (fp32, in place on a copy)."""
-    rank, size = world()
-    if size == 1:
-        return t
-    out = t.detach().float().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
-
-
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
@@ -134,14 +124,3 @@ def gradient_access(accelerator, student: nn.Module) -> ReplicatedGradients:
         f"distributed type {kind}: Stage-II gradient aggregation on sharded gradients (DeepSpeed ZeRO, FSDP) "
         f"is not implemented yet; run plain or DDP (configs/accelerate/ddp.yaml)"
     )
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))

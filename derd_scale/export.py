@@ -79,7 +79,7 @@ def export_model(
 
 def _readme(arch: str, config: dict) -> str:
     if config["derd_scale"]["library"] == "timm":
-        how = f'```python\nimport timm\nmodel = timm.create_model("local-dir:THIS_FOLDER", pretrained=True)  # or "hf-hub:ORG/REPO"\n```\n' \
+        how = '```python\nimport timm\nmodel = timm.create_model("local-dir:THIS_FOLDER", pretrained=True)  # or "hf-hub:ORG/REPO"\n```\n' \
               "Inputs: pixels in [0, 1] normalised with `pretrained_cfg` mean/std (timm's data config does this)."
     else:
         how = '```python\nfrom derd_scale.export import load_exported\nmodel = load_exported("THIS_FOLDER")  # normalisation included: feed [0, 1] pixels\n```\n' \

@@ -14,19 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch.nn as nn
 
 from .config import ModelConfig
 from .data import DatasetInfo
 from .models.factory import NormalizedModel, create_model, read_class_subset
-
-
-def freeze_teacher(model: nn.Module) -> nn.Module:
-    """Eval mode and no parameter gradients: teachers never train in DERD."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def _class_indices(mcfg: ModelConfig, info: DatasetInfo) -> tuple[Optional[list[int]], Optional[int]]:

@@ -19,7 +19,6 @@ re-sharded run draws exactly the same pseudo images.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -35,8 +34,8 @@ from .data import DatasetInfo, dataset_info
 from .derd.aggregation import aggregate_gradients, sga_gradient, sga_noise, sga_tau
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
-from .derd.self_adversary import DiscrepancyData, craft_discrepancy_data
-from .distributed import all_reduce_sum, build_accelerator, gradient_access, unwrap, world
+from .derd.self_adversary import craft_discrepancy_data
+from .distributed import build_accelerator, gradient_access, unwrap, world
 from .run_dir import RunDir, prepare_run_dir
 
 STAGES = ("stage1", "stage2")
@@ -553,7 +552,3 @@ def _final_eval(run: RunDir, models: Models, cfg: RunConfig, accelerator) -> dic
         out.mkdir(exist_ok=True)
         report.save(out)
     return {name: r["accuracy"] for name, r in report.results.items()}
-
-
-def read_summary(run: RunDir) -> dict:
-    return json.loads(run.done_marker.read_text()) if run.done_marker.exists() else {}

@@ -56,3 +56,14 @@ def hub_offline(monkeypatch):
         monkeypatch.setattr(dc, "HF_HUB_OFFLINE", True, raising=False)
     except ImportError:
         pass
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps a process-wide singleton; each test may ask for its own precision."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()

@@ -17,7 +17,7 @@ clean (the RobustBench convention), so every robust accuracy is ≤ clean accura
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
