@@ -184,6 +184,16 @@ def autoattack_row(row: str, r: dict, out: Path, progress: bool) -> float:
     return result["aa"]
 
 
+def stage2_diagnostics(metrics_path: Path, keys) -> dict:
+    """Means of the Stage-II logs over the second half of the stage: which teacher dominates."""
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    s2 = [r for r in records if r["stage"] == "stage2"]
+    if not s2:
+        return {}
+    tail = [r for r in s2 if r["step"] > s2[-1]["step"] / 2]
+    return {k: sum(r[k] for r in tail if k in r) / max(1, sum(k in r for r in tail)) if any(k in r for r in tail) else None for k in keys}
+
+
 def write_tables(results: dict, out: Path, r: dict, title: str) -> None:
     from derd_scale.plots import plot_results_bars
 
@@ -196,6 +206,13 @@ def write_tables(results: dict, out: Path, r: dict, title: str) -> None:
         ave = sum(vals) / len(vals) if all(v is not None for v in vals) else None
         lines.append(f"| {row} | " + " | ".join("—" if v is None else f"{100 * v:.2f}" for v in vals) + f" | {'—' if ave is None else f'{100 * ave:.2f}'} | {res['seconds'] / 60:.1f} |")
         bars[row] = {k: v for k, v in accs.items() if v is not None}
+    diag_keys = ("g1_norm", "g2_norm", "cos_g1_g2", "tau1", "tau2", "sga_norm", "flip_rate", "d_after", "student_agree_rob")
+    diag = {row: stage2_diagnostics(out / row / "metrics.jsonl", diag_keys) for row in results if (out / row / "metrics.jsonl").exists()}
+    diag = {row: d for row, d in diag.items() if d}
+    if diag:
+        lines += ["", "Stage-II diagnostics (mean over the last half of Stage II):", "",
+                  "| row | " + " | ".join(diag_keys) + " |", "|---" * (len(diag_keys) + 1) + "|"]
+        lines += [f"| {row} | " + " | ".join("—" if d.get(k) is None else f"{d[k]:.3g}" for k in diag_keys) + " |" for row, d in diag.items()]
     warn = [f"- {row}: {w}" for row, res in results.items() for w in res.get("warnings", [])]
     if warn:
         lines += ["", "Evaluator warnings:", *warn]
