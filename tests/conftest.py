@@ -67,3 +67,13 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     PartialState._reset_state()
+
+
+def free_port() -> str:
+    """A free TCP port for a multi-process launch's rendezvous (never the shared default 29500,
+    which parallel launches on the same machine would fight over)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])

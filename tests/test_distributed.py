@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 
 from derd_scale.trainer import check_ranks_in_sync
 
@@ -34,7 +35,7 @@ def test_digest_changes_with_any_parameter():
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
            str(REPO / "launch" / "train.py")]
     for item in TINY + [f"output.root={tmp_path}", "output.name=ddp"]:
         cmd += ["--set", item]
@@ -51,7 +52,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
 @pytest.mark.slow
 def test_the_sync_check_catches_an_unreduced_second_backward(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
            str(REPO / "tests" / "workers" / "silent_trap.py")]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 
 from derd_scale.config import EvalConfig
 from derd_scale.evaluation import PRESETS, Protocol, evaluate, protocol_from_config
@@ -100,7 +101,7 @@ def test_two_processes_give_exactly_the_one_process_numbers(tmp_path, shared_dat
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
                           *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     a = json.loads((tmp_path / "one" / "report.json").read_text())
