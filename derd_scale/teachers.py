@@ -1,85 +1,165 @@
-"""Teachers (and students) from a ``ModelConfig``: one spec, many sources.
+"""Teachers (and students) from a ``ModelConfig``: one spec string, many sources.
 
-    model_from_config(ModelConfig(arch="resnet56", checkpoint="…/resnet56-4bfd9763.th"), info)
-    model_from_config(ModelConfig(arch="local-dir:runs/x/student"), info)      # our export / timm folder
+    model_from_config(ModelConfig(arch="resnet56", checkpoint="…/resnet56-4bfd9763.th"), info)   # local file
+    model_from_config(ModelConfig(arch="local-dir:runs/x/student"), info)       # our export / a timm folder
     model_from_config(ModelConfig(arch="timm:vit_small_patch16_224", pretrained=True,
-                                  class_subset="imagenet100", num_classes=1000), info)
+                                  class_subset="imagenet100"), info)             # 1000 → 100 logits
+    model_from_config(ModelConfig(arch="hf-hub:timm/resnet18.a1_in1k"), info)    # a timm-format Hub repo
+    model_from_config(ModelConfig(arch="robustbench:cifar10/Linf/Carmon2019Unlabeled"), info)
 
-Every result is a ``NormalizedModel`` in [0, 1] pixel space with ``num_classes`` outputs
-in the dataset's class order.
+Sources of ``arch``:
+  derd_scale names (``resnet20`` … ``small_cnn``) or timm names, with ``checkpoint:`` a local
+      .safetensors / .pth / .th file (loaded ``weights_only``) — offline;
+  ``timm:NAME`` with ``pretrained: true``: timm's Hub weights, ``pretrained_cfg`` mean/std;
+  ``hf-hub:ORG/REPO``: a timm-format Hub repo (e.g. a student pushed by launch/push_to_hub.py);
+  ``local-dir:DIR``: a timm-format folder (derd_scale's exports, timm's ``save_for_hf``) — offline;
+  ``robustbench:DATASET/THREAT/NAME``: RobustBench's model zoo (needs the robustbench package).
+Network sources fail with one line when the Hub is unreachable (see ``models.factory``).
+
+Every result is a ``NormalizedModel`` taking [0, 1] pixels, with ``num_classes`` outputs
+(default: the dataset's) in the dataset's class order; ``class_subset`` selects a larger
+head's logits (ImageNet-1k → ImageNet-100) by the dataset's class ids.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
+import torch.nn as nn
 
 from .config import ModelConfig
 from .data import DatasetInfo
-from .models.factory import NormalizedModel, create_model, read_class_subset
+from .models.factory import NormalizedModel, _looks_offline, create_model, read_class_subset
+
+ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
+ROBUSTBENCH_THREATS = ("Linf", "L2", "corruptions", "corruptions_3d")
+
+
+def model_from_config(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
+    """Build the model ``mcfg`` describes for a dataset described by ``info``."""
+    arch = mcfg.arch
+    if arch.startswith("local-dir:"):
+        model = _from_local_dir(mcfg, info)
+    elif arch.startswith("robustbench:"):
+        model = _robustbench(mcfg, info)
+    else:
+        class_indices, backbone_classes = _class_indices(mcfg, info)
+        num_classes = mcfg.num_classes or (len(class_indices) if class_indices is not None else info.num_classes)
+        model = create_model(
+            arch, num_classes, in_chans=info.channels, checkpoint=mcfg.checkpoint, pretrained=mcfg.pretrained,
+            mean=mcfg.mean, std=mcfg.std, class_indices=class_indices, backbone_classes=backbone_classes,
+            input_size=mcfg.input_size, **mcfg.kwargs,
+        )
+        _warn_if_head_reset(model, mcfg, backbone_classes or num_classes)
+    return model
+
+
+def freeze_teacher(model: nn.Module) -> nn.Module:
+    """Eval mode (BatchNorm running statistics, no dropout) and no parameter gradients.
+
+    Gradients still flow *through* a frozen teacher to its input — what the self-adversary
+    and the generator need. Returns the same module.
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def _class_indices(mcfg: ModelConfig, info: DatasetInfo) -> tuple[Optional[list[int]], Optional[int]]:
-    """Logit indices of the dataset's classes in a larger head (e.g. ImageNet-1k → ImageNet-100)."""
+    """Logit indices of the dataset's classes in an ImageNet-1k head, in the dataset's order."""
     if mcfg.class_subset is None:
         return None, None
     wanted = read_class_subset(mcfg.class_subset)
-    if list(wanted) != list(info.class_names):
-        # The dataset's class order is authoritative; the subset file must list the same ids.
-        missing = sorted(set(info.class_names) - set(wanted))
-        if missing:
-            raise ValueError(f"class_subset: {mcfg.class_subset} lacks dataset classes {missing[:5]}")
+    # The dataset's class order is authoritative; the subset file must cover its ids.
+    missing = [c for c in info.class_names if c not in set(wanted)]
+    if missing:
+        raise ValueError(f"class_subset: {mcfg.class_subset} lacks {len(missing)} of {info.name}'s classes, e.g. {missing[:3]}")
     head_ids = _imagenet1k_wnids()
     index = {w: i for i, w in enumerate(head_ids)}
     unknown = [w for w in info.class_names if w not in index]
     if unknown:
-        raise ValueError(f"class_subset: ids not in the 1000-class head: {unknown[:5]}")
+        raise ValueError(f"class_subset: {len(unknown)} of {info.name}'s class ids are not ImageNet-1k wnids, e.g. {unknown[:3]}")
     return [index[w] for w in info.class_names], len(head_ids)
 
 
 def _imagenet1k_wnids() -> list[str]:
+    """The 1000 ImageNet-1k wnids in logit order (shipped with timm, no network)."""
     from timm.data import ImageNetInfo
 
     return list(ImageNetInfo().label_names())
 
 
-def model_from_config(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
-    arch = mcfg.arch
-    num_classes = mcfg.num_classes or info.num_classes
-    if arch.startswith("local-dir:"):
-        folder = Path(arch[len("local-dir:"):])
-        if (folder / "config.json").exists():
-            from .export import load_exported
+def _warn_if_head_reset(model: NormalizedModel, mcfg: ModelConfig, num_classes: int) -> None:
+    """timm silently re-initialises a pretrained head of another size: right for fine-tuning,
+    wrong for a teacher, so say it once."""
+    if not (mcfg.pretrained or mcfg.arch.startswith("hf-hub:")) or mcfg.checkpoint:
+        return
+    source_classes = (getattr(model.model, "pretrained_cfg", None) or {}).get("num_classes")
+    if source_classes and source_classes != num_classes:
+        warnings.warn(f"{mcfg.arch}: pretrained head has {source_classes} classes, the model needs {num_classes}: "
+                      f"the classifier is freshly initialised (fine-tuning); a teacher needs class_subset or matching weights", stacklevel=3)
 
-            model = load_exported(folder)
-            if mcfg.mean is not None:
-                model = NormalizedModel(model.model, mcfg.mean, mcfg.std, model.class_indices, mcfg.input_size)
-            return model
-        raise FileNotFoundError(f"{arch}: no config.json in {folder}")
-    if arch.startswith("robustbench:"):
-        return _robustbench(mcfg, info)
+
+def _from_local_dir(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
+    from .export import load_exported
+
+    folder = Path(mcfg.arch[len("local-dir:"):])
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{mcfg.arch}: folder not found")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{mcfg.arch}: no config.json in {folder} (expected a timm-format export folder)")
+    if mcfg.checkpoint:
+        raise ValueError(f"{mcfg.arch}: a local-dir folder carries its own weights; remove checkpoint: {mcfg.checkpoint}")
+    if mcfg.pretrained:
+        raise ValueError(f"{mcfg.arch}: pretrained: true has no meaning for a local-dir folder; remove it")
+    if mcfg.kwargs:
+        raise ValueError(f"{mcfg.arch}: kwargs come from the folder's config.json; remove kwargs: {dict(mcfg.kwargs)}")
+    loaded = load_exported(folder)
     class_indices, backbone_classes = _class_indices(mcfg, info)
-    if class_indices is not None and mcfg.num_classes is None:
-        num_classes = len(class_indices)
-    return create_model(
-        arch, num_classes, in_chans=info.channels, checkpoint=mcfg.checkpoint, pretrained=mcfg.pretrained,
-        mean=mcfg.mean, std=mcfg.std, class_indices=class_indices, backbone_classes=backbone_classes,
-        input_size=mcfg.input_size, **mcfg.kwargs,
-    )
+    head = loaded.model.get_classifier() if hasattr(loaded.model, "get_classifier") else None
+    outputs = head.out_features if isinstance(head, nn.Linear) else None
+    if backbone_classes is not None and outputs is not None and outputs != backbone_classes:
+        raise ValueError(f"{mcfg.arch}: class_subset needs a {backbone_classes}-class head, the folder's model has {outputs}")
+    expected = mcfg.num_classes or (len(class_indices) if class_indices is not None else info.num_classes)
+    if class_indices is None and outputs is not None and outputs != expected:
+        raise ValueError(f"{mcfg.arch}: the folder's model has {outputs} classes, {info.name} needs {expected}; set class_subset or use a matching model")
+    mean = mcfg.mean if mcfg.mean is not None else (loaded.mean.flatten().tolist() if loaded.has_norm else None)
+    std = mcfg.std if mcfg.std is not None else (loaded.std.flatten().tolist() if loaded.has_norm else None)
+    input_size = mcfg.input_size if mcfg.input_size is not None else loaded.input_size
+    return NormalizedModel(loaded.model, mean, std, class_indices, input_size)
+
+
+def _robustbench_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(os.environ.get("ROBUSTBENCH_MODEL_DIR", base / "robustbench"))
 
 
 def _robustbench(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
+    _, rest = mcfg.arch.split(":", 1)
+    parts = rest.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"{mcfg.arch}: expected robustbench:<dataset>/<threat>/<name>, e.g. robustbench:cifar10/Linf/Carmon2019Unlabeled")
+    dataset, threat, name = parts
+    if dataset not in ROBUSTBENCH_DATASETS:
+        raise ValueError(f"{mcfg.arch}: RobustBench dataset {dataset!r}; allowed: {', '.join(ROBUSTBENCH_DATASETS)}")
+    if threat not in ROBUSTBENCH_THREATS:
+        raise ValueError(f"{mcfg.arch}: RobustBench threat model {threat!r}; allowed: {', '.join(ROBUSTBENCH_THREATS)}")
     try:
         from robustbench.utils import load_model  # type: ignore
     except ImportError:
         raise RuntimeError(f"{mcfg.arch}: needs the robustbench package: pip install git+https://github.com/RobustBench/robustbench.git") from None
-    _, rest = mcfg.arch.split(":", 1)
     try:
-        dataset, threat, name = rest.split("/")
-    except ValueError:
-        raise ValueError(f"{mcfg.arch}: expected robustbench:<dataset>/<threat>/<name>") from None
-    model = load_model(model_name=name, dataset=dataset, threat_model=threat)
-    # RobustBench models normalise inside and take [0, 1] inputs.
+        # Weights are cached under ROBUSTBENCH_MODEL_DIR (default ~/.cache/robustbench), not the cwd.
+        model = load_model(model_name=name, model_dir=str(_robustbench_cache()), dataset=dataset, threat_model=threat)
+    except Exception as err:  # robustbench raises requests/gdown errors of many kinds
+        if _looks_offline(err):
+            raise RuntimeError(f"{mcfg.arch}: RobustBench weights need the network, which is unreachable here ({type(err).__name__}); "
+                               f"download once online (cached in {_robustbench_cache()})") from err
+        raise
+    # RobustBench models normalise inside and take [0, 1] inputs; ImageNet ones have 1000 logits.
     class_indices, _ = _class_indices(mcfg, info)
-    return NormalizedModel(model, None, None, class_indices, mcfg.input_size)
+    return NormalizedModel(model, mcfg.mean, mcfg.std, class_indices, mcfg.input_size)
