@@ -12,14 +12,28 @@ Objectives (x in [0, 1], L∞ ball of radius ε):
 Adversarial examples are crafted with the model in eval mode (BatchNorm running stats),
 as in the TRADES/RSLAD reference code, then the update runs in train mode.
 
+Data: small images (≤ 64 px: CIFAR, Fashion-MNIST) are decoded once into memory and
+augmented per batch (``flip_crop``: flip + 4-px padded crop, the CIFAR recipe); larger ones
+(ImageNet-100) are decoded per batch by ``workers`` DataLoader processes with an
+Inception-style random-resized crop + flip at the dataset's size (``resized_crop``), the
+crop of each image a function of (seed, epoch, index).
+
 Resume: ``OUT/checkpoints/last.pt`` is written after every epoch (model, optimiser,
-scheduler, epoch); the epoch's shuffle is a function of (seed, epoch), so a resumed run
-makes exactly the updates an uninterrupted one would.
+scheduler, epoch, torch RNG state, training seconds so far); the epoch's shuffle, crops
+and attack starts come from a generator seeded by (seed, epoch) and dropout / drop-path
+from the restored global RNG, so a resumed run makes exactly the updates an uninterrupted
+one would. Re-running with different training settings on the same ``OUT`` is refused.
+
+Final metrics (``OUT/metrics.json``): clean and PGD_S accuracy (ε, ``eval_alpha``,
+``eval_steps``) on the first ``eval_examples`` images of the eval split (None = all),
+``train_seconds`` (optimisation only, summed over resumes) and ``eval_seconds``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +45,14 @@ import torch.nn.functional as F
 from .config import DataConfig, ModelConfig, OptimizerConfig
 from .data import dataset_info, load_dataset_split
 from .evaluation import attacks as A
+
+
+class TeacherTrainError(ValueError):
+    """A setting, or a setting and the data/checkpoint, do not fit (one line, names the setting)."""
+
+
+AUGMENTS = ("auto", "none", "flip_crop", "resized_crop")
+STREAM_ABOVE = 64  # image sizes above this are decoded per batch instead of held in memory
 
 
 @dataclass
@@ -47,22 +69,48 @@ class TeacherTrainConfig:
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", lr=0.1, schedule="cosine"))
     augment: str = "auto"
     max_train_examples: Optional[int] = None
-    eval_examples: int = 1000
+    eval_examples: Optional[int] = 1000
     eval_steps: int = 10
+    eval_alpha: Optional[float] = None
+    """Step size of the final PGD evaluation; None = ``alpha``."""
+    workers: int = 4
+    """DataLoader processes decoding large (streamed) training images; 0 = in the main process."""
     seed: int = 0
     out: str = "teachers/teacher"
     progress: bool = True
 
     def validate(self) -> None:
         if self.method not in ("ce", "pgd", "trades"):
-            raise ValueError(f"method: {self.method!r}; allowed: ce, pgd, trades")
-        if self.augment not in ("auto", "none", "flip_crop"):
-            raise ValueError(f"augment: {self.augment!r}; allowed: auto, none, flip_crop")
+            raise TeacherTrainError(f"method: {self.method!r}; allowed: ce, pgd, trades")
+        if self.augment not in AUGMENTS:
+            raise TeacherTrainError(f"augment: {self.augment!r}; allowed: {', '.join(AUGMENTS)}")
         for key in ("epochs", "batch_size", "attack_steps"):
             if getattr(self, key) <= 0:
-                raise ValueError(f"{key}: must be > 0")
+                raise TeacherTrainError(f"{key}: must be > 0")
         if self.method != "ce" and self.eps <= 0:
-            raise ValueError("eps: must be > 0 for adversarial training")
+            raise TeacherTrainError("eps: must be > 0 for adversarial training")
+        if self.workers < 0:
+            raise TeacherTrainError("workers: must be >= 0")
+        if self.eval_examples is not None and self.eval_examples <= 0:
+            raise TeacherTrainError("eval_examples: must be > 0, or None for the whole split")
+
+
+# Settings a resumed run must share with the run that wrote the checkpoint (others — the
+# data path, evaluation size, progress bar — may change between attempts).
+_RESUME_KEYS = ("model", "method", "eps", "alpha", "attack_steps", "beta", "epochs", "batch_size", "optim", "augment", "max_train_examples", "seed")
+
+
+def _check_resume_compatible(out: Path, cfg: "TeacherTrainConfig") -> None:
+    saved_path = out / "teacher_config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(json.dumps(asdict(cfg), default=str))
+    changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    if saved.get("data", {}).get("name") != now["data"]["name"]:
+        changed.append("data.name")
+    if changed:
+        raise TeacherTrainError(f"{out}: has a checkpoint trained with different {', '.join(changed)}; use another --out or delete {out / 'checkpoints'}")
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -77,6 +125,58 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
     return out.gather(3, cols)
+
+
+def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """Inception crop of a CHW image in [0, 1] resized to size×size (+ horizontal flip), drawn from ``gen``."""
+    _, h, w = x.shape
+    area = h * w
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    top, left, ch, cw = (h - min(h, w)) // 2, (w - min(h, w)) // 2, min(h, w), min(h, w)  # fallback: centre square
+    for _ in range(10):
+        u = torch.rand(3, generator=gen).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+        tw, th = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < tw <= w and 0 < th <= h:
+            top = int(torch.randint(0, h - th + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - tw + 1, (1,), generator=gen))
+            ch, cw = th, tw
+            break
+    crop = x[:, top : top + ch, left : left + cw][None]
+    out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=max(ch, cw) > size)[0]
+    if flip and bool(torch.rand(1, generator=gen) < 0.5):
+        out = out.flip(2)
+    return out.clamp_(0.0, 1.0)
+
+
+def center_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Shorter side to ``size``, centre crop (the no-augmentation path for streamed images)."""
+    _, h, w = x.shape
+    s = min(h, w)
+    crop = x[:, (h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s][None]
+    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=s > size)[0].clamp_(0.0, 1.0)
+
+
+class _StreamedEpoch(torch.utils.data.Dataset):
+    """One rank's training images of one epoch, in order, decoded and augmented per item."""
+
+    def __init__(self, dataset, indices: torch.Tensor, size: int, augment: bool, seed: int, epoch: int):
+        self.dataset, self.indices, self.size, self.augment = dataset, indices.tolist(), size, augment
+        self.base = (seed * 1_000_003 + epoch) * 10_000_019
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        idx = self.indices[i]
+        x, y = self.dataset[idx]
+        if self.augment:
+            # Per-image generator: the same crop whichever worker decodes it, and after a resume.
+            x = random_resized_crop(x, self.size, torch.Generator().manual_seed(self.base + idx))
+        else:
+            x = center_resize(x, self.size)
+        return x, y
 
 
 def teacher_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: TeacherTrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -110,43 +210,69 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     out = Path(cfg.out)
     ckpt = out / "checkpoints" / "last.pt"
     info = dataset_info(cfg.data.name)
-    train_set, _ = load_dataset_split(cfg.data, cfg.data.train_split)
+    stream = info.image_size > STREAM_ABOVE
+    if stream and cfg.augment == "flip_crop":
+        raise TeacherTrainError(f"augment: flip_crop is the small-image recipe; {info.name} ({info.image_size} px) takes resized_crop or none")
+    if not stream and cfg.augment == "resized_crop":
+        raise TeacherTrainError(f"augment: resized_crop is for streamed large images; {info.name} ({info.image_size} px) takes flip_crop or none")
+    if cfg.batch_size % size:
+        raise TeacherTrainError(f"batch_size: {cfg.batch_size} is not divisible by the {size} processes")
+    # Streamed training images are decoded raw (the eval resize/crop is not a training transform).
+    train_set, _ = load_dataset_split(dataclasses.replace(cfg.data, resize=None, crop=None) if stream else cfg.data, cfg.data.train_split)
     train_set = train_set.subset(cfg.max_train_examples)
-    x_all, y_all = train_set.tensors()
-    augment = cfg.augment == "flip_crop" or (cfg.augment == "auto" and info.channels == 3 and info.image_size == 32)
+    if stream:
+        x_all, y_all = None, train_set.labels
+        augment = cfg.augment in ("auto", "resized_crop")
+    else:
+        x_all, y_all = train_set.tensors()
+        augment = cfg.augment == "flip_crop" or (cfg.augment == "auto" and info.channels == 3 and info.image_size == 32)
+    steps_per_epoch = len(y_all) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TeacherTrainError(f"batch_size: {cfg.batch_size} exceeds the {len(y_all)} training examples")
 
     torch.manual_seed(cfg.seed)
     model = model_from_config(cfg.model, info)
-    steps_per_epoch = len(y_all) // cfg.batch_size
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.epochs * steps_per_epoch, cfg.optim)
-    start_epoch = 0
+    start_epoch, trained_seconds = 0, 0.0
     if ckpt.exists():
+        _check_resume_compatible(out, cfg)
         blob = torch.load(ckpt, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
         start_epoch = blob["epoch"]
+        trained_seconds = float(blob.get("train_seconds", 0.0))
+        if "rng" in blob:
+            # Dropout / drop-path (ViTs) draw from the global RNG; restore it for exact resume.
+            torch.set_rng_state(blob["rng"])
         accelerator.print(f"resumed {out} at epoch {start_epoch}")
     model, optimizer = accelerator.prepare(model, optimizer)
     log_path = out / "train_log.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "teacher_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.time()
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
         order = torch.randperm(len(y_all), generator=gen)
         local = cfg.batch_size // size
         bar = tqdm(range(steps_per_epoch), desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
         total, seen = 0.0, 0
+        if stream:
+            mine = order[: steps_per_epoch * cfg.batch_size].view(steps_per_epoch, size, local)[:, rank].reshape(-1)
+            loader = iter(torch.utils.data.DataLoader(_StreamedEpoch(train_set, mine, info.image_size, augment, cfg.seed, epoch), batch_size=local,
+                                                      num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda", persistent_workers=False))
         for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size][rank * local : (rank + 1) * local]
-            x = x_all[idx].float().div_(255)
-            if augment:
-                x = _augment(x, gen)
-            x, y = x.to(accelerator.device), y_all[idx].to(accelerator.device)
+            if stream:
+                x, y = next(loader)
+            else:
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size][rank * local : (rank + 1) * local]
+                x, y = x_all[idx].float().div_(255), y_all[idx]
+                if augment:
+                    x = _augment(x, gen)
+            x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
             loss = teacher_loss(model, x, y, cfg, gen)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -155,19 +281,23 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
             total += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.3f}")
+        trained_seconds += time.time() - t_epoch
         if accelerator.is_main_process:
             (out / "checkpoints").mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1}, tmp)
-            tmp.replace(ckpt)
+            torch.save({"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1, "rng": torch.get_rng_state(), "train_seconds": trained_seconds}, tmp)
+            tmp.replace(ckpt)  # atomic: a kill mid-save leaves the previous epoch's checkpoint
             with open(log_path, "a") as fh:
-                fh.write(json.dumps({"epoch": epoch + 1, "loss": total / max(seen, 1), "seconds": time.time() - t_start}) + "\n")
+                fh.write(json.dumps({"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": scheduler.get_last_lr()[0], "train_seconds": trained_seconds}) + "\n")
         accelerator.wait_for_everyone()
         _maybe_simulate_preemption("teacher", epoch + 1)
 
     plain = accelerator.unwrap_model(model)
+    t_eval = time.time()
     metrics = evaluate_teacher(plain, cfg, accelerator)
-    metrics["train_seconds"] = time.time() - t_start
+    metrics["train_seconds"] = trained_seconds
+    metrics["eval_seconds"] = time.time() - t_eval
     if accelerator.is_main_process:
         export_model(plain, out, arch=cfg.model.arch, num_classes=info.num_classes, in_chans=info.channels, img_size=info.image_size,
                      class_names=list(info.class_names), model_kwargs=dict(cfg.model.kwargs),
@@ -178,10 +308,15 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
 
 
 def evaluate_teacher(model, cfg: TeacherTrainConfig, accelerator) -> dict:
-    """Clean and PGD_S (ε, α, ``eval_steps``) accuracy on the first ``eval_examples`` test images."""
+    """Clean and PGD_S (ε, ``eval_alpha``, ``eval_steps``) accuracy on the first ``eval_examples`` test images."""
     from .evaluation import Protocol, evaluate
 
-    test_set, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
+    data, info = cfg.data, dataset_info(cfg.data.name)
+    if info.image_size > STREAM_ABOVE and data.resize is None and data.crop is None:
+        # Large images come in many sizes: the standard resize-256 / centre-crop-224 view.
+        data = dataclasses.replace(data, resize=int(round(info.image_size / 0.875)), crop=info.image_size)
+    test_set, _ = load_dataset_split(data, data.eval_split)
     eps = cfg.eps if cfg.eps > 0 else 8 / 255
-    report = evaluate(model, test_set, ["clean", "pgd_s"], Protocol("teacher", eps, cfg.alpha, cfg.eval_steps, 500), n_examples=cfg.eval_examples, accelerator=accelerator, seed=cfg.seed, progress=False)
-    return {"clean": report.accuracy("clean"), "pgd_s": report.accuracy("pgd_s"), "eps": eps, "eval_steps": cfg.eval_steps, "n": report.n}
+    alpha = cfg.eval_alpha if cfg.eval_alpha is not None else cfg.alpha
+    report = evaluate(model, test_set, ["clean", "pgd_s"], Protocol("teacher", eps, alpha, cfg.eval_steps, 500), n_examples=cfg.eval_examples, accelerator=accelerator, seed=cfg.seed, progress=False)
+    return {"clean": report.accuracy("clean"), "pgd_s": report.accuracy("pgd_s"), "eps": eps, "alpha": alpha, "eval_steps": cfg.eval_steps, "n": report.n}

@@ -1,5 +1,6 @@
 """Teacher training: each objective runs, a killed run resumes to the same weights."""
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,106 @@ def test_objectives_run_and_export_a_teacher_source(tmp_path, shared_data, metho
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_bad_method_is_rejected():
+def test_bad_method_and_kwargs_are_rejected():
     out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--method", "madry", "--out", "x"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice: 'madry'" in out.stderr
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--model-kwargs", "{width:16}", "--out", "x"], capture_output=True, text=True)
+    assert out.returncode == 2 and "'width:16' has no value" in out.stderr
+
+
+VIT_FM = {"img_size": 28, "patch_size": 7, "depth": 1, "embed_dim": 24, "num_heads": 2, "drop_rate": 0.2}
+
+
+class _Preempted(Exception):
+    pass
+
+
+def _vit_cfg(shared_data, out, **kw):
+    from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
+    from derd_scale.teacher_training import TeacherTrainConfig
+
+    base = dict(data=DataConfig(name="fashion_mnist", source="parquet", path=str(shared_data)), model=ModelConfig(arch="vit_tiny_patch16_224", kwargs=VIT_FM),
+                method="pgd", eps=0.1, alpha=0.05, attack_steps=2, epochs=2, batch_size=32, max_train_examples=96, eval_examples=32, eval_steps=2,
+                optim=OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.05), out=str(out), progress=False)
+    return TeacherTrainConfig(**{**base, **kw})
+
+
+def test_in_process_resume_is_exact_with_dropout_and_refuses_changed_settings(tmp_path, shared_data, monkeypatch):
+    """A ViT with dropout (global RNG) and PGD-AT (per-epoch generator): stop after epoch 1,
+    resume, and land on the uninterrupted run's weights bit for bit."""
+    import derd_scale.trainer as trainer
+    from derd_scale.teacher_training import train_teacher
+
+    straight = train_teacher(_vit_cfg(shared_data, tmp_path / "a"))
+
+    def preempt(stage, step):
+        if stage == "teacher" and step == 1:
+            raise _Preempted()
+
+    monkeypatch.setattr(trainer, "_maybe_simulate_preemption", preempt)
+    with pytest.raises(_Preempted):
+        train_teacher(_vit_cfg(shared_data, tmp_path / "b"))
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    with pytest.raises(ValueError, match="different method, beta"):
+        train_teacher(_vit_cfg(shared_data, tmp_path / "b", method="trades", beta=1.0))
+    monkeypatch.undo()
+    resumed = train_teacher(_vit_cfg(shared_data, tmp_path / "b", eval_examples=16))  # evaluation size may change
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["n"] == 16 and straight["n"] == 32
+    log = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and log[1]["train_seconds"] > log[0]["train_seconds"]
+
+
+def _tiny_imagenet100(root):
+    """One small image of a random size per ImageNet-100 class and split, as an image folder."""
+    import numpy as np
+    from PIL import Image
+
+    from derd_scale.data import dataset_info
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for wnid in dataset_info("imagenet100").class_names:
+            (root / split / wnid).mkdir(parents=True)
+            h, w = rng.integers(20, 48, size=2)
+            Image.fromarray(rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)).save(root / split / wnid / "0.png")
+
+
+def test_streamed_imagenet_size_training_with_a_class_subset_head(tmp_path):
+    """Large images take the streamed path (DataLoader workers, random-resized crops); a
+    1000-class head restricted to ImageNet-100 trains and exports as a plain 100-class model."""
+    from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
+    from derd_scale.data import dataset_info
+    from derd_scale.teacher_training import TeacherTrainConfig, train_teacher
+    from derd_scale.teachers import model_from_config
+
+    _tiny_imagenet100(tmp_path / "data")
+    vit = {"img_size": 224, "patch_size": 32, "depth": 1, "embed_dim": 24, "num_heads": 2}
+    cfg = TeacherTrainConfig(data=DataConfig(name="imagenet100", source="imagefolder", path=str(tmp_path / "data")),
+                             model=ModelConfig(arch="vit_tiny_patch16_224", class_subset="imagenet100", kwargs=vit), method="ce",
+                             epochs=1, batch_size=8, max_train_examples=16, eval_examples=8, eval_steps=1, eps=0.03, alpha=0.03, workers=1,
+                             optim=OptimizerConfig(name="adamw", lr=1e-4, weight_decay=0.05), out=str(tmp_path / "vit"), progress=False)
+    metrics = train_teacher(cfg)
+    assert metrics["n"] == 8
+    config = json.loads((tmp_path / "vit" / "config.json").read_text())
+    assert config["num_classes"] == 100 and config["model_args"]["num_classes"] == 100 and config["label_names"][0] == "n02869837"
+    teacher = model_from_config(ModelConfig(arch=f"local-dir:{tmp_path / 'vit'}"), dataset_info("imagenet100"))
+    assert teacher(torch.rand(1, 3, 224, 224)).shape == (1, 100)
+
+
+def test_streamed_crops_depend_only_on_seed_epoch_and_index():
+    from derd_scale.teacher_training import _StreamedEpoch
+
+    class Images:
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return torch.rand(3, 30 + i, 40, generator=g), i
+
+    order = torch.tensor([3, 1, 2])
+    a = _StreamedEpoch(Images(), order, 16, True, seed=0, epoch=0)
+    b = _StreamedEpoch(Images(), torch.tensor([2, 3]), 16, True, seed=0, epoch=0)  # another rank / after resume
+    c = _StreamedEpoch(Images(), order, 16, True, seed=0, epoch=1)
+    assert a[0][0].shape == (3, 16, 16) and 0 <= a[0][0].min() and a[0][0].max() <= 1
+    assert torch.equal(a[0][0], b[1][0]) and torch.equal(a[2][0], b[0][0])
+    assert not torch.equal(a[0][0], c[0][0])
