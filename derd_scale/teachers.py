@@ -11,7 +11,8 @@ Sources of ``arch``:
   derd_scale names (``resnet20`` … ``small_cnn``) or timm names, with ``checkpoint:`` a local
       .safetensors / .pth / .th file (loaded ``weights_only``) — offline;
   ``timm:NAME`` with ``pretrained: true``: timm's Hub weights, ``pretrained_cfg`` mean/std;
-  ``hf-hub:ORG/REPO``: a timm-format Hub repo (e.g. a student pushed by launch/push_to_hub.py);
+  ``hf-hub:ORG/REPO``: a timm-format Hub repo (e.g. a student pushed by launch/push_to_hub.py;
+      derd_scale architectures timm cannot build are loaded by derd_scale);
   ``local-dir:DIR``: a timm-format folder (derd_scale's exports, timm's ``save_for_hf``) — offline;
   ``robustbench:DATASET/THREAT/NAME``: RobustBench's model zoo (needs the robustbench package).
 Network sources fail with one line when the Hub is unreachable (see ``models.factory``).
@@ -23,6 +24,8 @@ head's logits (ImageNet-1k → ImageNet-100) by the dataset's class ids.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import warnings
 from pathlib import Path
@@ -45,6 +48,8 @@ def model_from_config(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
         model = _from_local_dir(mcfg, info)
     elif arch.startswith("robustbench:"):
         model = _robustbench(mcfg, info)
+    elif arch.startswith("hf-hub:") and _hub_repo_library(mcfg) == "derd_scale":
+        model = _from_derd_hub_repo(mcfg, info)
     else:
         class_indices, backbone_classes = _class_indices(mcfg, info)
         num_classes = mcfg.num_classes or (len(class_indices) if class_indices is not None else info.num_classes)
@@ -131,6 +136,29 @@ def _from_local_dir(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     std = mcfg.std if mcfg.std is not None else (loaded.std.flatten().tolist() if loaded.has_norm else None)
     input_size = mcfg.input_size if mcfg.input_size is not None else loaded.input_size
     return NormalizedModel(loaded.model, mean, std, class_indices, input_size)
+
+
+def _hub_repo_library(mcfg: ModelConfig) -> str:
+    """Which library builds an ``hf-hub:`` repo, from its config.json (one small download)."""
+    from huggingface_hub import hf_hub_download
+
+    repo = mcfg.arch[len("hf-hub:"):]
+    try:
+        path = hf_hub_download(repo, "config.json")
+    except Exception as err:  # huggingface_hub raises a different type per failure mode
+        if _looks_offline(err):
+            raise RuntimeError(f"{mcfg.arch}: the Hugging Face Hub is unreachable here ({type(err).__name__}); "
+                               f"use a local copy (local-dir:DIR) or a checkpoint file") from None
+        raise
+    return json.loads(Path(path).read_text()).get("derd_scale", {}).get("library", "timm")
+
+
+def _from_derd_hub_repo(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
+    """A student pushed by launch/push_to_hub.py with a derd_scale architecture timm cannot build."""
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(mcfg.arch[len("hf-hub:"):], allow_patterns=["config.json", "model.safetensors"])
+    return _from_local_dir(dataclasses.replace(mcfg, arch=f"local-dir:{folder}", pretrained=False), info)
 
 
 def _robustbench_cache() -> Path:

@@ -141,3 +141,28 @@ def test_freeze_teacher_stops_parameter_grads_not_input_grads():
     x = torch.rand(2, 1, 28, 28, requires_grad=True)
     teacher(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_hf_hub_repo_of_a_derd_scale_architecture_loads_through_derd_scale(tmp_path, monkeypatch):
+    """A pushed derd_scale-architecture student (timm cannot build resnet20) is a teacher source;
+    the two huggingface_hub downloads are served from a local export folder."""
+    import huggingface_hub
+
+    torch.manual_seed(0)
+    src = create_model("resnet20", 10).eval()
+    export_model(src, tmp_path / "repo", "resnet20", 10, 3, 32)
+    asked = []
+
+    def fake_file(repo_id, filename, **kw):
+        asked.append((repo_id, filename))
+        return str(tmp_path / "repo" / filename)
+
+    def fake_snapshot(repo_id, allow_patterns=None, **kw):
+        asked.append((repo_id, tuple(allow_patterns)))
+        return str(tmp_path / "repo")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_file)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    m = model_from_config(ModelConfig(arch="hf-hub:me/derd-resnet20"), CIFAR)
+    assert _same(m, src, torch.rand(2, 3, 32, 32))
+    assert asked == [("me/derd-resnet20", "config.json"), ("me/derd-resnet20", ("config.json", "model.safetensors"))]
