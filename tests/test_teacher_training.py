@@ -159,3 +159,16 @@ def test_streamed_crops_depend_only_on_seed_epoch_and_index():
     assert a[0][0].shape == (3, 16, 16) and 0 <= a[0][0].min() and a[0][0].max() <= 1
     assert torch.equal(a[0][0], b[1][0]) and torch.equal(a[2][0], b[0][0])
     assert not torch.equal(a[0][0], c[0][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_two_process_ddp_adversarial_training_runs(tmp_path, shared_data, method):
+    """Under DDP the attacks take input gradients only (no reducer hooks fire) and TRADES makes
+    two forwards per backward; both must run through accelerate launch."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", *_cmd(tmp_path / method, shared_data, method=method, epochs=1)[1:]]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / method / "metrics.json").read_text())["n"] == 64
