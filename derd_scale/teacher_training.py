@@ -301,10 +301,22 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     if accelerator.is_main_process:
         export_model(plain, out, arch=cfg.model.arch, num_classes=info.num_classes, in_chans=info.channels, img_size=info.image_size,
                      class_names=list(info.class_names), model_kwargs=dict(cfg.model.kwargs),
-                     metadata={"training": {"method": cfg.method, "eps": cfg.eps, "alpha": cfg.alpha, "attack_steps": cfg.attack_steps, "beta": cfg.beta, "epochs": cfg.epochs}, "dataset": cfg.data.name, "metrics": metrics})
+                     metadata={"training": _recipe(cfg, len(y_all)), "dataset": cfg.data.name, "metrics": metrics})
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _recipe(cfg: TeacherTrainConfig, train_examples: int) -> dict:
+    """How the teacher was trained, for the export's config.json (only the fields that applied)."""
+    recipe = {"method": cfg.method, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_examples": train_examples,
+              "optimizer": cfg.optim.name, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "schedule": cfg.optim.schedule,
+              "pretrained": cfg.model.pretrained, "init_checkpoint": cfg.model.checkpoint, "seed": cfg.seed}
+    if cfg.method != "ce":
+        recipe.update(eps=cfg.eps, alpha=cfg.alpha, attack_steps=cfg.attack_steps)
+    if cfg.method == "trades":
+        recipe["beta"] = cfg.beta
+    return recipe
 
 
 def evaluate_teacher(model, cfg: TeacherTrainConfig, accelerator) -> dict:
