@@ -101,7 +101,8 @@ class ImplicitGenerator(nn.Module):
         self.register_buffer("bank_labels", labels)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        idx = torch.randint(0, self.images_logit.shape[0], (batch_size,), generator=generator).to(self.images_logit.device)
+        # The bank size from the label buffer, not the parameter: a sharded parameter (ZeRO-3) has no full shape.
+        idx = torch.randint(0, self.bank_labels.shape[0], (batch_size,), generator=generator).to(self.bank_labels.device)
         return idx, (self.bank_labels[idx] if self.num_classes else None)
 
     def forward(self, idx: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -6,14 +6,18 @@ Student losses: Eq. 12 (KL to T_nat on G(z)) and Eq. 17 (L_Dis = L_1 + λ_rob L_
 Discrepancy D (inside Eqs. 13–16): batch-mean L1 distance of the two teachers' outputs.
 
 Every function works on a batch and returns a scalar; nothing here knows about devices,
-processes or optimisers.
+processes or optimisers. The two losses built from *batch statistics* (L_BN, L_ie) take an
+optional ``batch_mean``: a function that turns a per-process batch mean into the mean over
+the global batch (identity in one process; a differentiable all-reduce when the batch is
+split across processes — ``derd_scale.distributed`` passes it). Every other term is a
+per-sample mean, which data-parallel gradient averaging already makes global.
 """
 
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -32,12 +36,18 @@ def activation_loss(features: torch.Tensor) -> torch.Tensor:
     return -features.abs().mean()
 
 
-def information_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+BatchMean = Callable[[torch.Tensor], torch.Tensor]
+
+
+def information_entropy_loss(logits: torch.Tensor, batch_mean: Optional[BatchMean] = None) -> torch.Tensor:
     """Eq. 10 (soft): L_ie = −H(p̄), p̄ = mean_i softmax(T(G(z_i))), H(p) = −(1/k) Σ_c p_c log p_c.
 
     Minimising it maximises the entropy of the batch's class distribution (balanced classes).
+    p̄ is over the global batch when ``batch_mean`` is given (see the module docstring).
     """
-    p_mean = F.softmax(logits, dim=1).mean(dim=0)
+    p_mean = F.softmax(logits.float(), dim=1).mean(dim=0)
+    if batch_mean is not None:
+        p_mean = batch_mean(p_mean)
     k = logits.shape[1]
     entropy = -(p_mean * torch.log(p_mean.clamp_min(1e-12))).sum() / k
     return -entropy
@@ -86,28 +96,34 @@ class BNStatistics:
         with BNStatistics(teacher) as bn:
             logits = teacher(x)
             loss = bn.loss()
+
+    The hooks record the first two moments of (x − running_mean) per channel, in fp32; μ and
+    σ² (biased) follow from them. Shifting by the running mean (the same constant on every
+    process) keeps the one-pass variance accurate, and lets ``batch_mean`` turn the
+    per-process moments of all layers into global-batch moments with one collective.
     """
 
     _warned: set[int] = set()
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, batch_mean: Optional[BatchMean] = None):
         self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.batch_mean = batch_mean
         self.handles: list = []
-        self.terms: list[torch.Tensor] = []
+        self.moments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if not self.layers and id(type(model)) not in BNStatistics._warned:
             BNStatistics._warned.add(id(type(model)))
             warnings.warn(f"{type(model).__name__} has no BatchNorm layers: L_BN contributes 0 (use the TV/feature priors)", stacklevel=2)
 
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        x = inputs[0]
+        x = inputs[0].float()
         dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, unbiased=False)
-        rm, rv = module.running_mean, module.running_var
-        self.terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
+        rm, rv = module.running_mean.detach().float(), module.running_var.detach().float()
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        d = x - rm.view(shape)
+        self.moments.append((d.mean(dim=dims), d.pow(2).mean(dim=dims), rm, rv))
 
     def __enter__(self) -> "BNStatistics":
-        self.terms = []
+        self.moments = []
         self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
         return self
 
@@ -117,9 +133,19 @@ class BNStatistics:
         self.handles = []
 
     def loss(self) -> torch.Tensor:
-        if not self.terms:
+        if not self.moments:
             return torch.zeros(())
-        return torch.stack(self.terms).sum()
+        flat = torch.cat([torch.cat([m1, m2]) for m1, m2, _, _ in self.moments])
+        if self.batch_mean is not None:
+            flat = self.batch_mean(flat)  # one collective for all layers
+        terms, offset = [], 0
+        for _, _, rm, rv in self.moments:
+            c = rm.numel()
+            m1, m2 = flat[offset : offset + c], flat[offset + c : offset + 2 * c]
+            offset += 2 * c
+            mean, var = rm + m1, m2 - m1 * m1
+            terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
+        return torch.stack(terms).sum()
 
 
 @contextmanager
@@ -147,17 +173,19 @@ def generator_loss(
     lambda_ie: float,
     lambda_tv: float = 0.0,
     targets: Optional[torch.Tensor] = None,
+    batch_mean: Optional[BatchMean] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 11 on a (frozen, eval-mode) teacher with ``forward_with_features``.
 
     Returns (L_G, teacher logits, parts) — the logits are reused as Stage I's KD target.
+    ``batch_mean`` makes L_BN and L_ie global-batch statistics (module docstring).
     """
-    with BNStatistics(teacher) as bn:
+    with BNStatistics(teacher, batch_mean) as bn:
         logits, features = teacher.forward_with_features(images)
     l_oh = one_hot_loss(logits, targets)
     l_a = activation_loss(features)
     l_bn = bn.loss().to(images.device)
-    l_ie = information_entropy_loss(logits)
+    l_ie = information_entropy_loss(logits, batch_mean)
     l_tv = total_variation_loss(images) if lambda_tv > 0 else torch.zeros((), device=images.device)
     total = lambda_oh * l_oh + lambda_a * l_a + lambda_bn * l_bn + lambda_ie * l_ie + lambda_tv * l_tv
     parts = {"l_oh": l_oh.detach(), "l_a": l_a.detach(), "l_bn": l_bn.detach(), "l_ie": l_ie.detach(), "l_tv": l_tv.detach(), "l_g": total.detach()}
