@@ -33,7 +33,7 @@ def build(batch: int):
     from accelerate import Accelerator
 
     from derd_scale.config import load_config
-    from derd_scale.distributed import ReplicatedGradients
+    from derd_scale.distributed import prepare
     from derd_scale.trainer import build_models, build_optimizer, build_scheduler
 
     root = Path(__file__).resolve().parent.parent
@@ -43,9 +43,9 @@ def build(batch: int):
          f"stage1.batch_size={batch}", f"stage2.batch_size={batch}", "distributed.mixed_precision=no", f"stage2.sa.chunk_size={batch}"],
     )
     models = build_models(cfg)
-    opts = {"student": build_optimizer(models.student.parameters(), cfg.optim.student), "generator": build_optimizer(models.generator.parameters(), cfg.optim.generator)}
-    scheds = {k: build_scheduler(o, 100, cfg.optim.student) for k, o in opts.items()}
-    return cfg, models, opts, scheds, Accelerator(cpu=True), ReplicatedGradients(models.student)
+    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)
+    scheds = {k: build_scheduler(o, 100, cfg.optim.student) for k, o in par.optimizers.items()}
+    return cfg, models, scheds, par
 
 
 class GlobalFlopCounter:
@@ -81,14 +81,14 @@ class GlobalFlopCounter:
 def count_flops(batch: int = 2) -> dict:
     from derd_scale.trainer import TrainState, stage1_step, stage2_step
 
-    cfg, models, opts, scheds, acc, grads = build(batch)
+    cfg, models, scheds, par = build(batch)
     out = {}
     for stage in ("stage1", "stage2"):
         with GlobalFlopCounter() as fc:
             if stage == "stage1":
-                stage1_step(models, cfg, 0, opts, scheds, acc)
+                stage1_step(models, cfg, 0, scheds, par)
             else:
-                stage2_step(models, cfg, TrainState(stage="stage2"), opts, scheds, acc, grads)
+                stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
         out[stage] = fc.total / batch
     return out
 
@@ -96,10 +96,10 @@ def count_flops(batch: int = 2) -> dict:
 def time_stage2(batch: int) -> dict:
     from derd_scale.trainer import TrainState, stage2_step
 
-    cfg, models, opts, scheds, acc, grads = build(batch)
+    cfg, models, scheds, par = build(batch)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    stage2_step(models, cfg, TrainState(stage="stage2"), opts, scheds, acc, grads)
+    stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"batch": batch, "seconds": seconds, "peak_rss_gib": rss / 2**20, "rss_before_step_gib": rss0 / 2**20}

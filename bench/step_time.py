@@ -35,17 +35,15 @@ def main() -> None:
     from derd_scale.config import config_from_dict
     from derd_scale.data import dataset_info
     from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.distributed import ReplicatedGradients
+    from derd_scale.distributed import prepare
     from derd_scale.models import create_model
     from derd_scale.trainer import Models, TrainState, build_optimizer, build_scheduler, freeze, stage1_step, stage2_step
 
     cfg = config_from_dict({"data": {"name": "cifar10"}}, [f"stage1.batch_size={args.batch}", f"stage2.batch_size={args.batch}"])
     info = dataset_info("cifar10")
     models = Models(freeze(create_model(args.arch, 10)), freeze(create_model(args.arch, 10)), create_model(args.arch, 10), PseudoImageGenerator(32, 3), info)
-    opts = {"student": build_optimizer(models.student.parameters(), cfg.optim.student), "generator": build_optimizer(models.generator.parameters(), cfg.optim.generator)}
-    scheds = {k: build_scheduler(o, 1000, cfg.optim.student) for k, o in opts.items()}
-    acc = Accelerator(cpu=True)
-    grads = ReplicatedGradients(models.student)
+    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)
+    scheds = {k: build_scheduler(o, 1000, cfg.optim.student) for k, o in par.optimizers.items()}
     results = {"batch": args.batch, "arch": args.arch, "threads": args.threads, "sa_steps": cfg.stage2.sa.steps, "torch": torch.__version__}
     for stage in ("stage1", "stage2"):
         times = []
@@ -53,10 +51,10 @@ def main() -> None:
         for i in range(args.steps + 1):
             t0 = time.perf_counter()
             if stage == "stage1":
-                stage1_step(models, cfg, i, opts, scheds, acc)
+                stage1_step(models, cfg, i, scheds, par)
             else:
                 state.step = i
-                stage2_step(models, cfg, state, opts, scheds, acc, grads)
+                stage2_step(models, cfg, state, scheds, par)
             if i:
                 times.append(time.perf_counter() - t0)
         results[stage] = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "n": len(times)}

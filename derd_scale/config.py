@@ -228,10 +228,26 @@ class EvalConfig:
 
 @dataclass
 class DistributedConfig:
+    """How the run is spread over processes; see docs/distributed.md."""
+
     backend: Literal["auto", "none", "ddp", "deepspeed", "fsdp"] = "auto"
     """auto = whatever `accelerate launch` set up; fsdp on CPU uses torchrun + fully_shard."""
     mixed_precision: Literal["no", "bf16"] = "no"
+    """bf16 = torch autocast on every backend (fp32 weights, gradients and reductions; GA/SGA sums in fp32)."""
     gradient_accumulation_steps: int = 1
+    """Split each step's global batch into this many micro-batches (memory); the batch size stays the global batch per optimiser step."""
+    global_batch_statistics: bool = True
+    """With several processes, student/generator BatchNorm and Stage I's L_BN/L_ie use global-batch statistics (one small all-reduce per layer), so results do not depend on the process count; false = per-process statistics."""
+    teachers_bf16: bool = True
+    """Under bf16, store the frozen teachers' Linear/Conv weights in bf16 (autocast rounds them anyway: same outputs, half the memory)."""
+    deepspeed_config: Optional[str] = None
+    """DeepSpeed JSON for backend=deepspeed; None = the one `accelerate launch` got (deepspeed_config_file). Set, it takes precedence."""
+    fsdp_reshard_after_forward: bool = True
+    """FSDP2: free gathered parameters after forward (ZeRO-3-like) or keep them until backward (ZeRO-2-like)."""
+    fsdp_min_params: Optional[int] = None
+    """FSDP2: submodules with at least this many parameters become their own unit; None = one unit for the whole model."""
+    expected_world_size: Optional[int] = None
+    """Stop if the launcher started a different number of processes (catches `accelerate launch --cpu --num_processes 2`, which starts one)."""
 
 
 @dataclass
@@ -466,6 +482,14 @@ def validate(cfg: RunConfig) -> None:
         if any(not 0 < m < 1 for m in oc.milestones):
             raise ConfigError(f"optim.{which}.milestones: fractions in (0, 1), got {oc.milestones}")
     positive("distributed.gradient_accumulation_steps", cfg.distributed.gradient_accumulation_steps)
+    for stage in ("stage1", "stage2"):
+        bs, acc = getattr(cfg, stage).batch_size, cfg.distributed.gradient_accumulation_steps
+        if bs % acc:
+            raise ConfigError(f"{stage}.batch_size: {bs} is not divisible by distributed.gradient_accumulation_steps={acc}")
+    if cfg.distributed.fsdp_min_params is not None:
+        positive("distributed.fsdp_min_params", cfg.distributed.fsdp_min_params)
+    if cfg.distributed.expected_world_size is not None:
+        positive("distributed.expected_world_size", cfg.distributed.expected_world_size)
     positive("logging.every_steps", cfg.logging.every_steps)
     positive("output.checkpoint_every", cfg.output.checkpoint_every, strict=False)
     if not cfg.stage1.enabled and not cfg.stage2.enabled:

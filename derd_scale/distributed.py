@@ -1,27 +1,51 @@
 """The one place that knows about distribution.
 
-``build_accelerator`` makes the Accelerator (gloo on CPU), ``prepare_training`` wraps the
-student and generator (and their optimisers) for the backend while the frozen teachers
-only move to the device, and ``gradient_access`` returns the adapter through which the
-Stage-II step obtains this rank's view of the two task gradients *after* the
-data-parallel reduction, sums small tensors across ranks, and writes the aggregated
-gradient back before ``optimizer.step()``.
+``build_accelerator`` makes the Accelerator (gloo on CPU); ``prepare`` turns the built
+models into a ``Parallel``: the student and the generator wrapped for the backend, each
+with its optimiser and a gradient adapter (``derd_scale.parallel``), the frozen teachers
+only moved to the device (eval, no gradients, bf16 weights under bf16 autocast), global
+batch statistics when the batch is split across processes, and the autocast context.
+
+    backend   launched by                                              adapter
+    none      python launch/train.py                                   ReplicatedGradients
+    ddp       accelerate launch --config_file configs/accelerate/ddp.yaml   ReplicatedGradients (DDP)
+    deepspeed accelerate launch --config_file configs/accelerate/deepspeed_zero{1,2,3}.yaml  DeepSpeedGradients
+    fsdp      accelerate launch --config_file configs/accelerate/fsdp2.yaml (GPU)
+              torchrun ... launch/train.py --set distributed.backend=fsdp (any device)   FSDPGradients
+
+CPU twins of every row (2 processes, gloo) are in ``configs/accelerate/cpu/`` and run by
+``pytest -m slow tests/parallel``; ``docs/distributed.md`` says which to pick when.
+
+Exactness across layouts (a 2-process run equals a 1-process run of the same global batch
+up to fp32 round-off) rests on: each rank takes its slice of one global latent batch
+(``trainer.sample_latents``); SA and every per-sample loss are local; gradients are
+averaged over ranks by the backend; the batch statistics — BatchNorm in the student and
+generator (``parallel.batchnorm.GlobalBatchNorm``) and Stage I's L_BN / L_ie
+(``Parallel.batch_mean``) — are taken over the global batch with a differentiable
+all-reduce on a separate process group; SGA's noise is a function of the element index.
+``distributed.global_batch_statistics=false`` trades that for per-process statistics.
 
 Model code (``derd_scale.models``, ``derd_scale.derd``) never imports this module.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from functools import partial
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from .config import DistributedConfig
+from .parallel.adapters import GradientAdapter, ReplicatedGradients, ShardView, freeze, unwrap, world
+from .parallel.batchnorm import convert_batchnorm, global_mean
+
+__all__ = ["build_accelerator", "prepare", "Parallel", "GradientAdapter", "ReplicatedGradients", "ShardView", "unwrap", "world", "shutdown", "resolve_backend"]
 
 
 def build_accelerator(cfg: DistributedConfig, cpu: Optional[bool] = None):
@@ -33,94 +57,203 @@ def build_accelerator(cfg: DistributedConfig, cpu: Optional[bool] = None):
         # Without this, DeepSpeed under Accelerate on CPU sees one process per rank (PLATFORM.md).
         # Only when launched multi-process: in one process a backend makes Accelerate expect a group.
         kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if cpu is None:
+        # Accelerate turns DeepSpeed on only when cpu=False; without CUDA it still runs on the CPU.
+        cpu = not torch.cuda.is_available() and not _env_flag("ACCELERATE_USE_DEEPSPEED")
     return Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        # Mixed precision is our own torch.autocast (Parallel.autocast) on every backend:
+        # Accelerate's is a no-op under DeepSpeed and would switch on DeepSpeed's bf16 weights.
+        mixed_precision="no",
         gradient_accumulation_steps=1,  # accumulation is explicit in the loops
-        cpu=cpu if cpu is not None else not torch.cuda.is_available(),
+        cpu=cpu,
         kwargs_handlers=kwargs_handlers,
     )
 
 
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
+def resolve_backend(cfg: DistributedConfig, accelerator) -> str:
+    """The backend from the run config, or (``auto``) from what the launcher set up."""
+    from accelerate.utils import DistributedType
+
+    launched = {
+        DistributedType.NO: "none", DistributedType.MULTI_CPU: "ddp", DistributedType.MULTI_GPU: "ddp",
+        DistributedType.DEEPSPEED: "deepspeed", DistributedType.FSDP: "fsdp",
+    }.get(accelerator.distributed_type, "ddp")
+    # Launched with a DeepSpeed/FSDP accelerate config but Accelerate set up something else
+    # (FSDP on CPU silently becomes DDP, PLATFORM.md): stop rather than train another layout.
+    for flag, wanted, hint in (("ACCELERATE_USE_DEEPSPEED", "deepspeed", "build the Accelerator with derd_scale.distributed.build_accelerator, "
+                                "and on a CPU machine do not set ACCELERATE_USE_CPU for DeepSpeed launches"),
+                               ("ACCELERATE_USE_FSDP", "fsdp", "on CPU run FSDP2 with torchrun ... --set distributed.backend=fsdp")):
+        if _env_flag(flag) and launched != wanted:
+            raise RuntimeError(f"launched with a {wanted} accelerate config but Accelerate set up {accelerator.distributed_type}: {hint}")
+    backend = launched if cfg.backend == "auto" else cfg.backend
+    if launched in ("deepspeed", "fsdp") and backend != launched:
+        raise ValueError(f"distributed.backend={cfg.backend}: the launcher set up {launched}; use backend=auto or {launched}")
+    _, size = world()
+    if backend == "ddp" and size == 1:
+        backend = "none"  # one process: nothing to replicate
+    if backend == "none" and size > 1:
+        raise ValueError(f"distributed.backend=none with {size} processes: use auto, ddp, deepspeed or fsdp")
+    return backend
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
+def check_launch(cfg: DistributedConfig) -> int:
+    """Stop on PLATFORM.md's silent launch traps instead of training the wrong thing."""
+    _, size = world()
+    env = int(os.environ.get("WORLD_SIZE", "1"))
+    if env != size:
+        raise RuntimeError(
+            f"the launcher started {env} processes but this one sees a world of {size}: the processes are not "
+            f"synchronised (on a CPU machine `accelerate launch --multi_gpu` needs ACCELERATE_USE_CPU=true)")
+    if cfg.expected_world_size is not None and size != cfg.expected_world_size:
+        raise RuntimeError(
+            f"distributed.expected_world_size={cfg.expected_world_size} but {size} process(es) started "
+            f"(`accelerate launch --cpu --num_processes N` starts one; see docs/distributed.md)")
+    return size
+
+
+def place_frozen(model: nn.Module, device, bf16_weights: bool) -> nn.Module:
+    """A teacher: device, eval mode, no gradients; never wrapped by DDP/DeepSpeed/FSDP.
+
+    With bf16 autocast, Linear/Conv weights are stored in bf16: autocast would round them
+    to bf16 at every call anyway, so outputs are bit-identical and memory halves. Norm
+    layers (their running statistics are L_BN's targets) and everything else stay fp32.
+    """
+    freeze(model).to(device)
+    if bf16_weights:
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+                m.to(torch.bfloat16)
     return model
 
 
 @dataclass
-class ShardView:
-    """This rank's slice of one parameter: the tensor to read/write and its flat indices
-    in the full parameter (so SGA's deterministic noise matches any layout)."""
+class Parallel:
+    """What the training loops need from distribution: two adapters and a few facts."""
 
-    name: str
-    param: torch.Tensor
-    indices: torch.Tensor
+    accelerator: Any
+    backend: str
+    student: GradientAdapter
+    generator: GradientAdapter
+    rank: int = 0
+    world_size: int = 1
+    accumulation: int = 1
+    mixed_precision: str = "no"
+    batch_mean: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    """Mean over the global batch of a per-process batch mean (None in one process)."""
 
+    @property
+    def optimizers(self) -> dict:
+        return {"student": self.student.optimizer, "generator": self.generator.optimizer}
 
-class ReplicatedGradients:
-    """Plain single-process and DDP: every rank holds the full gradient.
+    @property
+    def adapters(self) -> dict:
+        return {"student": self.student, "generator": self.generator}
 
-    The two task gradients are taken with ``torch.autograd.grad`` (no ``.grad``
-    accumulation, so DDP's reducer never fires — we are inside ``no_sync``), flattened
-    into one buffer, all-reduced once and averaged. After that every rank has the same
-    full g1 and g2, so the aggregation's partial sums need no further reduction
-    (``all_reduce`` is the identity). PLATFORM.md's silent trap — one forward with two
-    ``backward`` calls, the second never all-reduced — cannot happen here.
-    """
+    def mean_metrics(self, metrics: dict) -> dict:
+        """Metrics averaged over ranks (one collective; every rank must call it). Per-rank
+        quantities (losses, flip rate, agreement) become global-batch means; quantities that
+        are already global (gradient norms, cos, τ) are unchanged."""
+        if self.world_size == 1 or not metrics:
+            return {k: float(v) for k, v in metrics.items()}
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return {k: float(v) / self.world_size for k, v in zip(keys, values)}
 
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.inner = unwrap(model)
-        self.named = [(n, p) for n, p in self.inner.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in self.named]
-        self.all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
-
-    def no_sync(self):
-        return self.model.no_sync() if hasattr(self.model, "no_sync") else nullcontext()
-
-    def task_gradients(self, loss1: torch.Tensor, loss2: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        g1 = torch.autograd.grad(loss1, self.params, retain_graph=True, allow_unused=True)
-        g2 = torch.autograd.grad(loss2, self.params, allow_unused=True)
-        g1 = [torch.zeros_like(p) if g is None else g for g, p in zip(g1, self.params)]
-        g2 = [torch.zeros_like(p) if g is None else g for g, p in zip(g2, self.params)]
-        _, size = world()
-        if size > 1:
-            flat = torch.cat([g.reshape(-1) for g in g1 + g2])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat /= size
-            out, offset = [], 0
-            for p in self.params + self.params:
-                out.append(flat[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
-            g1, g2 = out[: len(self.params)], out[len(self.params) :]
-        return list(g1), list(g2)
-
-    def shards(self) -> list[ShardView]:
-        return [ShardView(n, p, torch.arange(p.numel())) for n, p in self.named]
-
-    def write_gradients(self, grads: Sequence[torch.Tensor]) -> None:
-        for p, g in zip(self.params, grads):
-            p.grad = g.detach().to(p.dtype).clone()
+    def autocast(self):
+        if self.mixed_precision != "bf16":
+            return nullcontext()
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
 
 
-def gradient_access(accelerator, student: nn.Module) -> ReplicatedGradients:
-    """The adapter for the active backend (plain/DDP here)."""
-    from accelerate.utils import DistributedType
+def prepare(models, cfg, accelerator, make_optimizer: Callable) -> Parallel:
+    """Wrap ``models.student`` / ``models.generator`` for the backend (in place on ``models``),
+    build their optimisers with ``make_optimizer(params, optimizer_config)``, place the
+    teachers. Every rank must call it (it creates process groups)."""
+    dc = cfg.distributed
+    size = check_launch(dc)
+    rank, _ = world()
+    backend = resolve_backend(dc, accelerator)
+    device = accelerator.device
+    bf16 = dc.mixed_precision == "bf16"
+    for teacher in (models.natural_teacher, models.robust_teacher):
+        place_frozen(teacher, device, bf16 and dc.teachers_bf16)
 
-    kind = accelerator.distributed_type
-    if kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        return ReplicatedGradients(student)
-    raise NotImplementedError(
-        f"distributed type {kind}: Stage-II gradient aggregation on sharded gradients (DeepSpeed ZeRO, FSDP) "
-        f"is not implemented yet; run plain or DDP (configs/accelerate/ddp.yaml)"
-    )
+    # Unsharded copies to rebuild full models from (snapshots, evaluation, the
+    # student-as-natural-teacher variants) — only the sharded backends need them.
+    templates = {k: copy.deepcopy(getattr(models, k)) for k in ("student", "generator")} if backend in ("deepspeed", "fsdp") else {}
+    batch_mean = None
+    if size > 1 and dc.global_batch_statistics:
+        # Its own group: these collectives run inside forward/backward, interleaved with the
+        # backend's gradient reductions, which must not share a queue with them.
+        group = dist.new_group()
+        batch_mean = partial(global_mean, group=group)
+        convert_batchnorm(models.student, group)
+        convert_batchnorm(models.generator, group)
+
+    accumulation = dc.gradient_accumulation_steps
+    mesh, ds_base = None, None
+    if backend == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(device.type, (size,))
+    if backend == "deepspeed":
+        from .parallel.zero import load_deepspeed_config
+
+        ds_base = load_deepspeed_config(accelerator, dc.deepspeed_config)
+
+    adapters = {}
+    for name in ("student", "generator"):
+        module = getattr(models, name).to(device)
+        oc = getattr(cfg.optim, name)
+        kw = dict(name=name, accumulation=accumulation, max_norm=oc.grad_clip, template=templates.get(name))
+        if backend in ("none", "ddp"):
+            if backend == "ddp":
+                from torch.nn.parallel import DistributedDataParallel
+
+                # With global batch statistics the BN buffers are identical on every rank,
+                # so DDP's per-forward buffer broadcast is skipped; otherwise rank 0's wins.
+                module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=batch_mean is None)
+            adapter: GradientAdapter = ReplicatedGradients(module, make_optimizer(module.parameters(), oc), **kw)
+        elif backend == "deepspeed":
+            from .parallel.zero import DeepSpeedGradients, build_engine, engine_config
+
+            stage_batch = cfg.stage2.batch_size if cfg.stage2.enabled else cfg.stage1.batch_size
+            conf = engine_config(ds_base, micro_batch=max(1, stage_batch // (size * accumulation)), world_size=size, grad_clip=oc.grad_clip, bf16=bf16)
+            optimizer = make_optimizer(module.parameters(), oc)
+            adapter = DeepSpeedGradients(build_engine(module, optimizer, conf), optimizer, **{**kw, "max_norm": None})
+        elif backend == "fsdp":
+            from .parallel.fsdp2 import FSDPGradients, shard_module
+
+            reshard, min_params = _fsdp_options(accelerator, dc)
+            shard_module(module, mesh, reshard_after_forward=reshard, min_params=min_params)
+            adapter = FSDPGradients(module, make_optimizer(module.parameters(), oc), **kw)
+        else:
+            raise ValueError(f"distributed.backend: {backend!r}")
+        setattr(models, name, adapter.module)
+        adapters[name] = adapter
+    return Parallel(accelerator, backend, adapters["student"], adapters["generator"], rank, size, accumulation, dc.mixed_precision, batch_mean)
+
+
+def _fsdp_options(accelerator, dc: DistributedConfig) -> tuple[bool, Optional[int]]:
+    """reshard_after_forward and the size threshold for FSDP units: the accelerate FSDP
+    plugin's values when launched with configs/accelerate/fsdp2.yaml, else the run config."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    reshard, min_params = dc.fsdp_reshard_after_forward, dc.fsdp_min_params
+    if plugin is not None:
+        if isinstance(getattr(plugin, "reshard_after_forward", None), bool):
+            reshard = plugin.reshard_after_forward
+        if getattr(plugin, "min_num_params", None):
+            min_params = plugin.min_num_params
+    return reshard, min_params
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (every rank), so launchers see no aborts or hangs."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -11,15 +11,21 @@ Reading order: ``train`` (setup, resume, the two stages, export, evaluation) →
 EMA, RNG, stage, step) is saved so a killed run resumes exactly.
 
 Noise is a pure function of (seed, stage, step): every step draws the *global* batch of
-latents from a generator seeded with those three numbers and each rank keeps its own
-slice, so ranks see different data, the global batch is their sum, and a resumed or
+latents from a generator seeded with those three numbers, cuts it into
+``distributed.gradient_accumulation_steps`` micro-batches and each rank keeps its own slice
+of each, so ranks see different data, the global batch is their sum, and a resumed or
 re-sharded run draws exactly the same pseudo images.
+
+Distribution lives in ``derd_scale.distributed``: ``prepare`` returns a ``Parallel`` whose
+``student`` / ``generator`` adapters do backward, optimiser step and (Stage II) hand out
+this rank's shard of the two task gradients, whatever the backend (plain, DDP, DeepSpeed
+ZeRO-1/2/3, FSDP2). The loops below are the same for all of them.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +41,7 @@ from .derd.aggregation import aggregate_gradients, sga_gradient, sga_noise, sga_
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
 from .derd.self_adversary import craft_discrepancy_data
-from .distributed import build_accelerator, gradient_access, unwrap, world
+from .distributed import Parallel, build_accelerator, prepare, unwrap, world
 from .run_dir import RunDir, prepare_run_dir
 
 STAGES = ("stage1", "stage2")
@@ -88,6 +94,7 @@ def step_noise(seed: int, stage: str, step: int) -> torch.Generator:
 
 
 def local_slice(t: Optional[torch.Tensor], rank: int, world_size: int) -> Optional[torch.Tensor]:
+    """Part ``rank`` of ``world_size`` equal parts along the batch (also cuts micro-batches)."""
     if t is None:
         return None
     n = t.shape[0] // world_size
@@ -147,19 +154,27 @@ def _checkpoint_dirs(run: RunDir) -> list[Path]:
     return sorted(dirs, key=lambda p: (STAGES.index(p.name.split("-")[0]), int(p.name.split("-")[1])))
 
 
-def save_checkpoint(run: RunDir, state: TrainState, models: Models, opts: dict, scheds: dict, accelerator) -> Path:
+def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict, par: Parallel) -> Path:
+    """Every rank calls it. Sharded backends write their own shards first (DeepSpeed
+    ``save_checkpoint``, FSDP2 ``torch.distributed.checkpoint``); the main process writes
+    ``state.pt`` last, atomically — a folder without it is not a checkpoint."""
+    accelerator = par.accelerator
     path = run.checkpoints / f"{state.stage}-{state.step:08d}"
     if accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    entries = {name: adapter.save(path) for name, adapter in par.adapters.items()}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
         blob = {
             "stage": state.stage,
             "step": state.step,
-            "student": unwrap(models.student).state_dict(),
-            "generator": unwrap(models.generator).state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in opts.items()},
+            "backend": par.backend,
+            "world_size": par.world_size,
+            "models": entries,
             "schedulers": {k: s.state_dict() for k, s in scheds.items()},
             "ema": state.ema.state_dict() if state.ema is not None else None,
-            "natural_expert": models.natural_expert.state_dict() if models.natural_expert is not None and models.natural_expert is not models.natural_teacher else None,
+            "natural_expert": models.natural_expert.state_dict() if models.natural_expert is not None and models.natural_expert is not models.natural_teacher and models.natural_expert is not state.ema else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -167,29 +182,29 @@ def save_checkpoint(run: RunDir, state: TrainState, models: Models, opts: dict, 
         torch.save(blob, tmp)
         tmp.replace(path / "state.pt")  # atomic: a kill mid-write never leaves a torn checkpoint
         for old in _checkpoint_dirs(run)[:-2]:  # keep the two newest
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return path
 
 
-def load_checkpoint(path: Path, state: TrainState, models: Models, opts: dict, scheds: dict) -> None:
+def load_checkpoint(path: Path, state: TrainState, models: Models, scheds: dict, par: Parallel) -> None:
+    """Every rank calls it; the layout (backend, process count) must match the saved one."""
     blob = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    saved = (blob.get("backend", "none"), blob.get("world_size", 1))
+    sharded = any(a.sharded for a in par.adapters.values())
+    if sharded and saved != (par.backend, par.world_size):
+        raise RuntimeError(f"{path}: saved by backend {saved[0]} with {saved[1]} processes; a sharded checkpoint resumes only on the same layout ({par.backend}, {par.world_size})")
     state.stage, state.step = blob["stage"], blob["step"]
-    unwrap(models.student).load_state_dict(blob["student"])
-    unwrap(models.generator).load_state_dict(blob["generator"])
-    for k, o in opts.items():
-        if k in blob["optimizers"]:
-            o.load_state_dict(blob["optimizers"][k])
+    for name, adapter in par.adapters.items():
+        adapter.load(path, blob["models"][name])
     for k, s in scheds.items():
         if k in blob["schedulers"]:
             s.load_state_dict(blob["schedulers"][k])
     if blob.get("ema") is not None:
-        state.ema = freeze(copy.deepcopy(unwrap(models.student)))
+        state.ema = par.student.snapshot()
         state.ema.load_state_dict(blob["ema"])
     if blob.get("natural_expert") is not None:
-        expert = freeze(copy.deepcopy(unwrap(models.student)))
+        expert = par.student.snapshot()
         expert.load_state_dict(blob["natural_expert"])
         models.natural_expert = expert
     torch.set_rng_state(blob["torch_rng"])
@@ -202,93 +217,116 @@ def load_checkpoint(path: Path, state: TrainState, models: Models, opts: dict, s
 # --------------------------------------------------------------------------------------
 
 
-def sample_pseudo(models: Models, cfg: RunConfig, stage: str, step: int, batch_size: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """This rank's slice of the step's global latent batch → G(z), with the graph to G."""
-    rank, size = world()
-    gen = unwrap(models.generator)
-    latent, labels = gen.sample(batch_size, step_noise(cfg.seed, stage, step))
-    latent, labels = local_slice(latent, rank, size), local_slice(labels, rank, size)
-    return models.generator(latent, labels), labels
+def sample_latents(models: Models, cfg: RunConfig, stage: str, step: int, batch_size: int, par: Parallel) -> list[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """This rank's slices of the step's global latent batch, one per micro-batch.
+
+    The global batch is cut into micro-batches first and each micro-batch is then sliced by
+    rank, so global micro-batch k holds the same samples under any number of processes."""
+    latent, labels = unwrap(models.generator).sample(batch_size, step_noise(cfg.seed, stage, step))
+    a = par.accumulation
+    return [
+        (local_slice(local_slice(latent, k, a), par.rank, par.world_size), local_slice(local_slice(labels, k, a), par.rank, par.world_size))
+        for k in range(a)
+    ]
 
 
-def generator_update(models: Models, teacher: nn.Module, images: torch.Tensor, labels, cfg: RunConfig, opt, sched, accelerator) -> tuple[torch.Tensor, dict]:
-    """Eq. 11 on ``teacher`` (frozen), one optimiser step for G; returns the teacher logits."""
+def generator_update(models: Models, teacher: nn.Module, latents: list, cfg: RunConfig, sched, par: Parallel) -> tuple[list, list, dict]:
+    """Eq. 11 on ``teacher`` (frozen), one optimiser step for G.
+
+    Returns, per micro-batch, G(z) before the update (detached, fp32 pixels) and the
+    teacher's logits on it — Stage I's KD targets — plus the loss parts."""
     s1 = cfg.stage1
-    with accelerator.autocast():
-        loss, logits, parts = generator_loss(teacher, images, s1.lambda_oh, s1.lambda_a, s1.lambda_bn, s1.lambda_ie, s1.lambda_tv, targets=labels)
-    opt.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    opt.step()
+    images, logits, parts = [], [], []
+    for m, (z, y) in enumerate(latents):
+        with par.generator.micro_batch(m):
+            with par.autocast():
+                x = models.generator(z, y)
+                loss, t_logits, p = generator_loss(teacher, x, s1.lambda_oh, s1.lambda_a, s1.lambda_bn, s1.lambda_ie, s1.lambda_tv, targets=y, batch_mean=par.batch_mean)
+            par.generator.backward(loss)
+        images.append(x.detach().float())
+        logits.append(t_logits.detach())
+        parts.append(p)
+    par.generator.step()
     sched.step()
-    return logits.detach(), parts
+    return images, logits, _mean_dicts(parts)
 
 
-def stage1_step(models: Models, cfg: RunConfig, step: int, opts: dict, scheds: dict, accelerator) -> dict:
+def _mean_dicts(items: list[dict]) -> dict:
+    return {k: sum(d[k] for d in items) / len(items) for k in items[0]}
+
+
+def stage1_step(models: Models, cfg: RunConfig, step: int, scheds: dict, par: Parallel) -> dict:
     """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12."""
-    images, labels = sample_pseudo(models, cfg, "stage1", step, cfg.stage1.batch_size)
-    teacher_logits, parts = generator_update(models, models.natural_teacher, images, labels, cfg, opts["generator"], scheds["generator"], accelerator)
-    x = images.detach()
-    metrics = dict(parts)
+    latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par)
+    images, teacher_logits, metrics = generator_update(models, models.natural_teacher, latents, cfg, scheds["generator"], par)
     for _ in range(cfg.stage1.student_steps):
-        with accelerator.autocast():
-            loss = kd_kl(teacher_logits, models.student(x), cfg.stage1.kd_temperature)
-        opts["student"].zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        _clip(models.student, cfg.optim.student.grad_clip)
-        opts["student"].step()
+        losses = []
+        for m, (x, t) in enumerate(zip(images, teacher_logits)):
+            with par.student.micro_batch(m):
+                with par.autocast():
+                    loss = kd_kl(t, models.student(x), cfg.stage1.kd_temperature)
+                par.student.backward(loss)
+            losses.append(loss.detach())
+        par.student.step()
     scheds["student"].step()
-    metrics["l_s"] = loss.detach()
+    metrics["l_s"] = sum(losses) / len(losses)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
 
 
-def _clip(model: nn.Module, max_norm: Optional[float]) -> None:
-    if max_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-
-
-def stage2_step(models: Models, cfg: RunConfig, state: TrainState, opts: dict, scheds: dict, accelerator, grads) -> dict:
+def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel) -> dict:
     """One Stage-II step: G update (Eq. 11) → SA (Eqs. 13–16) → EG (Eq. 17) → GA/SGA (18–26) → S step."""
     s2 = cfg.stage2
     expert = models.natural_expert or models.natural_teacher
-    images, labels = sample_pseudo(models, cfg, "stage2", state.step, s2.batch_size)
+    latents = sample_latents(models, cfg, "stage2", state.step, s2.batch_size, par)
     metrics: dict = {}
     if s2.generator_updates:
-        _, parts = generator_update(models, expert, images, labels, cfg, opts["generator"], scheds["generator"], accelerator)
+        images, _, parts = generator_update(models, expert, latents, cfg, scheds["generator"], par)
         metrics.update(parts)
-    x = images.detach()
+    else:
+        with torch.no_grad(), par.autocast():
+            images = [models.generator(z, y).float() for z, y in latents]
 
-    # 1. Self-adversary: discrepancy data (local to each rank).
-    with accelerator.autocast():
-        if s2.sa.enabled and s2.sa.steps > 0:
-            dd = craft_discrepancy_data(expert, models.robust_teacher, x, s2.sa.steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size)
-        else:  # no ascent: x_d = G(z); still one pass for the teachers' outputs and the logs
-            dd = craft_discrepancy_data(expert, models.robust_teacher, x, 0, 0.0, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size)
-    metrics.update(d_before=dd.discrepancy_before, d_after=dd.discrepancy_after, flip_rate=dd.flip_rate, teacher_agreement=dd.teacher_agreement)
+    # 1. Self-adversary: discrepancy data (local to each rank, per micro-batch).
+    sa_steps = s2.sa.steps if s2.sa.enabled else 0  # no ascent: x_d = G(z), one pass for the teachers' outputs
+    with par.autocast():
+        dds = [craft_discrepancy_data(expert, models.robust_teacher, x, sa_steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size) for x in images]
+    metrics.update({k: sum(getattr(dd, a) for dd in dds) / len(dds) for k, a in (("d_before", "discrepancy_before"), ("d_after", "discrepancy_after"), ("flip_rate", "flip_rate"), ("teacher_agreement", "teacher_agreement"))})
 
     # 2. Expert guiding: L_1 (natural expert) and L_2 (robust teacher, weighted by λ_rob).
     t = s2.kd_temperature
-    student = models.student
-    opt = opts["student"]
-    opt.zero_grad(set_to_none=True)
+    student, grads = models.student, par.student
+    predictions: dict = {}  # per micro-batch: the student's argmax on x_d, and KL(T_rob ‖ S)
+    robust_kl: dict = {}
     if not s2.eg.enabled:  # "SA only": the student distils T_rob alone (Eq. 12 with T_rob)
-        with accelerator.autocast():
-            s_xd = student(dd.x_d)
-            loss = kd_kl(dd.robust_logits, s_xd, t)
-        accelerator.backward(loss)
-        metrics.update(l_2=loss.detach(), l_dis=loss.detach())
+        values = []
+        for m, dd in enumerate(dds):
+            with grads.micro_batch(m):
+                with par.autocast():
+                    s_xd = student(dd.x_d)
+                    loss = kd_kl(dd.robust_logits, s_xd, t)
+                grads.backward(loss)
+            predictions[m] = s_xd.detach().argmax(1)
+            values.append(loss.detach())
+        loss = sum(values) / len(values)
+        metrics.update(l_2=loss, l_dis=loss)
     else:
-        with grads.no_sync():
-            with accelerator.autocast():
+        if s2.eg.natural_data == "gz":  # the natural term on the un-ascended G(z)
+            with torch.no_grad(), par.autocast():
+                natural_on_gz = [expert(x) for x in images]
+
+        def losses(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """L_1 and λ_rob·L_2 on micro-batch m (the adapter may call this once per task)."""
+            dd = dds[m]
+            with par.autocast():
                 s_xd = student(dd.x_d)
                 l_2 = kd_kl(dd.robust_logits, s_xd, t)
-                if s2.eg.natural_data == "x_d":
-                    l_1 = kd_kl(dd.natural_logits, s_xd, t)
-                else:  # the natural term on the un-ascended G(z)
-                    with torch.no_grad():
-                        nat_gz = expert(x)
-                    l_1 = kd_kl(nat_gz, student(x), t)
-            g1, g2 = grads.task_gradients(l_1, s2.eg.lambda_rob * l_2)
+                l_1 = kd_kl(dd.natural_logits, s_xd, t) if s2.eg.natural_data == "x_d" else kd_kl(natural_on_gz[m], student(images[m]), t)
+            predictions[m], robust_kl[m] = s_xd.detach().argmax(1), l_2.detach()
+            return l_1, s2.eg.lambda_rob * l_2
+
+        # This rank's shard of g1 = ∇L_1 and g2 = ∇(λ_rob L_2), after the data-parallel reduction.
+        g1, g2, l_1, l_2w = grads.task_gradients(losses)
         # 3. Gradient aggregation (pure math; sums cross ranks through grads.all_reduce).
         agg = s2.aggregation
         combined, stats = aggregate_gradients(g1, g2, agg.method, agg.granularity, grads.all_reduce)
@@ -301,41 +339,43 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, opts: dict, s
             extra = [agg.lambda_sga * e for e in extra]
             sq = torch.stack([e.float().pow(2).sum() for e in extra]).sum() if extra else torch.zeros(())
             sga_norm = float(grads.all_reduce(sq.reshape(1)).sqrt())
-            combined = [c + e.to(c.dtype) for c, e in zip(combined, extra)]
+            combined = [c + e.to(c.dtype).view_as(c) for c, e in zip(combined, extra)]
         grads.write_gradients(combined)
+        l_2 = sum(robust_kl.values()) / len(robust_kl)
         metrics.update(
-            l_1=l_1.detach(), l_2=l_2.detach(), l_dis=(l_1 + s2.eg.lambda_rob * l_2).detach(),
+            l_1=l_1, l_2=l_2, l_dis=l_1 + l_2w,
             g1_norm=stats.norm1, g2_norm=stats.norm2, cos_g1_g2=stats.cos, tau1=stats.tau1, tau2=stats.tau2, sga_norm=sga_norm,
         )
-    _clip(student, cfg.optim.student.grad_clip)
-    opt.step()
+    grads.step()  # clip + optimiser step (DeepSpeed: engine.step())
     scheds["student"].step()
 
     with torch.no_grad():
-        pred = s_xd.detach().argmax(1)
-        metrics["student_agree_rob"] = (pred == dd.robust_logits.argmax(1)).float().mean().item()
-        metrics["student_agree_nat"] = (pred == dd.natural_logits.argmax(1)).float().mean().item()
+        pred = torch.cat([predictions[m] for m in range(len(dds))])
+        metrics["student_agree_rob"] = (pred == torch.cat([dd.robust_logits for dd in dds]).argmax(1)).float().mean().item()
+        metrics["student_agree_nat"] = (pred == torch.cat([dd.natural_logits for dd in dds]).argmax(1)).float().mean().item()
     if state.ema is not None:
-        _ema_update(state.ema, unwrap(student), s2.eg.ema_decay)
+        _ema_update(state.ema, grads.full_state_dict(), s2.eg.ema_decay)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
 
 
 @torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+def _ema_update(ema: nn.Module, current: dict, decay: float) -> None:
+    """EMA of the parameters; buffers (BatchNorm statistics) are copied."""
+    for name, e in ema.named_parameters():
+        e.mul_(decay).add_(current[name].to(e.device, e.dtype), alpha=1 - decay)
+    for name, b in ema.named_buffers():
+        if name in current:
+            b.copy_(current[name])
 
 
-def _setup_natural_expert(models: Models, state: TrainState, cfg: RunConfig) -> None:
+def _setup_natural_expert(models: Models, state: TrainState, cfg: RunConfig, par: Parallel) -> None:
     """Decide who plays T_nat in Stage II (the discussion section's "no natural teacher")."""
     mode = cfg.stage2.eg.natural_teacher
     if mode == "teacher":
         models.natural_expert = None
     elif models.natural_expert is None and state.ema is None:
-        snapshot = freeze(copy.deepcopy(unwrap(models.student)))
+        snapshot = par.student.snapshot()  # unsharded, frozen; a collective on sharded backends
         if mode == "student":
             models.natural_expert = snapshot
         else:
@@ -353,98 +393,103 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     from tqdm.auto import tqdm
 
     accelerator = accelerator or build_accelerator(cfg.distributed)
-    rank, size = world()
+    size = accelerator.num_processes
     for stage in STAGES:
-        bs = getattr(cfg, stage).batch_size
-        if bs % size:
-            raise ValueError(f"{stage}.batch_size: {bs} is not divisible by the {size} processes (it is the global batch)")
+        bs, parts = getattr(cfg, stage).batch_size, size * cfg.distributed.gradient_accumulation_steps
+        if bs % parts:
+            raise ValueError(f"{stage}.batch_size: {bs} is not divisible by {size} processes × {cfg.distributed.gradient_accumulation_steps} micro-batches (it is the global batch)")
     run = prepare_run_dir(cfg, config_stem, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
 
     models = build_models(cfg)
-    device = accelerator.device
-    models.natural_teacher.to(device)
-    models.robust_teacher.to(device)
-
-    opts = {
-        "student": build_optimizer(models.student.parameters(), cfg.optim.student),
-        "generator": build_optimizer(models.generator.parameters(), cfg.optim.generator),
-    }
-    models.student, models.generator, opts["student"], opts["generator"] = accelerator.prepare(models.student, models.generator, opts["student"], opts["generator"])
+    par = prepare(models, cfg, accelerator, build_optimizer)  # wraps student + generator; places the teachers
     steps = {"stage1": cfg.stage1.steps if cfg.stage1.enabled else 0, "stage2": cfg.stage2.steps if cfg.stage2.enabled else 0}
     scheds = {
         # The student's schedule restarts (warm-up, cosine/step) at the start of Stage II.
-        "student": build_two_stage_scheduler(opts["student"], steps["stage1"], steps["stage2"], cfg.optim.student),
-        "generator": build_scheduler(opts["generator"], steps["stage1"] + steps["stage2"], cfg.optim.generator),
+        "student": build_two_stage_scheduler(par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student),
+        "generator": build_scheduler(par.generator.optimizer, steps["stage1"] + steps["stage2"], cfg.optim.generator),
     }
     state = TrainState()
     existing = _checkpoint_dirs(run) if cfg.output.resume else []
     if existing:
-        load_checkpoint(existing[-1], state, models, opts, scheds)
+        load_checkpoint(existing[-1], state, models, scheds, par)
         accelerator.print(f"resumed from {existing[-1]} ({state.stage} step {state.step})")
     if state.stage == "stage1" and steps["stage1"] == 0:
         state.stage, state.step = "stage2", 0
 
-    grads = gradient_access(accelerator, models.student)
     start_time = time.time()
     for stage in STAGES:
         if STAGES.index(stage) < STAGES.index(state.stage) or steps[stage] == 0:
             continue
         if stage == "stage2":
-            _setup_natural_expert(models, state, cfg)
+            _setup_natural_expert(models, state, cfg, par)
         models.student.train()
         models.generator.train()
         bar = tqdm(total=steps[stage], initial=state.step, desc=stage, disable=not (accelerator.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
-        window_start, window_samples = time.time(), 0
+        window_start, window_steps = time.time(), 0
         while state.step < steps[stage]:
             if stage == "stage1":
-                metrics = stage1_step(models, cfg, state.step, opts, scheds, accelerator)
+                metrics = stage1_step(models, cfg, state.step, scheds, par)
             else:
-                metrics = stage2_step(models, cfg, state, opts, scheds, accelerator, grads)
+                metrics = stage2_step(models, cfg, state, scheds, par)
             state.step += 1
-            window_samples += getattr(cfg, stage).batch_size
+            window_steps += 1
             bar.update(1)
             probe_due = _probe_due(cfg, state.step, steps[stage])
             if state.step % cfg.logging.every_steps == 0 or state.step == steps[stage] or probe_due:
-                elapsed = max(time.time() - window_start, 1e-9)
-                record = {"stage": stage, "step": state.step, **{k: float(v) for k, v in metrics.items()}, "samples_per_s": window_samples / elapsed, "samples_per_s_per_rank": window_samples / elapsed / size}
+                record = {"stage": stage, "step": state.step, **par.mean_metrics(metrics), **_throughput(window_steps, time.time() - window_start, getattr(cfg, stage).batch_size, par)}
                 if probe_due:
-                    record.update(_probe(models, cfg, accelerator))
+                    record.update(_probe(models, cfg, par))
                 if accelerator.is_main_process:
                     run.log(record)
                     bar.set_postfix({k: f"{record[k]:.3g}" for k in ("l_s", "l_dis", "cos_g1_g2", "probe_pgd_s") if k in record})
-                window_start, window_samples = time.time(), 0
+                window_start, window_steps = time.time(), 0
             if cfg.output.checkpoint_every and state.step % cfg.output.checkpoint_every == 0 and state.step < steps[stage]:
-                save_checkpoint(run, state, models, opts, scheds, accelerator)
+                save_checkpoint(run, state, models, scheds, par)
                 _maybe_simulate_preemption(stage, state.step)
         bar.close()
-        save_checkpoint(run, state, models, opts, scheds, accelerator)
+        save_checkpoint(run, state, models, scheds, par)
         if stage == "stage1":
             state.stage, state.step = "stage2", 0
 
-    summary = {"train_seconds": time.time() - start_time, "world_size": size, "student_digest": check_ranks_in_sync(models.student)}
-    _export_student(run, models, cfg, accelerator)
+    summary = {"train_seconds": time.time() - start_time, "world_size": par.world_size, "backend": par.backend, "student_digest": check_ranks_in_sync(par.student)}
+    _export_student(run, models, cfg, par)
     if cfg.eval.final:
-        summary["eval"] = _final_eval(run, models, cfg, accelerator)
+        summary["eval"] = _final_eval(run, models, cfg, par)
     if accelerator.is_main_process:
         run.mark_finished(summary)
     accelerator.wait_for_everyone()
     return run
 
 
-def check_ranks_in_sync(student: nn.Module) -> str:
+def _throughput(steps: int, seconds: float, global_batch: int, par: Parallel) -> dict:
+    """Pseudo samples per second over the logging window. Steps are synchronous across
+    ranks (every step ends in a collective), so rank 0's clock is the job's clock; the
+    global rate counts the global batch, the per-rank rate is its share."""
+    seconds = max(seconds, 1e-9)
+    return {
+        "step_seconds": seconds / max(steps, 1),
+        "samples_per_s": steps * global_batch / seconds,
+        "samples_per_s_per_rank": steps * global_batch / seconds / par.world_size,
+        "world_size": par.world_size,
+    }
+
+
+def check_ranks_in_sync(student) -> str:
     """SHA-256 of the student's parameters, compared across ranks.
 
     Data-parallel replicas must end with bit-identical parameters; a gradient that skipped
     the reduction (PLATFORM.md's silent trap) makes them drift with no error. One all_gather
     of a string turns that into a loud failure at the end of every run. (BatchNorm running
-    statistics are buffers DDP re-broadcasts from rank 0 at each forward, so they may differ
-    after the last step; they are not compared.)"""
+    statistics are buffers, not compared.) ``student`` is a module or a gradient adapter;
+    for ZeRO-3/FSDP2 the adapter gathers the full parameters, so the check then covers
+    the gather, not independent replicas."""
     import hashlib
 
+    named = student.local_parameters() if hasattr(student, "local_parameters") else list(unwrap(student).named_parameters())
     digest = hashlib.sha256()
-    for name, t in sorted(unwrap(student).named_parameters()):
+    for name, t in sorted(named, key=lambda item: item[0]):
         digest.update(name.encode())
         digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     mine = digest.hexdigest()
@@ -478,7 +523,7 @@ def _probe_due(cfg: RunConfig, step: int, total: int) -> bool:
     return bool(every and step % every == 0) or step == total
 
 
-def _probe(models: Models, cfg: RunConfig, accelerator) -> dict:
+def _probe(models: Models, cfg: RunConfig, par: Parallel) -> dict:
     """Small robust-accuracy probe on real test data (a collective: every rank calls it)."""
     try:
         dataset = _eval_dataset(cfg, cfg.eval.probe_examples)
@@ -487,9 +532,11 @@ def _probe(models: Models, cfg: RunConfig, accelerator) -> dict:
         return {}
     from .evaluation import evaluate, protocol_from_config
 
-    student = unwrap(models.student)
+    # Replicated: the live module; sharded: a gathered copy (a sharded forward is a
+    # collective, and ranks evaluate different numbers of batches).
+    student = par.student.eval_module()
     was = student.training
-    report = evaluate(student, dataset, cfg.eval.probe_attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=accelerator, seed=cfg.seed, progress=False)
+    report = evaluate(student, dataset, cfg.eval.probe_attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=par.accelerator, seed=cfg.seed, progress=False)
     student.train(was)
     return {f"probe_{name}": r["accuracy"] for name, r in report.results.items()}
 
@@ -507,15 +554,15 @@ def _eval_dataset(cfg: RunConfig, n: Optional[int]):
     return _EVAL_CACHE[key].subset(n)
 
 
-def _export_student(run: RunDir, models: Models, cfg: RunConfig, accelerator) -> None:
+def _export_student(run: RunDir, models: Models, cfg: RunConfig, par: Parallel) -> None:
     from .export import export_model
 
-    student = accelerator.unwrap_model(models.student)
-    state_dict = accelerator.get_state_dict(models.student)  # consolidated (ZeRO-3/FSDP gather)
+    accelerator = par.accelerator
+    state_dict = par.student.full_state_dict()  # consolidated on every rank (ZeRO-3 gather, FSDP2 full_tensor)
     if accelerator.is_main_process:
         info = models.info
         export_model(
-            unwrap(student), run.student_dir, arch=cfg.student.arch, num_classes=info.num_classes, in_chans=info.channels,
+            unwrap(par.student.template or models.student), run.student_dir, arch=cfg.student.arch, num_classes=info.num_classes, in_chans=info.channels,
             img_size=info.image_size, class_names=list(info.class_names), model_kwargs=dict(cfg.student.kwargs),
             metadata={"teachers": {"natural": cfg.teachers.natural.arch, "robust": cfg.teachers.robust.arch}, "dataset": cfg.data.name},
             state_dict=_strip_norm_prefix(state_dict),
@@ -528,7 +575,7 @@ def _strip_norm_prefix(sd: dict) -> dict:
     return {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")} or sd
 
 
-def _final_eval(run: RunDir, models: Models, cfg: RunConfig, accelerator) -> dict:
+def _final_eval(run: RunDir, models: Models, cfg: RunConfig, par: Parallel) -> dict:
     from .evaluation import evaluate, protocol_from_config
 
     try:
@@ -536,7 +583,8 @@ def _final_eval(run: RunDir, models: Models, cfg: RunConfig, accelerator) -> dic
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         warnings.warn(f"final evaluation skipped: {err}", stacklevel=1)
         return {"skipped": str(err)}
-    student = unwrap(models.student)
+    accelerator = par.accelerator
+    student = par.student.eval_module()
     surrogate = None
     if cfg.eval.surrogate:
         from .config import ModelConfig

@@ -2,8 +2,10 @@
 
     # one process
     python launch/train.py --config configs/fmnist_small.yaml --set stage2.steps=200
-    # several processes / GPUs / nodes: the accelerate config picks the backend
+    # several processes / GPUs / nodes: the accelerate config picks the backend (docs/distributed.md)
     accelerate launch --config_file configs/accelerate/ddp.yaml launch/train.py --config configs/imnet100_vit.yaml
+    accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml launch/train.py --config configs/imnet100_vit.yaml
+    torchrun --nproc_per_node 8 launch/train.py --config configs/imnet100_vit.yaml --set distributed.backend=fsdp
     # every option, its type and default
     python launch/train.py --print-schema
 
@@ -53,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    from derd_scale.distributed import shutdown
     from derd_scale.trainer import train
 
     stem = Path(args.config).stem if args.config else "run"
     run = train(cfg, stem)
     print(f"run finished: {run.path}")
+    shutdown()  # leave the process group on every rank: no hang or abort at exit
     return 0
 
 

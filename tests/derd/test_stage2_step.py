@@ -76,16 +76,15 @@ def _reference(cfg, models, student):
 def test_one_stage2_step_matches_the_formulas(method, natural_data):
     from accelerate import Accelerator
 
-    from derd_scale.distributed import ReplicatedGradients
+    from derd_scale.distributed import prepare
 
     cfg, models = _setup(method, natural_data)
     ref_student = copy.deepcopy(models.student)
     expected, (t1, t2) = _reference(cfg, models, ref_student)
     teachers_before = [p.clone() for p in list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters())]
-    opts = {"student": build_optimizer(models.student.parameters(), cfg.optim.student), "generator": build_optimizer(models.generator.parameters(), cfg.optim.generator)}
-    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in opts.items()}
-    acc = Accelerator(cpu=True)
-    metrics = stage2_step(models, cfg, TrainState(stage="stage2"), opts, scheds, acc, ReplicatedGradients(models.student))
+    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)  # one process: nothing wrapped
+    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in par.optimizers.items()}
+    metrics = stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
     got = torch.cat([p.detach().flatten() for p in models.student.parameters()])
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got - expected).abs().max()
     assert metrics["tau1"] == pytest.approx(t1, rel=1e-5) and metrics["tau2"] == pytest.approx(t2, rel=1e-5)
