@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.derd_installed
 # Where the real data lives; the quickstart reads the Hub unless DATA_PATH is set.
 DATA_PATH ?=
 
+# DeepSpeed JIT-compiles a comm op on its first launch (~60-90 s): build it once, inside the venv.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
+
 .PHONY: install test test-fast quickstart clean-venv
 
 $(STAMP): pyproject.toml
