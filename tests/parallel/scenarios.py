@@ -1,0 +1,129 @@
+"""Tiny DERD runs shared by the multi-process workers and their one-process references.
+
+A scenario builds the same teachers, student and generator from fixed seeds, calls
+``distributed.prepare`` for the requested backend and runs a few real ``stage1_step`` /
+``stage2_step`` calls on a fixed global batch. ``run`` returns the full (gathered) student
+and generator state dicts, so a 2-process run can be compared with the 1-process run of
+the same global batch (``tests/parallel/test_parallel.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+DEEPSPEED_JSON = {1: REPO / "configs/deepspeed/zero1.json", 2: REPO / "configs/deepspeed/zero2.json", 3: REPO / "configs/deepspeed/zero3_partition_all.json"}
+
+BASE = [
+    "data.name=fashion_mnist", "seed=3", "stage1.batch_size=8", "stage2.batch_size=8",
+    "stage2.sa.steps=2", "stage2.sa.alpha=0.05", "stage2.sa.lambda_d=0.5", "stage2.eg.lambda_rob=2.0",
+    "stage2.aggregation.method=sga", "stage2.aggregation.sigma_r=0.05", "stage2.aggregation.lambda_sga=3.0",
+    "optim.student.lr=0.05", "optim.student.schedule=cosine",
+    # SGD for G here: Adam's first steps are sign-like (m/√v), so for a parameter whose true
+    # gradient is ~0 — the Linear bias in front of G's BatchNorm1d — it turns fp32 round-off
+    # into a ±lr step, and a 1-process run then differs from itself across thread counts.
+    # Adam (the default) is still run, sharded and resumed, by the kill-and-resume tests.
+    "optim.generator.name=sgd", "optim.generator.lr=0.01",
+]
+
+# name: (extra overrides, Stage-I steps, Stage-II steps)
+SCENARIOS = {
+    "stage1": ([], 1, 0),
+    "stage2": ([], 0, 3),  # full DERD: G update + SA + EG + GA + SGA, three steps
+    "gz_per_tensor_clip": (["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.5"], 0, 2),
+    "accumulation": (["distributed.gradient_accumulation_steps=2"], 1, 2),
+    "bf16": (["distributed.mixed_precision=bf16"], 1, 1),
+}
+
+
+def _warm_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    """Give a random teacher non-trivial running statistics (L_BN's targets)."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(16, 1, 28, 28, generator=g) * 0.8 + 0.1)
+
+
+def build(name: str, backend: str, accelerator, ds_stage: int | None = None, extra_overrides: tuple = ()):
+    from derd_scale.config import config_from_dict
+    from derd_scale.data import dataset_info
+    from derd_scale.derd.generator import PseudoImageGenerator
+    from derd_scale.distributed import prepare
+    from derd_scale.models import create_model
+    from derd_scale.trainer import Models, build_optimizer, build_scheduler, build_two_stage_scheduler, freeze
+
+    extra, s1, s2 = SCENARIOS[name]
+    overrides = BASE + extra + list(extra_overrides) + [f"distributed.backend={backend}"]
+    if ds_stage is not None:
+        overrides.append(f"distributed.deepspeed_config={DEEPSPEED_JSON[ds_stage]}")
+    cfg = config_from_dict({}, overrides)
+    torch.manual_seed(0)
+    nat = create_model("small_cnn", 10, in_chans=1, width=4)
+    rob = create_model("small_cnn", 10, in_chans=1, width=4)
+    _warm_batchnorm(nat, 1)
+    _warm_batchnorm(rob, 2)
+    student = create_model("small_cnn", 10, in_chans=1, width=4)
+    generator = PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4)
+    models = Models(freeze(nat), freeze(rob), student, generator, dataset_info("fashion_mnist"))
+    par = prepare(models, cfg, accelerator, build_optimizer)
+    scheds = {
+        "student": build_two_stage_scheduler(par.student.optimizer, s1, s2, cfg.optim.student),
+        "generator": build_scheduler(par.generator.optimizer, s1 + s2, cfg.optim.generator),
+    }
+    return cfg, models, par, scheds, (s1, s2)
+
+
+def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra: tuple = ()) -> dict:
+    from derd_scale.trainer import TrainState, stage1_step, stage2_step
+
+    cfg, models, par, scheds, (s1, s2) = build(name, backend, accelerator, ds_stage, tuple(extra))
+    models.student.train()
+    models.generator.train()
+    metrics = []
+    for i in range(s1):
+        metrics.append(par.mean_metrics(stage1_step(models, cfg, i, scheds, par)))
+    state = TrainState(stage="stage2")
+    for i in range(s2):
+        state.step = i
+        metrics.append(par.mean_metrics(stage2_step(models, cfg, state, scheds, par)))
+    return {
+        "student": {k: v.detach().cpu().clone() for k, v in par.student.full_state_dict().items()},
+        "generator": {k: v.detach().cpu().clone() for k, v in par.generator.full_state_dict().items()},
+        "metrics": metrics,
+        "layout": layout(par),
+        "backend": par.backend,
+        "world_size": par.world_size,
+    }
+
+
+def layout(par) -> dict:
+    """How many student parameters this rank holds only a part of (and of the optimiser state)."""
+    adapter = par.student
+    total = len(adapter.params)
+    if adapter.kind == "deepspeed" and adapter.stage == 3:
+        partial = sum(p.ds_tensor.ds_numel < p.ds_numel for p in adapter.params)
+        released = sum(p.numel() == 0 for p in adapter.params)  # outside forward: only the partition is held
+        return {"params_partitioned": partial, "params_released": released, "total": total}
+    if adapter.kind == "deepspeed":
+        partial = sum(getattr(p, "_hp_mapping", None) is None or p._hp_mapping.lp_fragment_address.numel < p.numel() for p in adapter.params)
+        return {"grad_and_optimizer_partitioned": partial, "total": total}
+    if adapter.kind == "fsdp":
+        return {"params_partitioned": sum(p.to_local().numel() < p.numel() for p in adapter.params), "total": total}
+    return {"total": total}
+
+
+def max_difference(a: dict, b: dict) -> tuple[float, str]:
+    """Largest absolute difference over every floating tensor of two state dicts, and where."""
+    worst, where = 0.0, ""
+    assert a.keys() == b.keys(), set(a) ^ set(b)
+    for k in a:
+        if a[k].is_floating_point():
+            d = (a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0
+            if d > worst:
+                worst, where = d, k
+        else:
+            assert torch.equal(a[k], b[k]), k
+    return worst, where
