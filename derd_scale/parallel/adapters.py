@@ -109,6 +109,7 @@ class GradientAdapter:
         self.inner = unwrap(module)
         self.named = [(n, p) for n, p in self.inner.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
         self.all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
 
     # ---- one loss -------------------------------------------------------------------
@@ -187,7 +188,7 @@ class GradientAdapter:
         """A frozen, unsharded, eval-mode copy of the current model on every rank."""
         if self.template is None:
             return freeze(copy.deepcopy(self.inner))
-        copy_ = copy.deepcopy(self.template)
+        copy_ = copy.deepcopy(self.template).to(self.device)  # the template waits in host memory
         copy_.load_state_dict(self.full_state_dict())
         return freeze(copy_)
 

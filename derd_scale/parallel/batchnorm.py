@@ -20,6 +20,7 @@ running statistics and does no communication.
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -57,6 +58,17 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def __init__(self, *args, group=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.group = group
+
+    def __deepcopy__(self, memo: dict) -> "GlobalBatchNorm":
+        # A process group is a handle to the job's communicator, not data: copies (EMA,
+        # snapshots of the student) share it. Deep-copying it raises ("cannot pickle
+        # ProcessGroup"). Everything else is copied as usual.
+        memo[id(self.group)] = self.group
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            object.__setattr__(new, key, copy.deepcopy(value, memo))
+        return new
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:

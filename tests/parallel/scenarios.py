@@ -32,7 +32,8 @@ BASE = [
 SCENARIOS = {
     "stage1": ([], 1, 0),
     "stage2": ([], 0, 3),  # full DERD: G update + SA + EG + GA + SGA, three steps
-    "gz_per_tensor_clip": (["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.5"], 0, 2),
+    "gz_per_tensor_clip": (["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.05"], 0, 2),  # ‖g‖ ≈ 0.5: clipping acts
+    "ema_natural": (["stage2.eg.natural_teacher=ema", "stage2.eg.ema_decay=0.5"], 0, 2),  # gathered snapshot + EMA of the sharded student
     "accumulation": (["distributed.gradient_accumulation_steps=2"], 1, 2),
     "bf16": (["distributed.mixed_precision=bf16"], 1, 1),
 }
@@ -77,7 +78,7 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
 
 
 def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra: tuple = ()) -> dict:
-    from derd_scale.trainer import TrainState, stage1_step, stage2_step
+    from derd_scale.trainer import TrainState, _setup_natural_expert, stage1_step, stage2_step
 
     cfg, models, par, scheds, (s1, s2) = build(name, backend, accelerator, ds_stage, tuple(extra))
     models.student.train()
@@ -86,6 +87,8 @@ def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra
     for i in range(s1):
         metrics.append(par.mean_metrics(stage1_step(models, cfg, i, scheds, par)))
     state = TrainState(stage="stage2")
+    if s2:
+        _setup_natural_expert(models, state, cfg, par)
     for i in range(s2):
         state.step = i
         metrics.append(par.mean_metrics(stage2_step(models, cfg, state, scheds, par)))

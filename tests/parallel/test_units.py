@@ -66,6 +66,17 @@ def test_global_batchnorm_matches_batchnorm_in_forward_backward_and_running_stat
     torch.testing.assert_close(glob(x), ref(x))
 
 
+def test_a_deep_copy_of_global_batchnorm_shares_the_process_group_and_copies_the_tensors(one_rank_group):
+    group = dist.new_group()
+    net = convert_batchnorm(_bn_net(), group)
+    twin = copy.deepcopy(net)  # EMA and student snapshots deep-copy the converted student
+    assert twin[1].group is group and isinstance(twin[1], GlobalBatchNorm)
+    assert twin[1].weight is not net[1].weight and torch.equal(twin[1].weight, net[1].weight)
+    assert twin[1].running_mean is not net[1].running_mean
+    x = torch.randn(5, 2, 8, 8)
+    torch.testing.assert_close(twin(x), net(x))  # the copy still normalises over the group
+
+
 def test_global_batchnorm_without_a_process_group_is_plain_batchnorm():
     ref, glob = _bn_net(), convert_batchnorm(_bn_net())
     x = torch.randn(4, 2, 8, 8)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from scenarios import SCENARIOS  # noqa: E402
 
 from derd_scale.config import DistributedConfig  # noqa: E402
 from derd_scale.distributed import build_accelerator, shutdown, world  # noqa: E402
@@ -60,7 +61,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--backend", required=True, choices=["ddp", "deepspeed", "fsdp"])
     p.add_argument("--out", required=True)
-    p.add_argument("--scenarios", default="stage1,stage2,gz_per_tensor_clip,accumulation,bf16")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--zero-stages", default="1,2,3")
     args = p.parse_args()
     torch.set_num_threads(1)
