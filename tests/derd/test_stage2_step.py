@@ -18,7 +18,7 @@ def _setup(method="sga", natural_data="x_d"):
     cfg = config_from_dict(
         {"data": {"name": "fashion_mnist"}},
         [
-            "seed=3", "stage2.batch_size=8", "stage2.sa.steps=2", "stage2.sa.alpha=0.05", "stage2.sa.lambda_d=0.5",
+            "seed=3", "stage1.batch_size=8", "stage2.batch_size=8", "stage2.sa.steps=2", "stage2.sa.alpha=0.05", "stage2.sa.lambda_d=0.5",
             "stage2.eg.lambda_rob=2.0", f"stage2.eg.natural_data={natural_data}", f"stage2.aggregation.method={method}",
             "stage2.aggregation.sigma_r=0.05", "stage2.aggregation.lambda_sga=3.0", "stage2.generator_updates=false",
             "optim.student.lr=0.1", "optim.student.schedule=constant",
@@ -93,3 +93,40 @@ def test_one_stage2_step_matches_the_formulas(method, natural_data):
     assert (metrics["sga_norm"] > 0) == (method == "sga")
     for p, q in zip(list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters()), teachers_before):
         assert torch.equal(p, q) and p.grad is None
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
+    """G is updated inside every step (Stage I, and Stage II's method step 5). G ends exactly
+    at its Eq.-11 update alone, no gradient is left on either model, and in Stage II the
+    student makes exactly the straight-line update from the pre-update G(z): neither
+    model's loss reaches the other's parameters or gradients."""
+    from accelerate import Accelerator
+
+    from derd_scale.distributed import prepare
+    from derd_scale.trainer import generator_update, sample_latents, stage1_step
+
+    cfg, models = _setup("sga")
+    cfg.stage2.generator_updates = True
+    expected, _ = _reference(cfg, models, copy.deepcopy(models.student))
+    # G's update on its own, from an identical copy, through the same code path.
+    _, lone = _setup("sga")
+    lone.generator.load_state_dict(models.generator.state_dict())
+    lone_par = prepare(lone, cfg, Accelerator(cpu=True), build_optimizer)
+    lone_scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in lone_par.optimizers.items()}
+    batch = getattr(cfg, stage).batch_size
+    generator_update(lone, lone.natural_teacher, sample_latents(lone, cfg, stage, 0, batch, lone_par), cfg, lone_scheds["generator"], lone_par)
+    assert all(p.grad is None for p in lone.student.parameters()), "G's update wrote gradients into the student"
+
+    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)
+    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in par.optimizers.items()}
+    if stage == "stage1":
+        stage1_step(models, cfg, 0, scheds, par)
+    else:
+        stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
+        got = torch.cat([p.detach().flatten() for p in models.student.parameters()])
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got - expected).abs().max()
+    for (name, a), b in zip(models.generator.state_dict().items(), lone.generator.state_dict().values()):
+        assert torch.equal(a, b), f"generator {name} differs from its lone Eq.-11 update"
+    assert all(p.grad is None for p in models.generator.parameters()), "the student's loss left gradients on G"
+    assert all(p.grad is None for p in models.student.parameters())
