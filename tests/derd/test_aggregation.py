@@ -27,6 +27,24 @@ def test_ga_obtuse_rescales_both():
     assert s.dot == pytest.approx(-1.0) and s.norm2 == pytest.approx(math.sqrt(2))
 
 
+def test_ga_leaves_each_task_the_share_one_minus_cos_squared_of_its_own_progress():
+    # Under conflict, g·g1 = ‖g1‖²(1 − cos²) and g·g2 = ‖g2‖²(1 − cos²) (from Eqs. 18–21):
+    # the aggregate never increases either loss to first order, but at cos ≈ −0.95 each task
+    # gets only ~10 % of the progress it would make alone, and scaling g2 (λ_rob) leaves
+    # g·g1 unchanged — why GA cannot let either teacher dominate (docs/derd.md).
+    torch.manual_seed(0)
+    base = torch.randn(50)
+    g1 = base + 0.3 * torch.randn(50)
+    for scale in (1.0, 4.0):
+        g2 = -scale * (base + 0.3 * torch.randn(50))
+        (g,), s = aggregate_gradients([g1], [g2], "ga")
+        assert s.cos < -0.8
+        assert float(g @ g1) == pytest.approx(float(g1 @ g1) * (1 - s.cos**2), rel=1e-4)
+        assert float(g @ g2) == pytest.approx(float(g2 @ g2) * (1 - s.cos**2), rel=1e-4)
+        if scale > 1:  # ‖g2‖·|cos| > ‖g1‖: the plain sum would undo task 1, GA does not
+            assert float((g1 + g2) @ g1) < 0 < float(g @ g1)
+
+
 def test_ga_orthogonal_is_not_a_conflict():
     g, s = _agg([1.0, 0.0], [0.0, 1.0], method="ga")
     assert g == [1.0, 1.0] and s.tau1 == 1.0 and s.tau2 == 1.0 and s.cos == 0.0
