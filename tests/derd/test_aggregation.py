@@ -30,8 +30,8 @@ def test_ga_obtuse_rescales_both():
 def test_ga_leaves_each_task_the_share_one_minus_cos_squared_of_its_own_progress():
     # Under conflict, g·g1 = ‖g1‖²(1 − cos²) and g·g2 = ‖g2‖²(1 − cos²) (from Eqs. 18–21):
     # the aggregate never increases either loss to first order, but at cos ≈ −0.95 each task
-    # gets only ~10 % of the progress it would make alone, and scaling g2 (λ_rob) leaves
-    # g·g1 unchanged — why GA cannot let either teacher dominate (docs/derd.md).
+    # gets only ~10 % of the progress it would make alone; scaling g2 (λ_rob) leaves g·g1
+    # unchanged (docs/derd.md).
     torch.manual_seed(0)
     base = torch.randn(50)
     g1 = base + 0.3 * torch.randn(50)
