@@ -12,10 +12,19 @@ Rows (every DERD row uses the same teachers, student architecture and step count
   full_derd_gz   full DERD with the natural term on the un-ascended G(z)
   rslad          data-driven upper bound: RSLAD on the real training set, same T_rob and steps
 
+Steering rows (not run unless named in ``--rows``): variants of full DERD that test one
+hypothesis each about why the natural term costs robustness (docs/results.md, "Reading"):
+  full_derd_lrob4     λ_rob = 4 (the robust term outweighs the natural one)
+  full_derd_gz_lrob4  natural term on G(z) and λ_rob = 4
+  full_derd_gz_ga     natural term on G(z), GA without the SGA regulariser
+
 Stage I is run once (the ``stage1_only`` row) and every Stage-II row resumes from its final
 checkpoint, so rows differ only in what they change. Each row writes ``<out>/<row>/``;
 re-running skips finished rows (resumable). Outputs: ``results.json``, ``results.md``,
 ``results.png`` (grouped bars) and ``<row>/curves.png`` for the DERD rows.
+
+The Fashion-MNIST teachers are the committed ones in ``bench/teachers/fashion_mnist/``
+(trained with the recipe in ``ensure_fmnist_teachers`` if the folder is missing).
 """
 
 from __future__ import annotations
@@ -31,19 +40,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = ("natural", "stage1_only", "sa_only", "sa_eg", "full_derd", "full_derd_gz", "rslad")
+STEERING_ROWS = ("full_derd_lrob4", "full_derd_gz_lrob4", "full_derd_gz_ga")
+ALL_ROWS = ROWS + STEERING_ROWS
 ROW_OVERRIDES = {
     "stage1_only": ["stage2.enabled=false"],
     "sa_only": ["stage2.eg.enabled=false"],
     "sa_eg": ["stage2.aggregation.method=sum"],
     "full_derd": [],
     "full_derd_gz": ["stage2.eg.natural_data=gz"],
+    "full_derd_lrob4": ["stage2.eg.lambda_rob=4"],
+    "full_derd_gz_lrob4": ["stage2.eg.natural_data=gz", "stage2.eg.lambda_rob=4"],
+    "full_derd_gz_ga": ["stage2.eg.natural_data=gz", "stage2.aggregation.method=ga"],
 }
 
 
 def recipe(name: str, data_path: str) -> dict:
     """Budgets chosen for this 2-core CPU (see docs/results.md for why)."""
     if name == "fmnist":
-        teachers = REPO / "bench" / "out" / "fmnist_teachers"
+        teachers = REPO / "bench" / "teachers" / "fashion_mnist"
         return {
             "teachers": teachers,
             "config": [
@@ -68,34 +82,38 @@ def recipe(name: str, data_path: str) -> dict:
                 "teachers.natural.arch=resnet56", f"teachers.natural.checkpoint={w / 'akamaster_resnet_cifar10' / 'resnet56-4bfd9763.th'}",
                 "teachers.robust.arch=resnet4b", f"teachers.robust.checkpoint={w / 'abcrown_robust_cifar10' / 'resnet4b.pth'}",
                 "student.arch=resnet20",
-                "stage1.steps=200", "stage1.batch_size=64", "stage2.steps=100", "stage2.batch_size=64",
-                "stage2.sa.steps=4", "stage2.sa.alpha=0.00784313725490196", "optim.student.lr=0.05",
+                # One thread of this CPU: a Stage-I step (ResNet-56 forward+backward for G, batch 64) takes
+                # ~2.5 s, a Stage-II step with K = 3 ~4 s, white-box evaluation of 2000 images ~7 min a row.
+                # 200 Stage-I steps (the first attempt) left L_BN far from converged and the Stage-I
+                # student at 14 % clean, so Stage I gets the larger share of the budget.
+                "stage1.steps=400", "stage1.batch_size=64", "stage2.steps=120", "stage2.batch_size=64",
+                "stage2.sa.steps=3", "stage2.sa.alpha=0.00784313725490196", "optim.student.lr=0.05",
                 "eval.protocol=cifar", "eval.eps=0.00784313725490196", "eval.alpha=0.00196078431372549",
-                "eval.n_examples=1000", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
-                "eval.every_steps=50", "eval.probe_examples=200", "eval.masking_check=true",
-                "logging.every_steps=10", "output.checkpoint_every=50",
+                "eval.n_examples=2000", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
+                "eval.every_steps=40", "eval.probe_examples=200", "eval.masking_check=true",
+                "logging.every_steps=10", "output.checkpoint_every=40",
             ],
-            "aa_examples": 200, "batch": 64, "eps": 2 / 255, "alpha": 0.5 / 255, "rslad_alpha": 0.5 / 255, "lr": 0.05,
+            "aa_examples": 1000, "batch": 64, "eps": 2 / 255, "alpha": 0.5 / 255, "rslad_alpha": 0.5 / 255, "lr": 0.05,
         }
     raise ValueError(f"--recipe: {name!r}; allowed: fmnist, cifar10")
 
 
 def ensure_fmnist_teachers(folder: Path, data_path: str) -> None:
+    """The recipe of the committed teachers (docs/models.md); trains only what is missing."""
     from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
     from derd_scale.teacher_training import TeacherTrainConfig, train_teacher
 
     data = DataConfig(name="fashion_mnist", source="parquet", path=data_path)
     specs = {
-        "natural": dict(method="ce", epochs=1),
-        "pgd_at": dict(method="pgd", epochs=1, attack_steps=3, alpha=0.05),
+        "natural": dict(method="ce"),
+        "pgd_at": dict(method="pgd", attack_steps=7),
     }
     for name, spec in specs.items():
         out = folder / name
-        if (out / "metrics.json").exists():
+        if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
             continue
-        cfg = TeacherTrainConfig(data=data, model=ModelConfig(arch="small_cnn", kwargs={"width": 16}), eps=0.1, batch_size=128, progress=False,
-                                 optim=OptimizerConfig(name="sgd", lr=0.05, schedule="cosine"), eval_examples=10000, out=str(out),
-                                 **{"alpha": 0.025, **spec})
+        cfg = TeacherTrainConfig(data=data, model=ModelConfig(arch="small_cnn", kwargs={"width": 16}), eps=0.1, alpha=0.025, epochs=1, batch_size=128,
+                                 progress=False, optim=OptimizerConfig(name="sgd", lr=0.05, schedule="cosine"), eval_examples=None, out=str(out), **spec)
         print(f"[bench] training the {name} Fashion-MNIST teacher", flush=True)
         train_teacher(cfg)
 
@@ -226,7 +244,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", required=True, choices=["fmnist", "cifar10"])
     p.add_argument("--data-path", default="../shared/data")
     p.add_argument("--out", default=None, help="default bench/out/<recipe>")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ALL_ROWS)} (default: all but the steering rows)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra dotted config override for every row (e.g. stage2.steps=50)")
     p.add_argument("--no-aa", action="store_true", help="skip the AutoAttack column")
     p.add_argument("--no-progress", action="store_true")
@@ -237,25 +255,25 @@ def main(argv=None) -> int:
     if r["teachers"] is not None:
         ensure_fmnist_teachers(r["teachers"], args.data_path)
     rows = [x.strip() for x in args.rows.split(",") if x.strip()]
-    unknown = [x for x in rows if x not in ROWS]
+    unknown = [x for x in rows if x not in ALL_ROWS]
     if unknown:
-        print(f"--rows: unknown {unknown}; allowed: {', '.join(ROWS)}", file=sys.stderr)
+        print(f"--rows: unknown {unknown}; allowed: {', '.join(ALL_ROWS)}", file=sys.stderr)
         return 2
     if any(x in ROW_OVERRIDES for x in rows):
         rows.append("stage1_only")  # every DERD row resumes from the shared Stage I
-    rows = sorted(set(rows), key=ROWS.index)  # ROWS lists stage1_only before the Stage-II rows
+    rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r["config"] = r["config"] + args.overrides
     results = {}
     t0 = time.time()
     for row in rows:
         print(f"[bench] {args.recipe}: row {row}", flush=True)
         results[row] = run_row(row, r, out, not args.no_progress)
-        write_tables(dict(sorted(results.items(), key=lambda kv: ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
+        write_tables(dict(sorted(results.items(), key=lambda kv: ALL_ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
     if not args.no_aa:
         for row in rows:
             print(f"[bench] {args.recipe}: AutoAttack on {row}", flush=True)
             results[row]["attacks"]["aa"] = autoattack_row(row, r, out, not args.no_progress)
-            write_tables(dict(sorted(results.items(), key=lambda kv: ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
+            write_tables(dict(sorted(results.items(), key=lambda kv: ALL_ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())
     return 0
