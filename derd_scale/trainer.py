@@ -3,7 +3,7 @@
 Run it through ``launch/train.py``::
 
     accelerate launch launch/train.py --config configs/cifar10_resnet.yaml --set stage2.sa.steps=5
-    python launch/train.py --config configs/fmnist_small.yaml            # one process
+    python launch/train.py --config configs/cifar10_local.yaml           # one process
 
 Reading order: ``train`` (setup, resume, the two stages, export, evaluation) →
 ``stage1_step`` → ``stage2_step``. Every quantity the method names is logged, and every

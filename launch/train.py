@@ -1,7 +1,7 @@
 """DERD distillation: Stage I (generator warm-up) then Stage II (robust distillation).
 
     # one process
-    python launch/train.py --config configs/fmnist_small.yaml --set stage2.steps=200
+    python launch/train.py --config configs/cifar10_local.yaml --set stage2.steps=200
     # several processes / GPUs / nodes: the accelerate config picks the backend (docs/distributed.md)
     accelerate launch --config_file configs/accelerate/ddp.yaml launch/train.py --config configs/imnet100_vit.yaml
     accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml launch/train.py --config configs/imnet100_vit.yaml
