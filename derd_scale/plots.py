@@ -35,9 +35,10 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     ax = axes[0, 0]
-    for key in ("l_g", "l_oh", "l_ie", "l_s"):
+    for key in ("l_g", "l_oh", "l_a", "l_bn", "l_ie", "l_s"):
         ax.plot(*series(s1, key), label=key)
-    ax.set_title("Stage I losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    # symlog: L_BN starts in the hundreds for deep CNN teachers, the others are O(1) and L_a, L_ie < 0
+    ax.set_yscale("symlog", linthresh=1e-1), ax.set_title("Stage I losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
     ax = axes[0, 1]
     for key in ("l_1", "l_2", "l_dis", "l_g"):
         ax.plot(*series(s2, key), label=key)
@@ -65,6 +66,12 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
     if offset:
         ax.axvline(offset, color="grey", ls="--", lw=0.8)
     ax.set_title("Probe accuracy on real test images"), ax.set_xlabel("student step (Stage I | Stage II)"), ax.legend(fontsize=8)
+    empty = {(0, 0): "no Stage I in this run", (1, 2): "no probe (eval.every_steps = 0)"}
+    empty.update({pos: "no Stage II in this run" for pos in ((0, 1), (0, 2), (1, 0), (1, 1))} if not s2 else {})
+    empty.update({pos: "no aggregation (SA only)" for pos in ((0, 2), (1, 0))} if s2 and not series(s2, "cos_g1_g2")[0] else {})
+    for (i, j), note in empty.items():
+        if not any(len(line.get_xdata()) for line in axes[i, j].get_lines() if not line.get_label().startswith("_")):  # "_…": axhline/axvline
+            axes[i, j].text(0.5, 0.5, note, transform=axes[i, j].transAxes, ha="center", va="center", color="grey")
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
