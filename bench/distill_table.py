@@ -259,8 +259,8 @@ def main(argv=None) -> int:
     if unknown:
         print(f"--rows: unknown {unknown}; allowed: {', '.join(ALL_ROWS)}", file=sys.stderr)
         return 2
-    if any(x in ROW_OVERRIDES for x in rows):
-        rows.append("stage1_only")  # every DERD row resumes from the shared Stage I
+    if any(x in ROW_OVERRIDES and not (out / x / "row.json").exists() for x in rows):
+        rows.append("stage1_only")  # a DERD row still to train resumes from the shared Stage I
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r["config"] = r["config"] + args.overrides
     results = {}
