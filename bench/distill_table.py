@@ -142,7 +142,7 @@ def run_row(row: str, r: dict, out: Path, progress: bool) -> dict:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(src[-1], dst)
         run = train(cfg, row)
-        plot_training_curves(run.metrics_path, row_dir / "curves.png")
+        plot_training_curves(run.metrics_path, row_dir / "curves.png", stage1_metrics=out / "stage1_only" / "metrics.jsonl")
         report = json.loads((row_dir / "eval" / "report.json").read_text())
     else:
         report = reference_row(row, cfg, r, row_dir, student_steps, progress)

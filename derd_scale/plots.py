@@ -21,12 +21,22 @@ def _plt():
     return plt
 
 
-def plot_training_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
+def _records(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_training_curves(metrics_path: str | Path, out_png: str | Path, stage1_metrics: str | Path | None = None) -> Path:
     """Per stage: losses; Stage II also τ1/τ2, cos(g1, g2) (the paper's Fig. 5), ‖g1‖/‖g2‖;
-    and the robust-accuracy probe on real test images over steps."""
+    and the robust-accuracy probe on real test images over steps.
+
+    ``stage1_metrics``: the metrics of the run this one resumed its Stage I from (the
+    benchmark rows share one Stage I); its Stage-I records are drawn when this run has none.
+    """
     plt = _plt()
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    records = _records(metrics_path)
     s1 = [r for r in records if r["stage"] == "stage1"]
+    if not s1 and stage1_metrics is not None:
+        s1 = [r for r in _records(stage1_metrics) if r["stage"] == "stage1"]
     s2 = [r for r in records if r["stage"] == "stage2"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
 
@@ -42,7 +52,8 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
     ax = axes[0, 1]
     for key in ("l_1", "l_2", "l_dis", "l_g"):
         ax.plot(*series(s2, key), label=key)
-    ax.set_title("Stage II losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    # symlog: the generator's L_G (≈ L_BN, tens on CIFAR teachers) would flatten the O(1) KD terms
+    ax.set_yscale("symlog", linthresh=1e-1), ax.set_title("Stage II losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
     ax = axes[0, 2]
     ax.plot(*series(s2, "cos_g1_g2"), label="cos(g1, g2)")
     ax.axhline(0, color="grey", lw=0.5)
@@ -56,7 +67,8 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
     ax.plot(*series(s2, "g2_norm"), label="‖g2‖ (robust)")
     ax.plot(*series(s2, "sga_norm"), label="‖SGA term‖")
     ax.plot(*series(s2, "flip_rate"), label="T_nat flip rate")
-    ax.set_yscale("symlog", linthresh=1e-3), ax.set_title("Which teacher dominates"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    # log (zeros masked: GA without SGA logs ‖SGA‖ = 0); norms span ~1e-2…1e1
+    ax.set_yscale("log", nonpositive="mask"), ax.set_title("Which teacher dominates"), ax.set_xlabel("step"), ax.legend(fontsize=8)
     ax = axes[1, 2]
     offset = max([r["step"] for r in s1], default=0)
     for key in ("probe_clean", "probe_pgd_s"):
@@ -71,7 +83,11 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
     empty.update({pos: "no aggregation (SA only)" for pos in ((0, 2), (1, 0))} if s2 and not series(s2, "cos_g1_g2")[0] else {})
     for (i, j), note in empty.items():
         if not any(len(line.get_xdata()) for line in axes[i, j].get_lines() if not line.get_label().startswith("_")):  # "_…": axhline/axvline
-            axes[i, j].text(0.5, 0.5, note, transform=axes[i, j].transAxes, ha="center", va="center", color="grey")
+            ax = axes[i, j]
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+            ax.set_yscale("linear"), ax.set_xticks([]), ax.set_yticks([])
+            ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="grey")
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
