@@ -212,9 +212,24 @@ def stage2_diagnostics(metrics_path: Path, keys) -> dict:
     return {k: sum(r[k] for r in tail if k in r) / max(1, sum(k in r for r in tail)) if any(k in r for r in tail) else None for k in keys}
 
 
+def finished_rows(out: Path) -> dict:
+    """Every row already finished in ``out`` (row.json, plus aa.json when AutoAttack ran), so a
+    run over a subset of ``--rows`` still writes the table of the whole folder."""
+    found = {}
+    for row in ALL_ROWS:
+        path = out / row / "row.json"
+        if path.exists():
+            found[row] = json.loads(path.read_text())
+            if (out / row / "aa.json").exists():
+                found[row]["attacks"]["aa"] = json.loads((out / row / "aa.json").read_text())["aa"]
+    return found
+
+
 def write_tables(results: dict, out: Path, r: dict, title: str) -> None:
     from derd_scale.plots import plot_results_bars
 
+    results = {**finished_rows(out), **results}
+    results = dict(sorted(results.items(), key=lambda kv: ALL_ROWS.index(kv[0])))
     cols = [("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", f"AA (first {r['aa_examples']})")]
     lines = [f"# {title}", "", "| row | " + " | ".join(c for _, c in cols) + " | Ave | minutes |", "|---" * (len(cols) + 3) + "|"]
     bars = {}
@@ -268,12 +283,12 @@ def main(argv=None) -> int:
     for row in rows:
         print(f"[bench] {args.recipe}: row {row}", flush=True)
         results[row] = run_row(row, r, out, not args.no_progress)
-        write_tables(dict(sorted(results.items(), key=lambda kv: ALL_ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
+        write_tables(results, out, r, f"{args.recipe}: DERD rows and data-driven references")
     if not args.no_aa:
         for row in rows:
             print(f"[bench] {args.recipe}: AutoAttack on {row}", flush=True)
             results[row]["attacks"]["aa"] = autoattack_row(row, r, out, not args.no_progress)
-            write_tables(dict(sorted(results.items(), key=lambda kv: ALL_ROWS.index(kv[0]))), out, r, f"{args.recipe}: DERD rows and data-driven references")
+            write_tables(results, out, r, f"{args.recipe}: DERD rows and data-driven references")
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())
     return 0

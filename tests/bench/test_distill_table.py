@@ -1,0 +1,37 @@
+"""bench/distill_table.py's bookkeeping: the table always covers every finished row of the folder."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("distill_table", REPO / "bench" / "distill_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(out: Path, name: str, pgd: float, aa: float | None = None) -> dict:
+    result = {"row": name, "attacks": {"clean": 0.8, "fgsm": 0.5, "pgd_s": pgd, "pgd_t": 0.6, "cw": 0.4}, "n": {}, "warnings": [], "seconds": 60.0}
+    (out / name).mkdir(parents=True)
+    (out / name / "row.json").write_text(json.dumps(result))
+    if aa is not None:
+        (out / name / "aa.json").write_text(json.dumps({"aa": aa, "n": 1000, "seconds": 1.0}))
+    return result
+
+
+def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
+    dt = _load()
+    _row(tmp_path, "sa_only", 0.44, aa=0.405)
+    _row(tmp_path, "rslad", 0.69)
+    this_run = {"full_derd": _row(tmp_path, "full_derd", 0.0587)}
+    dt.write_tables(this_run, tmp_path, {"aa_examples": 1000}, "t")
+    table = (tmp_path / "results.md").read_text()
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows[:3] == ["sa_only", "full_derd", "rslad"]  # the recipe's row order, not the run's
+    assert "| sa_only | 80.00 | 50.00 | 44.00 | 60.00 | 40.00 | 40.50 |" in table  # its cached AutoAttack too
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved) == {"sa_only", "full_derd", "rslad"} and saved["full_derd"]["attacks"]["pgd_s"] == 0.0587
