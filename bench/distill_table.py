@@ -204,7 +204,9 @@ def autoattack_row(row: str, r: dict, out: Path, progress: bool) -> float:
 
 def stage2_diagnostics(metrics_path: Path, keys) -> dict:
     """Means of the Stage-II logs over the second half of the stage: which teacher dominates."""
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    from derd_scale.run_dir import read_jsonl
+
+    records = read_jsonl(metrics_path)
     s2 = [r for r in records if r["stage"] == "stage2"]
     if not s2:
         return {}
@@ -213,8 +215,9 @@ def stage2_diagnostics(metrics_path: Path, keys) -> dict:
 
 
 def finished_rows(out: Path) -> dict:
-    """Every row already finished in ``out`` (row.json, plus aa.json when AutoAttack ran), so a
-    run over a subset of ``--rows`` still writes the table of the whole folder."""
+    """Every row finished in ``out`` (row.json, plus aa.json when AutoAttack ran), in the
+    recipe's order: the folder is the table's only source, so a run over a subset of
+    ``--rows`` still writes the table of the whole folder."""
     found = {}
     for row in ALL_ROWS:
         path = out / row / "row.json"
@@ -225,11 +228,10 @@ def finished_rows(out: Path) -> dict:
     return found
 
 
-def write_tables(results: dict, out: Path, r: dict, title: str) -> None:
+def write_tables(out: Path, r: dict, title: str) -> None:
     from derd_scale.plots import plot_results_bars
 
-    results = {**finished_rows(out), **results}
-    results = dict(sorted(results.items(), key=lambda kv: ALL_ROWS.index(kv[0])))
+    results = finished_rows(out)
     cols = [("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", f"AA (first {r['aa_examples']})")]
     lines = [f"# {title}", "", "| row | " + " | ".join(c for _, c in cols) + " | Ave | minutes |", "|---" * (len(cols) + 3) + "|"]
     bars = {}
@@ -278,17 +280,17 @@ def main(argv=None) -> int:
         rows.append("stage1_only")  # a DERD row still to train resumes from the shared Stage I
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r["config"] = r["config"] + args.overrides
-    results = {}
+    title = f"{args.recipe}: DERD rows and data-driven references"
     t0 = time.time()
     for row in rows:
         print(f"[bench] {args.recipe}: row {row}", flush=True)
-        results[row] = run_row(row, r, out, not args.no_progress)
-        write_tables(results, out, r, f"{args.recipe}: DERD rows and data-driven references")
+        run_row(row, r, out, not args.no_progress)  # writes <row>/row.json
+        write_tables(out, r, title)
     if not args.no_aa:
         for row in rows:
             print(f"[bench] {args.recipe}: AutoAttack on {row}", flush=True)
-            results[row]["attacks"]["aa"] = autoattack_row(row, r, out, not args.no_progress)
-            write_tables(results, out, r, f"{args.recipe}: DERD rows and data-driven references")
+            autoattack_row(row, r, out, not args.no_progress)  # writes <row>/aa.json
+            write_tables(out, r, title)
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())
     return 0

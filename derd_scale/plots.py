@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from derd_scale.run_dir import read_jsonl
 
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd_s": "PGD_S", "pgd_t": "PGD_T", "cw": "CW", "aa": "AA"}
 
@@ -21,10 +22,6 @@ def _plt():
     return plt
 
 
-def _records(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def plot_training_curves(metrics_path: str | Path, out_png: str | Path, stage1_metrics: str | Path | None = None) -> Path:
     """Per stage: losses; Stage II also τ1/τ2, cos(g1, g2) (the paper's Fig. 5), ‖g1‖/‖g2‖;
     and the robust-accuracy probe on real test images over steps.
@@ -33,10 +30,10 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, stage1_m
     benchmark rows share one Stage I); its Stage-I records are drawn when this run has none.
     """
     plt = _plt()
-    records = _records(metrics_path)
+    records = read_jsonl(metrics_path)
     s1 = [r for r in records if r["stage"] == "stage1"]
     if not s1 and stage1_metrics is not None:
-        s1 = [r for r in _records(stage1_metrics) if r["stage"] == "stage1"]
+        s1 = [r for r in read_jsonl(stage1_metrics) if r["stage"] == "stage1"]
     s2 = [r for r in records if r["stage"] == "stage2"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
 

@@ -63,9 +63,12 @@ class RunDir:
             fh.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """One record per non-empty line (metrics.jsonl and the other JSON-lines logs)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def _jsonable(v: Any) -> Any:

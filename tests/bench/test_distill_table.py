@@ -27,8 +27,8 @@ def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
     dt = _load()
     _row(tmp_path, "sa_only", 0.44, aa=0.405)
     _row(tmp_path, "rslad", 0.69)
-    this_run = {"full_derd": _row(tmp_path, "full_derd", 0.0587)}
-    dt.write_tables(this_run, tmp_path, {"aa_examples": 1000}, "t")
+    _row(tmp_path, "full_derd", 0.0587)  # the row this run just finished
+    dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
     table = (tmp_path / "results.md").read_text()
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows[:3] == ["sa_only", "full_derd", "rslad"]  # the recipe's row order, not the run's
