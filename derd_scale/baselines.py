@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .derd.student_adversary import student_inner_max
+
 
 def _batches(x_all: torch.Tensor, y_all: torch.Tensor, steps: int, batch_size: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
@@ -53,14 +55,7 @@ def train_natural_student(student, x_all, y_all, steps: int, batch_size: int, lr
 def rslad_inner_max(student, teacher_probs_log: torch.Tensor, x: torch.Tensor, eps: float, alpha: float, steps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """PGD maximising KL(T_rob(x) ‖ S(x')) from x + 0.001·N(0, 1) (the RSLAD reference code)."""
     noise = torch.randn(x.shape, generator=generator)
-    x_adv = (x + 0.001 * noise).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        log_s = F.log_softmax(student(x_adv), dim=1)
-        loss = F.kl_div(log_s, teacher_probs_log, reduction="sum", log_target=True)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
+    return student_inner_max(student, teacher_probs_log, x, eps, alpha, steps, noise=noise.to(x.device))
 
 
 def train_rslad_student(student, robust_teacher, x_all, y_all, steps: int, batch_size: int, eps: float, alpha: float, attack_steps: int = 10, lr: float = 0.05, seed: int = 0, progress: bool = True):

@@ -146,6 +146,8 @@ class SAConfig:
     """Decision: D = batch-mean ‖T_nat − T_rob‖₁ on softmax probabilities."""
     chunk_size: Optional[int] = None
     """Craft x_d in chunks of this many images (memory); exact, since sign(∇) ignores the batch-mean scale."""
+    eps: Optional[float] = None
+    """ε_sa: keep x_d inside the L∞ ball of this radius around G(z) (projected each step); None = the paper's pixel-range clip only."""
 
 
 @dataclass
@@ -157,6 +159,14 @@ class EGConfig:
     lambda_rob: float = 1.0
     natural_data: Literal["x_d", "gz"] = "x_d"
     """Which data the natural term L_1 sees: x_d as in the paper, or the un-ascended G(z)."""
+    lambda_nat: float = 1.0
+    """Weight of the natural term L_1 (the paper: 1)."""
+    robust_target: Literal["x_d", "anchor"] = "x_d"
+    """Whose robust soft labels L_2 distils: T_rob(x_d) as in the paper, or T_rob(G(z)) on the clean anchor (RSLAD's targets)."""
+    robust_data: Literal["x_d", "x_adv"] = "x_d"
+    """Where the student meets the robust target: x_d as in the paper, or x_adv from the student's inner maximisation (stage2.adv)."""
+    robust_clean_weight: float = 0.0
+    """β: L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z))) with t the robust target (RSLAD: β = 1/6; the paper: 0)."""
     natural_teacher: Literal["teacher", "student", "ema"] = "teacher"
     """Who plays T_nat in Stage II: the natural teacher, a frozen copy of the student, or an EMA of it."""
     ema_decay: float = 0.999
@@ -178,6 +188,19 @@ class AggregationConfig:
 
 
 @dataclass
+class StudentAdversaryConfig:
+    """The student's inner maximisation on synthetic data (data-driven robust distillation's min-max, e.g. RSLAD):
+    x_adv = argmax_{‖x'−G(z)‖∞≤ε} KL(t ‖ S(x')) by PGD, t the robust target; used when eg.robust_data=x_adv."""
+
+    eps: float = 8 / 255
+    """Radius of the L∞ ball around the anchor G(z); set it to the evaluation ε."""
+    alpha: float = 2 / 255
+    steps: int = 10
+    start: Literal["anchor", "x_d"] = "x_d"
+    """Start of the ascent: G(z) + 0.001·N(0, 1) (RSLAD) or the discrepancy data x_d projected into the ball (SA as a warm start)."""
+
+
+@dataclass
 class Stage2Config:
     enabled: bool = True
     steps: int = 1000
@@ -188,6 +211,7 @@ class Stage2Config:
     sa: SAConfig = field(default_factory=SAConfig)
     eg: EGConfig = field(default_factory=EGConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    adv: StudentAdversaryConfig = field(default_factory=StudentAdversaryConfig)
 
 
 @dataclass
@@ -201,7 +225,9 @@ class EvalConfig:
     protocol: str = "cifar"
     """Attack budget preset: cifar, imagenet100, robustbench_imagenet, fashion_mnist, or custom (set eps/alpha/steps)."""
     attacks: list[str] = field(default_factory=lambda: ["clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa"])
+    """aa = the standard AutoAttack (100 iterations, 9 targets, 5000 Square queries); aa_fast = torchattacks' 10-iteration default, not AutoAttack."""
     eps: Optional[float] = None
+    """L∞ radius in [0, 1] pixel units, 0 < eps <= 1; None = the preset's (a different value warns)."""
     alpha: Optional[float] = None
     steps: Optional[int] = None
     batch_size: Optional[int] = None
@@ -467,6 +493,16 @@ def validate(cfg: RunConfig) -> None:
     positive("stage2.sa.alpha", cfg.stage2.sa.alpha, strict=False)
     positive("stage2.sa.lambda_d", cfg.stage2.sa.lambda_d, strict=False)
     positive("stage2.eg.lambda_rob", cfg.stage2.eg.lambda_rob, strict=False)
+    positive("stage2.eg.lambda_nat", cfg.stage2.eg.lambda_nat, strict=False)
+    if not 0.0 <= cfg.stage2.eg.robust_clean_weight <= 1.0:
+        raise ConfigError(f"stage2.eg.robust_clean_weight: must be in [0, 1], got {cfg.stage2.eg.robust_clean_weight}")
+    if cfg.stage2.sa.eps is not None and not 0.0 < cfg.stage2.sa.eps <= 1.0:
+        raise ConfigError(f"stage2.sa.eps: must be in (0, 1] or null, got {cfg.stage2.sa.eps}")
+    adv = cfg.stage2.adv
+    if not 0.0 < adv.eps <= 1.0:
+        raise ConfigError(f"stage2.adv.eps: must be in (0, 1], got {adv.eps}")
+    positive("stage2.adv.alpha", adv.alpha)
+    positive("stage2.adv.steps", adv.steps)
     if not 0.0 <= cfg.stage2.eg.ema_decay < 1.0:
         raise ConfigError(f"stage2.eg.ema_decay: must be in [0, 1), got {cfg.stage2.eg.ema_decay}")
     positive("stage2.aggregation.sigma_r", cfg.stage2.aggregation.sigma_r, strict=False)
@@ -494,10 +530,7 @@ def validate(cfg: RunConfig) -> None:
     positive("output.checkpoint_every", cfg.output.checkpoint_every, strict=False)
     if not cfg.stage1.enabled and not cfg.stage2.enabled:
         raise ConfigError("stage1.enabled / stage2.enabled: at least one stage must run")
-    for i, attack in enumerate(cfg.eval.attacks + cfg.eval.probe_attacks):
-        if attack not in KNOWN_ATTACKS:
-            key = "eval.attacks" if i < len(cfg.eval.attacks) else "eval.probe_attacks"
-            raise ConfigError(f"{key}: unknown attack {attack!r}; allowed: {', '.join(KNOWN_ATTACKS)}")
+    validate_eval(cfg.eval)
     for key, ref in (("teachers.natural", cfg.teachers.natural), ("teachers.robust", cfg.teachers.robust), ("student", cfg.student)):
         if (ref.mean is None) != (ref.std is None):
             raise ConfigError(f"{key}.mean / {key}.std: give both or neither")
@@ -505,7 +538,35 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.std: must be > 0, got {ref.std}")
 
 
-KNOWN_ATTACKS = ("clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa", "square", "transfer_pgd", "transfer_cw")
+KNOWN_ATTACKS = ("clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa", "aa_fast", "square", "transfer_pgd", "transfer_cw")
+
+
+def validate_eval(ev: EvalConfig, prefix: str = "eval") -> None:
+    """Range checks of the evaluation section, one line each naming the key (``eval.eps: …``).
+
+    Run by ``validate`` (config load), ``protocol_from_config`` and ``launch/evaluate.py``.
+    ``n_examples`` larger than the split is checked where the split is loaded (``evaluate``).
+    """
+    if ev.eps is not None and not 0.0 < ev.eps <= 1.0:
+        raise ConfigError(f"{prefix}.eps: must be in (0, 1] (pixel units), got {ev.eps}")
+    if ev.alpha is not None and not ev.alpha > 0.0:
+        raise ConfigError(f"{prefix}.alpha: must be > 0, got {ev.alpha}")
+    for key in ("steps", "restarts", "square_queries"):
+        value = getattr(ev, key)
+        if value is not None and not value >= 1:
+            raise ConfigError(f"{prefix}.{key}: must be >= 1, got {value}")
+    for key in ("batch_size", "n_examples", "probe_examples"):
+        value = getattr(ev, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{prefix}.{key}: must be > 0, got {value}")
+    for key in ("cw_kappa", "masking_threshold", "every_steps"):
+        value = getattr(ev, key)
+        if not value >= 0:
+            raise ConfigError(f"{prefix}.{key}: must be >= 0, got {value}")
+    for key in ("attacks", "probe_attacks"):
+        for attack in getattr(ev, key):
+            if attack not in KNOWN_ATTACKS:
+                raise ConfigError(f"{prefix}.{key}: unknown attack {attack!r}; allowed: {', '.join(KNOWN_ATTACKS)}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -37,7 +37,8 @@ import torch.nn as nn
 
 from .config import OptimizerConfig, RunConfig
 from .data import DatasetInfo, dataset_info
-from .derd.aggregation import aggregate_gradients, sga_gradient, sga_noise, sga_tau
+from .derd.aggregation import aggregate
+from .derd.expert_guiding import student_batch, student_losses
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
 from .derd.self_adversary import craft_discrepancy_data
@@ -275,88 +276,96 @@ def stage1_step(models: Models, cfg: RunConfig, step: int, scheds: dict, par: Pa
 
 
 def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel) -> dict:
-    """One Stage-II step: G update (Eq. 11) → SA (Eqs. 13–16) → EG (Eq. 17) → GA/SGA (18–26) → S step."""
+    """One Stage-II step, in the order of docs/derd.md:
+    G update (Eq. 11) → SA: discrepancy data (Eqs. 13–16) → student inputs and targets (Eq. 17's
+    switches) → SA only: one loss | EG: two task gradients → GA/SGA (Eqs. 18–26) → student step."""
     s2 = cfg.stage2
     expert = models.natural_expert or models.natural_teacher
     latents = sample_latents(models, cfg, "stage2", state.step, s2.batch_size, par)
     metrics: dict = {}
+
+    # 0. Pseudo images G(z): the clean anchors (G keeps learning Eq. 11 unless switched off).
     if s2.generator_updates:
-        images, _, parts = generator_update(models, expert, latents, cfg, scheds["generator"], par)
+        anchors, _, parts = generator_update(models, expert, latents, cfg, scheds["generator"], par)
         metrics.update(parts)
     else:
         with torch.no_grad(), par.autocast():
-            images = [models.generator(z, y).float() for z, y in latents]
+            anchors = [models.generator(z, y).float() for z, y in latents]
 
-    # 1. Self-adversary: discrepancy data (local to each rank, per micro-batch).
-    sa_steps = s2.sa.steps if s2.sa.enabled else 0  # no ascent: x_d = G(z), one pass for the teachers' outputs
+    # 1. Self-adversary: discrepancy data x_d (local to each rank, per micro-batch).
+    sa_steps = s2.sa.steps if s2.sa.enabled else 0  # no ascent: x_d = G(z)
     with par.autocast():
-        dds = [craft_discrepancy_data(expert, models.robust_teacher, x, sa_steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size) for x in images]
+        dds = [craft_discrepancy_data(expert, models.robust_teacher, x, sa_steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size, s2.sa.eps) for x in anchors]
     metrics.update({k: sum(getattr(dd, a) for dd in dds) / len(dds) for k, a in (("d_before", "discrepancy_before"), ("d_after", "discrepancy_after"), ("flip_rate", "flip_rate"), ("teacher_agreement", "teacher_agreement"))})
 
-    # 2. Expert guiding: L_1 (natural expert) and L_2 (robust teacher, weighted by λ_rob).
-    t = s2.kd_temperature
-    student, grads = models.student, par.student
-    predictions: dict = {}  # per micro-batch: the student's argmax on x_d, and KL(T_rob ‖ S)
-    robust_kl: dict = {}
-    if not s2.eg.enabled:  # "SA only": the student distils T_rob alone (Eq. 12 with T_rob)
-        values = []
-        for m, dd in enumerate(dds):
-            with grads.micro_batch(m):
-                with par.autocast():
-                    s_xd = student(dd.x_d)
-                    loss = kd_kl(dd.robust_logits, s_xd, t)
-                grads.backward(loss)
-            predictions[m] = s_xd.detach().argmax(1)
-            values.append(loss.detach())
-        loss = sum(values) / len(values)
-        metrics.update(l_2=loss, l_dis=loss)
+    # 2. What the student learns from: inputs and targets per micro-batch (the student's own
+    #    inner maximisation x_adv runs here when robust_data=x_adv).
+    with par.autocast():
+        batches = [student_batch(s2.eg, s2.adv, x, dd, unwrap(models.student), _adv_noise(cfg, state.step, m, x, par)) for m, (x, dd) in enumerate(zip(anchors, dds))]
+
+    # 3. The student's update: SA only (one loss) or expert guiding with GA/SGA.
+    if s2.eg.enabled:
+        losses = _expert_guided_update(models, cfg, state, batches, par, metrics)
     else:
-        if s2.eg.natural_data == "gz":  # the natural term on the un-ascended G(z)
-            with torch.no_grad(), par.autocast():
-                natural_on_gz = [expert(x) for x in images]
-
-        def losses(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-            """L_1 and λ_rob·L_2 on micro-batch m (the adapter may call this once per task)."""
-            dd = dds[m]
-            with par.autocast():
-                s_xd = student(dd.x_d)
-                l_2 = kd_kl(dd.robust_logits, s_xd, t)
-                l_1 = kd_kl(dd.natural_logits, s_xd, t) if s2.eg.natural_data == "x_d" else kd_kl(natural_on_gz[m], student(images[m]), t)
-            predictions[m], robust_kl[m] = s_xd.detach().argmax(1), l_2.detach()
-            return l_1, s2.eg.lambda_rob * l_2
-
-        # This rank's shard of g1 = ∇L_1 and g2 = ∇(λ_rob L_2), after the data-parallel reduction.
-        g1, g2, l_1, l_2w = grads.task_gradients(losses)
-        # 3. Gradient aggregation (pure math; sums cross ranks through grads.all_reduce).
-        agg = s2.aggregation
-        combined, stats = aggregate_gradients(g1, g2, agg.method, agg.granularity, grads.all_reduce)
-        sga_norm = 0.0
-        if agg.method == "sga" and agg.lambda_sga > 0 and agg.sigma_r > 0:
-            shards = grads.shards()
-            noise = [sga_noise(cfg.seed, state.step, v.name, v.indices, agg.sigma_r).to(v.param.device).view_as(v.param) for v in shards]
-            tau = sga_tau(stats.tau1, stats.tau2, agg.tau)
-            extra, _ = sga_gradient([v.param for v in shards], noise, tau, grads.all_reduce)
-            extra = [agg.lambda_sga * e for e in extra]
-            sq = torch.stack([e.float().pow(2).sum() for e in extra]).sum() if extra else torch.zeros(())
-            sga_norm = float(grads.all_reduce(sq.reshape(1)).sqrt())
-            combined = [c + e.to(c.dtype).view_as(c) for c, e in zip(combined, extra)]
-        grads.write_gradients(combined)
-        l_2 = sum(robust_kl.values()) / len(robust_kl)
-        metrics.update(
-            l_1=l_1, l_2=l_2, l_dis=l_1 + l_2w,
-            g1_norm=stats.norm1, g2_norm=stats.norm2, cos_g1_g2=stats.cos, tau1=stats.tau1, tau2=stats.tau2, sga_norm=sga_norm,
-        )
-    grads.step()  # clip + optimiser step (DeepSpeed: engine.step())
+        losses = _robust_only_update(models, cfg, batches, par, metrics)
+    par.student.step()  # clip + optimiser step (DeepSpeed: engine.step())
     scheds["student"].step()
 
     with torch.no_grad():
-        pred = torch.cat([predictions[m] for m in range(len(dds))])
-        metrics["student_agree_rob"] = (pred == torch.cat([dd.robust_logits for dd in dds]).argmax(1)).float().mean().item()
+        pred = torch.cat([losses[m].prediction for m in range(len(batches))])
+        metrics["student_agree_rob"] = (pred == torch.cat([b.robust_target for b in batches]).argmax(1)).float().mean().item()
         metrics["student_agree_nat"] = (pred == torch.cat([dd.natural_logits for dd in dds]).argmax(1)).float().mean().item()
     if state.ema is not None:
-        _ema_update(state.ema, grads.full_state_dict(), s2.eg.ema_decay)
+        _ema_update(state.ema, par.student.full_state_dict(), s2.eg.ema_decay)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
+
+
+def _robust_only_update(models: Models, cfg: RunConfig, batches: list, par: Parallel, metrics: dict) -> dict:
+    """"SA only": the student distils the robust target alone (Eq. 12 with T_rob), one backward."""
+    grads, out, values = par.student, {}, []
+    for m, batch in enumerate(batches):
+        with grads.micro_batch(m):
+            with par.autocast():
+                out[m] = student_losses(models.student, batch, cfg.stage2.eg, cfg.stage2.kd_temperature, natural_term=False)
+            grads.backward(out[m].robust)
+        values.append(out[m].robust.detach())
+    loss = sum(values) / len(values)
+    metrics.update(l_2=loss, l_dis=loss)
+    return out
+
+
+def _expert_guided_update(models: Models, cfg: RunConfig, state: TrainState, batches: list, par: Parallel, metrics: dict) -> dict:
+    """Eq. 17's two tasks → this rank's shard of g1 = ∇(λ_nat L_1), g2 = ∇(λ_rob L_2) after the
+    data-parallel reduction → GA/SGA (Eqs. 18–26) → written back as the student's gradient."""
+    s2, grads, out = cfg.stage2, par.student, {}
+
+    def losses(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with par.autocast():
+            out[m] = student_losses(models.student, batches[m], s2.eg, s2.kd_temperature)
+        return out[m].natural, out[m].robust
+
+    g1, g2, l_1, l_2w = grads.task_gradients(losses)  # the adapter may call losses(m) once per task
+    agg = s2.aggregation
+    combined, stats = aggregate(g1, g2, grads.shards(), agg.method, granularity=agg.granularity, seed=cfg.seed, step=state.step,
+                                sigma_r=agg.sigma_r, lambda_sga=agg.lambda_sga, tau_mode=agg.tau, all_reduce=grads.all_reduce)
+    grads.write_gradients(combined)
+    metrics.update(
+        l_1=l_1, l_2=sum(o.robust_kl for o in out.values()) / len(out), l_dis=l_1 + l_2w,
+        g1_norm=stats.norm1, g2_norm=stats.norm2, cos_g1_g2=stats.cos, tau1=stats.tau1, tau2=stats.tau2, sga_norm=stats.sga_norm,
+    )
+    return out
+
+
+def _adv_noise(cfg: RunConfig, step: int, m: int, x: torch.Tensor, par: Parallel) -> Optional[torch.Tensor]:
+    """RSLAD's 0.001·N(0, 1) start for the student's inner maximisation: drawn for the global
+    micro-batch from (seed, step, m) and sliced by rank, so any process count draws the same."""
+    adv = cfg.stage2.adv
+    if cfg.stage2.eg.robust_data != "x_adv" or (adv.start == "x_d" and cfg.stage2.sa.enabled):
+        return None
+    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + 104_729 * step + m) % (2**63 - 1))
+    full = torch.randn((x.shape[0] * par.world_size, *x.shape[1:]), generator=gen)
+    return local_slice(full, par.rank, par.world_size).to(x.device)
 
 
 @torch.no_grad()

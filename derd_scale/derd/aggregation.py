@@ -56,8 +56,8 @@ def aggregate_gradients(
     granularity: str = "global",
     all_reduce: Optional[AllReduce] = None,
 ) -> tuple[list[torch.Tensor], AggregationStats]:
-    """Combine the two task gradients (Eqs. 18–21). ``method`` is ``sum`` (g1 + g2) or
-    ``ga``/``sga`` (τ-weighted; SGA's noise term is added separately by ``sga_gradient``).
+    """Combine the two task gradients (Eqs. 18–21). ``method`` is ``sum`` (g1 + g2) or ``ga``
+    (τ-weighted). ``aggregate`` below is the entry point that adds SGA's term (Eqs. 22–26).
 
     ``granularity='global'`` treats all tensors as one flat vector (Decision);
     ``per_tensor`` computes τ per tensor. Returned stats are always the global ones.
@@ -77,7 +77,7 @@ def aggregate_gradients(
     if method == "sum":
         tau1 = tau2 = torch.ones(())
         combined = [a + b for a, b in zip(g1, g2)]
-    elif method in ("ga", "sga"):
+    elif method == "ga":
         if granularity == "global":
             tau1, tau2 = ga_coefficients(dot, sq1, sq2)
             combined = [(tau1 * a.float() + tau2 * b.float()).to(a.dtype) for a, b in zip(g1, g2)]
@@ -88,7 +88,7 @@ def aggregate_gradients(
         else:
             raise ValueError(f"granularity: {granularity!r}; allowed: global, per_tensor")
     else:
-        raise ValueError(f"method: {method!r}; allowed: sum, ga, sga")
+        raise ValueError(f"method: {method!r}; allowed: sum, ga")
     stats = AggregationStats(dot.item(), norm1.item(), norm2.item(), cos, float(tau1), float(tau2))
     return combined, stats
 
@@ -166,3 +166,43 @@ def sga_tau(tau1: float, tau2: float, mode: str) -> float:
     if mode == "one":
         return 1.0
     raise ValueError(f"sga_tau: {mode!r}; allowed: mean, sum, one")
+
+
+def aggregate(
+    g1: Sequence[torch.Tensor],
+    g2: Sequence[torch.Tensor],
+    shards: Sequence,
+    method: str,
+    *,
+    granularity: str = "global",
+    seed: int = 0,
+    step: int = 0,
+    sigma_r: float = 0.01,
+    lambda_sga: float = 1.0,
+    tau_mode: str = "mean",
+    all_reduce: Optional[AllReduce] = None,
+) -> tuple[list[torch.Tensor], AggregationStats]:
+    """Stage II's update direction, the one home of ``stage2.aggregation.method``:
+
+        sum:  g = g1 + g2                                            (SA + EG)
+        ga:   g = τ1 g1 + τ2 g2                                      (Eqs. 18–21)
+        sga:  g = τ1 g1 + τ2 g2 + λ_SGA ∇_θ[τ ‖r⊙θ‖₂]                 (Eqs. 22–26)
+
+    ``shards`` are this rank's views of the parameters (``.name``, ``.param``, ``.indices``:
+    flat indices into the full parameter), in the order of ``g1``/``g2``; r is drawn from
+    (seed, step, name, index), so it is the same on any layout. ``stats.sga_norm`` is
+    ‖λ_SGA ∇L_SGA‖₂ over all shards (0 without the term).
+    """
+    all_reduce = all_reduce or _identity
+    if method not in ("sum", "ga", "sga"):
+        raise ValueError(f"method: {method!r}; allowed: sum, ga, sga")
+    combined, stats = aggregate_gradients(g1, g2, "sum" if method == "sum" else "ga", granularity, all_reduce)
+    if method != "sga" or lambda_sga <= 0 or sigma_r <= 0:
+        return combined, stats
+    noise = [sga_noise(seed, step, v.name, v.indices, sigma_r).to(v.param.device).view_as(v.param) for v in shards]
+    tau = sga_tau(stats.tau1, stats.tau2, tau_mode)
+    extra, _ = sga_gradient([v.param for v in shards], noise, tau, all_reduce)
+    extra = [lambda_sga * e for e in extra]
+    sq = torch.stack([e.float().pow(2).sum() for e in extra]).sum() if extra else torch.zeros(())
+    stats.sga_norm = float(all_reduce(sq.reshape(1)).sqrt())
+    return [c + e.to(c.dtype).view_as(c) for c, e in zip(combined, extra)], stats

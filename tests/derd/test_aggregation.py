@@ -127,3 +127,25 @@ def test_sga_noise_is_deterministic_and_shard_consistent():
     assert not torch.equal(full, sga_noise(8, 3, "layer1.weight", torch.arange(10_000), 0.01))
     # N(0, σ²)
     assert abs(full.mean().item()) < 0.0005 and full.std().item() == pytest.approx(0.01, rel=0.05)
+
+
+def test_aggregate_is_the_one_home_of_the_method():
+    from types import SimpleNamespace
+
+    from derd_scale.derd.aggregation import aggregate
+
+    p = torch.tensor([1.0, -2.0, 0.5])
+    views = [SimpleNamespace(name="w", param=p, indices=torch.arange(3))]
+    g1, g2 = [torch.tensor([1.0, 0.0, 0.0])], [torch.tensor([-1.0, 1.0, 0.0])]
+    summed, s = aggregate(g1, g2, views, "sum")
+    assert summed[0].tolist() == [0.0, 1.0, 0.0] and s.sga_norm == 0.0
+    ga, s_ga = aggregate(g1, g2, views, "ga")
+    assert ga[0].tolist() == pytest.approx([0.5, 1.5, 0.0]) and s_ga.sga_norm == 0.0
+    sga, s_sga = aggregate(g1, g2, views, "sga", seed=3, step=7, sigma_r=0.01, lambda_sga=2.0, tau_mode="mean")
+    r = sga_noise(3, 7, "w", torch.arange(3), 0.01)
+    tau = 0.5 * (2.0 + 1.5)
+    extra = 2.0 * tau * r * r * p / (r * p).norm()
+    assert torch.allclose(sga[0], ga[0] + extra, atol=1e-7)
+    assert s_sga.sga_norm == pytest.approx(extra.norm().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="allowed: sum, ga, sga"):
+        aggregate(g1, g2, views, "pcgrad")

@@ -1,0 +1,94 @@
+"""Expert guiding (Eq. 17) and its measured variants: what the student learns from, per micro-batch.
+
+The paper's Eq. 17 on the discrepancy data x_d:
+
+    L_Dis = L_1 + λ_rob L_2,   L_1 = KL(T_nat(x_d) ‖ S(x_d)),   L_2 = KL(T_rob(x_d) ‖ S(x_d))
+
+Each factor of it is a switch (``stage2.eg.*``, ``stage2.adv.*``; docs/derd.md has the table
+and the measurements behind the recommended preset):
+
+    natural_data   x_d | gz        the input of L_1 (T_nat's targets are on that same input)
+    robust_target  x_d | anchor    t = T_rob(x_d) (paper) or T_rob(G(z)) (RSLAD's robust soft labels)
+    robust_data    x_d | x_adv     x_r = x_d (paper) or the student's inner maximiser x_adv
+    robust_clean_weight β          L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z)))
+    lambda_nat, lambda_rob         L_1 and L_2 weights (they scale g1, g2 before GA/SGA)
+
+so with every switch at the paper's value this is Eq. 17 exactly, and with
+``robust_target=anchor, robust_data=x_adv, β=1/6`` and no natural term it is RSLAD's
+objective on G(z). The teachers' outputs are never recomputed: SA already has them on the
+anchor and on the final x_d (``DiscrepancyData``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .losses import kd_kl
+from .self_adversary import DiscrepancyData
+from .student_adversary import robust_distillation_loss, student_inner_max
+
+
+@dataclass
+class StudentBatch:
+    """The inputs and targets of one micro-batch's student losses."""
+
+    anchor: torch.Tensor
+    """G(z), the clean pseudo image."""
+    robust_input: torch.Tensor
+    """x_r: x_d or x_adv."""
+    robust_target: torch.Tensor
+    """Logits of the robust target t: T_rob(x_d) or T_rob(G(z))."""
+    natural_input: torch.Tensor
+    """x_d or G(z)."""
+    natural_target: torch.Tensor
+    """T_nat on ``natural_input``."""
+
+
+@dataclass
+class StudentLosses:
+    """One micro-batch's student terms (scalars with graphs) and its predictions for logging."""
+
+    natural: torch.Tensor
+    """λ_nat · L_1 (zero with no natural term: SA only)."""
+    robust: torch.Tensor
+    """λ_rob · L_2."""
+    robust_kl: torch.Tensor
+    """L_2, unweighted and detached (logged as l_2)."""
+    prediction: torch.Tensor
+    """argmax S(x_r), detached."""
+
+
+def student_batch(eg, adv, anchor: torch.Tensor, dd: DiscrepancyData, attack_student=None, noise: Optional[torch.Tensor] = None) -> StudentBatch:
+    """Pick inputs and targets per the switches; with ``robust_data=x_adv`` run the student's inner
+    maximisation (``attack_student``: the student's plain module, put in eval mode here as in RSLAD)."""
+    target = dd.anchor_robust_logits if eg.robust_target == "anchor" else dd.robust_logits
+    natural_input, natural_target = (dd.x_d, dd.natural_logits) if eg.natural_data == "x_d" else (anchor, dd.anchor_natural_logits)
+    robust_input = dd.x_d
+    if eg.robust_data == "x_adv":
+        was = attack_student.training
+        attack_student.eval()
+        log_t = torch.log_softmax(target.float(), dim=1)
+        start = dd.x_d if adv.start == "x_d" else None
+        robust_input = student_inner_max(attack_student, log_t, anchor, adv.eps, adv.alpha, adv.steps, start=start, noise=noise)
+        attack_student.train(was)
+    return StudentBatch(anchor, robust_input, target, natural_input, natural_target)
+
+
+def student_losses(student, batch: StudentBatch, eg, temperature: float, natural_term: bool = True) -> StudentLosses:
+    """λ_nat L_1 and λ_rob L_2 on one micro-batch; each distinct input goes through the student once
+    (in this order: x_r, G(z), x_n — BatchNorm's running statistics see them in that order)."""
+    logits: dict[int, torch.Tensor] = {}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if id(x) not in logits:
+            logits[id(x)] = student(x)
+        return logits[id(x)]
+
+    s_r = forward(batch.robust_input)
+    s_clean = forward(batch.anchor) if eg.robust_clean_weight else None
+    l_2 = robust_distillation_loss(batch.robust_target, s_r, s_clean, temperature, eg.robust_clean_weight)
+    l_1 = eg.lambda_nat * kd_kl(batch.natural_target, forward(batch.natural_input), temperature) if natural_term else torch.zeros((), device=l_2.device)
+    return StudentLosses(l_1, eg.lambda_rob * l_2 if natural_term else l_2, l_2.detach(), s_r.detach().argmax(1))

@@ -1,0 +1,59 @@
+"""The student's inner maximisation on synthetic data, and the robust-distillation objective.
+
+Data-driven robust distillation (ARD, RSLAD, MTARD) is a min-max: an adversarial point is
+found *for the student* inside the evaluation ε-ball of a clean input, and the student is
+trained there towards targets taken on the clean input. DERD's Stage II gets this as a
+switch (``stage2.eg.robust_data=x_adv``, ``stage2.adv.*``), with the clean anchor G(z) in
+place of a real image:
+
+    x_adv = Π_{B_ε(x)} PGD_K [ KL(t ‖ S(x')) ]        (ascent from x + 0.001·N(0,1), or from x_d)
+    L_2   = (1 − β) · KL(t ‖ S(x_adv)) + β · KL(t ‖ S(x))                  (RSLAD: β = 1/6)
+
+with x = G(z), t the robust target (T_rob(x) on the clean anchor, RSLAD's robust soft
+labels) and S in eval mode during the ascent (RSLAD's reference code). Gradients are taken
+w.r.t. the input only; no parameter gradient is accumulated. The same inner maximisation
+is the data-driven RSLAD bound's (``derd_scale.baselines``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .losses import kd_kl
+
+
+def project(x: torch.Tensor, anchor: torch.Tensor, eps: float) -> torch.Tensor:
+    """Π onto {‖x − anchor‖∞ ≤ ε} ∩ [0, 1]."""
+    return torch.min(torch.max(x, anchor - eps), anchor + eps).clamp(0.0, 1.0)
+
+
+def student_inner_max(student, target_log_probs: torch.Tensor, anchor: torch.Tensor, eps: float, alpha: float, steps: int,
+                      start: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """PGD maximising Σ_i KL(t_i ‖ S(x'_i)) (sum over the batch, so sign(∇) is per example) in the ε-ball of ``anchor``.
+
+    ``target_log_probs`` is log t (log-softmax of the target logits). The ascent starts at
+    ``start`` projected into the ball, or at ``anchor + 0.001·noise`` (RSLAD's start) when
+    ``start`` is None. ``student`` must be in the mode the caller wants (RSLAD: eval)."""
+    if start is None:
+        start = anchor + 0.001 * noise if noise is not None else anchor
+    x_adv = project(start.detach(), anchor, eps)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            log_s = F.log_softmax(student(x_adv).float(), dim=1)
+            loss = F.kl_div(log_s, target_log_probs.float(), reduction="sum", log_target=True)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = project(x_adv.detach() + alpha * grad.sign(), anchor, eps)
+    return x_adv.detach()
+
+
+def robust_distillation_loss(target_logits: torch.Tensor, student_logits_adv: torch.Tensor, student_logits_clean: Optional[torch.Tensor],
+                             temperature: float = 1.0, clean_weight: float = 0.0) -> torch.Tensor:
+    """L_2 = (1 − β) KL(t ‖ S(x_r)) + β KL(t ‖ S(x)); β = 0 is the paper's L_2 on x_r alone."""
+    loss = kd_kl(target_logits, student_logits_adv, temperature)
+    if clean_weight:
+        loss = (1 - clean_weight) * loss + clean_weight * kd_kl(target_logits, student_logits_clean, temperature)
+    return loss

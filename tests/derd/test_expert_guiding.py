@@ -1,0 +1,66 @@
+"""Expert guiding's switches (derd/expert_guiding.py): the paper's Eq. 17 at the defaults, each
+variant's inputs and targets, and one student forward per distinct input."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from derd_scale.config import EGConfig, StudentAdversaryConfig
+from derd_scale.derd.expert_guiding import student_batch, student_losses
+from derd_scale.derd.losses import kd_kl
+from derd_scale.derd.self_adversary import craft_discrepancy_data
+
+
+class Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def _setup():
+    torch.manual_seed(0)
+    nat, rob = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    x = torch.rand(6, 3, 2, 2)
+    return x, craft_discrepancy_data(nat, rob, x, steps=3, alpha=0.05, eps=0.1), Counting()
+
+
+def test_defaults_are_eq_17_on_x_d():
+    x, dd, student = _setup()
+    eg = EGConfig()
+    batch = student_batch(eg, StudentAdversaryConfig(), x, dd)
+    out = student_losses(student, batch, eg, temperature=1.0)
+    s = student.net(dd.x_d)
+    assert out.natural.item() == pytest.approx(kd_kl(dd.natural_logits, s).item())
+    assert out.robust.item() == pytest.approx(kd_kl(dd.robust_logits, s).item())
+    assert student.calls == 1  # x_d goes through the student once for both terms
+
+
+def test_anchor_targets_x_adv_and_weights():
+    x, dd, student = _setup()
+    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_data="x_adv", robust_clean_weight=0.25, lambda_nat=0.5, lambda_rob=2.0)
+    adv = StudentAdversaryConfig(eps=0.05, alpha=0.02, steps=3, start="x_d")
+    batch = student_batch(eg, adv, x, dd, attack_student=student)
+    assert (batch.robust_input - x).abs().max() <= 0.05 + 1e-6
+    assert torch.equal(batch.robust_target, dd.anchor_robust_logits) and batch.natural_input is x
+    assert student.training  # the attack ran in eval mode and restored the mode
+    student.calls = 0
+    out = student_losses(student, batch, eg, temperature=1.0)
+    s_adv, s_x = student.net(batch.robust_input), student.net(x)
+    l_2 = 0.75 * kd_kl(dd.anchor_robust_logits, s_adv) + 0.25 * kd_kl(dd.anchor_robust_logits, s_x)
+    assert out.robust.item() == pytest.approx(2.0 * l_2.item(), rel=1e-6)
+    assert out.robust_kl.item() == pytest.approx(l_2.item(), rel=1e-6)
+    assert out.natural.item() == pytest.approx(0.5 * kd_kl(dd.anchor_natural_logits, s_x).item(), rel=1e-6)
+    assert student.calls == 2  # x_adv and G(z); G(z) serves the clean robust term and L_1
+
+
+def test_robust_only_is_unweighted():
+    x, dd, student = _setup()
+    eg = EGConfig(lambda_rob=4.0)
+    out = student_losses(student, student_batch(eg, StudentAdversaryConfig(), x, dd), eg, 1.0, natural_term=False)
+    assert out.robust.item() == pytest.approx(kd_kl(dd.robust_logits, student.net(dd.x_d)).item())
+    assert out.natural.item() == 0.0
