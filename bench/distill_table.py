@@ -53,15 +53,15 @@ ROW_OVERRIDES = {
     "full_derd_gz_ga": ["stage2.eg.natural_data=gz", "stage2.aggregation.method=ga"],
     "rslad_gz": ["stage2.eg.enabled=false", "stage2.sa.enabled=false", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
                  "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.adv.start=anchor"],
-    "rec_a": ["stage2.sa.eps=EPS", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
+    "rec_a": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
               "stage2.eg.robust_clean_weight=0.16666666666666666"],
-    "rec_b": ["stage2.sa.eps=EPS", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
+    "rec_b": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
               "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.aggregation.method=sum"],
-    "rec_c": ["stage2.sa.eps=EPS", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv"],
-    "rec_d": ["stage2.sa.eps=EPS", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_d"],
-    "rec_e": ["stage2.sa.eps=EPS", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
+    "rec_c": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv"],
+    "rec_d": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_d"],
+    "rec_e": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
               "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.eg.lambda_nat=0.25"],
-    "rec_f": ["stage2.sa.eps=EPS", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
+    "rec_f": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
               "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.aggregation.method=ga"],
 }
 
@@ -79,7 +79,6 @@ def recipe(name: str, data_path: str) -> dict:
                 "generator.latent_dim=128", "generator.base_channels=32",
                 "stage1.steps=400", "stage1.batch_size=128", "stage2.steps=400", "stage2.batch_size=128",
                 "stage2.sa.steps=5", "stage2.sa.alpha=0.02", "optim.student.lr=0.05",
-                "stage2.adv.eps=0.1", "stage2.adv.alpha=0.025", "stage2.adv.steps=10",
                 "eval.protocol=fashion_mnist", "eval.n_examples=null", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
                 "eval.every_steps=100", "eval.probe_examples=500", "eval.masking_check=true",
                 "logging.every_steps=20", "output.checkpoint_every=200",
@@ -144,7 +143,7 @@ def run_row(row: str, r: dict, out: Path, progress: bool) -> dict:
     cfg = config_from_dict({}, base)
     student_steps = cfg.stage1.steps + cfg.stage2.steps
     if row in ROW_OVERRIDES:
-        cfg = config_from_dict({}, base + [o.replace("EPS", repr(r["eps"])) for o in ROW_OVERRIDES[row]])
+        cfg = config_from_dict({}, base + ROW_OVERRIDES[row])
         if row != "stage1_only":
             # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
             src = sorted((out / "stage1_only" / "checkpoints").glob("stage1-*"))

@@ -294,14 +294,15 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
 
     # 1. Self-adversary: discrepancy data x_d (local to each rank, per micro-batch).
     sa_steps = s2.sa.steps if s2.sa.enabled else 0  # no ascent: x_d = G(z)
+    eps = training_eps(cfg)
     with par.autocast():
-        dds = [craft_discrepancy_data(expert, models.robust_teacher, x, sa_steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size, s2.sa.eps) for x in anchors]
+        dds = [craft_discrepancy_data(expert, models.robust_teacher, x, sa_steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size, eps if s2.sa.ball else None) for x in anchors]
     metrics.update({k: sum(getattr(dd, a) for dd in dds) / len(dds) for k, a in (("d_before", "discrepancy_before"), ("d_after", "discrepancy_after"), ("flip_rate", "flip_rate"), ("teacher_agreement", "teacher_agreement"))})
 
     # 2. What the student learns from: inputs and targets per micro-batch (the student's own
     #    inner maximisation x_adv runs here when robust_data=x_adv).
     with par.autocast():
-        batches = [student_batch(s2.eg, s2.adv, x, dd, unwrap(models.student), _adv_noise(cfg, state.step, m, x, par)) for m, (x, dd) in enumerate(zip(anchors, dds))]
+        batches = [student_batch(s2.eg, s2.adv, x, dd, unwrap(models.student), _adv_noise(cfg, state.step, m, x, par), eps) for m, (x, dd) in enumerate(zip(anchors, dds))]
 
     # 3. The student's update: SA only (one loss) or expert guiding with GA/SGA.
     if s2.eg.enabled:
@@ -319,6 +320,13 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
         _ema_update(state.ema, par.student.full_state_dict(), s2.eg.ema_decay)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
+
+
+def training_eps(cfg: RunConfig) -> float:
+    """Stage II's training radius: stage2.eps, or the evaluation protocol's ε."""
+    from .evaluation.runner import protocol_from_config
+
+    return cfg.stage2.eps if cfg.stage2.eps is not None else protocol_from_config(cfg.eval, cfg.data.name).eps
 
 
 def _robust_only_update(models: Models, cfg: RunConfig, batches: list, par: Parallel, metrics: dict) -> dict:

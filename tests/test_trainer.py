@@ -46,9 +46,9 @@ ABLATIONS = {
     "student_as_natural": ["stage2.eg.natural_teacher=student"],
     "ema_as_natural": ["stage2.eg.natural_teacher=ema"],
     "sampled_labels": ["generator.pseudo_labels=sampled"],
-    "sa_in_eps_ball": ["stage2.sa.eps=0.05"],
-    "anchor_targets_x_adv": ["stage2.sa.eps=0.05", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
-                             "stage2.eg.robust_clean_weight=0.5", "stage2.adv.steps=2", "stage2.adv.eps=0.05"],
+    "sa_in_eps_ball": ["stage2.sa.ball=true", "stage2.eps=0.05"],
+    "anchor_targets_x_adv": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
+                             "stage2.eg.robust_clean_weight=0.5", "stage2.adv.steps=2"],
     "rslad_on_gz": ["stage2.eg.enabled=false", "stage2.sa.enabled=false", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
                     "stage2.eg.robust_clean_weight=0.5", "stage2.adv.start=anchor", "stage2.adv.steps=2"],
 }
@@ -112,7 +112,7 @@ def test_kill_and_resume_gives_the_same_student(tmp_path):
 def test_cli_config_error_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "--set", "stage2.sa.stepz=3"], capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr.strip() == "config error: stage2.sa.stepz: unknown key; allowed: enabled, steps, alpha, lambda_d, discrepancy_on, chunk_size"
+    assert out.stderr.strip() == "config error: stage2.sa.stepz: unknown key; allowed: enabled, steps, alpha, lambda_d, discrepancy_on, chunk_size, ball"
 
 
 def test_train_help_documents_every_option():

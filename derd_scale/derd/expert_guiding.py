@@ -61,9 +61,10 @@ class StudentLosses:
     """argmax S(x_r), detached."""
 
 
-def student_batch(eg, adv, anchor: torch.Tensor, dd: DiscrepancyData, attack_student=None, noise: Optional[torch.Tensor] = None) -> StudentBatch:
+def student_batch(eg, adv, anchor: torch.Tensor, dd: DiscrepancyData, attack_student=None, noise: Optional[torch.Tensor] = None, eps: float = 0.0) -> StudentBatch:
     """Pick inputs and targets per the switches; with ``robust_data=x_adv`` run the student's inner
-    maximisation (``attack_student``: the student's plain module, put in eval mode here as in RSLAD)."""
+    maximisation in the ε-ball of the anchor (``attack_student``: the student's plain module, put in
+    eval mode here as in RSLAD; step size ``adv.alpha`` or ε/4)."""
     target = dd.anchor_robust_logits if eg.robust_target == "anchor" else dd.robust_logits
     natural_input, natural_target = (dd.x_d, dd.natural_logits) if eg.natural_data == "x_d" else (anchor, dd.anchor_natural_logits)
     robust_input = dd.x_d
@@ -72,7 +73,8 @@ def student_batch(eg, adv, anchor: torch.Tensor, dd: DiscrepancyData, attack_stu
         attack_student.eval()
         log_t = torch.log_softmax(target.float(), dim=1)
         start = dd.x_d if adv.start == "x_d" else None
-        robust_input = student_inner_max(attack_student, log_t, anchor, adv.eps, adv.alpha, adv.steps, start=start, noise=noise)
+        alpha = adv.alpha if adv.alpha is not None else eps / 4
+        robust_input = student_inner_max(attack_student, log_t, anchor, eps, alpha, adv.steps, start=start, noise=noise)
         attack_student.train(was)
     return StudentBatch(anchor, robust_input, target, natural_input, natural_target)
 

@@ -6,7 +6,7 @@ Starting from x_d⁰ = G(z) (detached), K sign-ascent steps:
 
 with ŷ = argmax T_nat(x_d⁰) and D the batch-mean L1 distance of the teachers' softmax
 outputs (or logits). The paper has no ε-ball: only the pixel range is enforced. With
-``eps`` (config ``stage2.sa.eps``, our addition) each iterate is also projected into the
+``eps`` (config ``stage2.sa.ball`` with radius ``stage2.eps``, our addition) each iterate is also projected into the
 L∞ ball of radius ε_sa around x_d⁰ = G(z), so the discrepancy data stay perturbations of a
 clean anchor — the geometry every data-driven robust distiller trains on. The teachers are frozen
 (eval mode, no parameter gradients accumulated): gradients are taken w.r.t. x only with
