@@ -146,8 +146,8 @@ class SAConfig:
     """Decision: D = batch-mean ‖T_nat − T_rob‖₁ on softmax probabilities."""
     chunk_size: Optional[int] = None
     """Craft x_d in chunks of this many images (memory); exact, since sign(∇) ignores the batch-mean scale."""
-    eps: Optional[float] = None
-    """ε_sa: keep x_d inside the L∞ ball of this radius around G(z) (projected each step); None = the paper's pixel-range clip only."""
+    ball: bool = False
+    """Keep x_d inside the L∞ ball of radius stage2.eps around G(z) (projected each step); false = the paper's pixel-range clip only."""
 
 
 @dataclass
@@ -190,11 +190,10 @@ class AggregationConfig:
 @dataclass
 class StudentAdversaryConfig:
     """The student's inner maximisation on synthetic data (data-driven robust distillation's min-max, e.g. RSLAD):
-    x_adv = argmax_{‖x'−G(z)‖∞≤ε} KL(t ‖ S(x')) by PGD, t the robust target; used when eg.robust_data=x_adv."""
+    x_adv = argmax_{‖x'−G(z)‖∞≤ε} KL(t ‖ S(x')) by PGD (ε = stage2.eps), t the robust target; used when eg.robust_data=x_adv."""
 
-    eps: float = 8 / 255
-    """Radius of the L∞ ball around the anchor G(z); set it to the evaluation ε."""
-    alpha: float = 2 / 255
+    alpha: Optional[float] = None
+    """PGD step size; None = stage2.eps / 4."""
     steps: int = 10
     start: Literal["anchor", "x_d"] = "x_d"
     """Start of the ascent: G(z) + 0.001·N(0, 1) (RSLAD) or the discrepancy data x_d projected into the ball (SA as a warm start)."""
@@ -208,6 +207,8 @@ class Stage2Config:
     kd_temperature: float = 1.0
     generator_updates: bool = True
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
+    eps: Optional[float] = None
+    """Training radius ε (L∞, pixel units) of the ball mechanisms (sa.ball, the student's inner maximisation); None = the evaluation protocol's ε."""
     sa: SAConfig = field(default_factory=SAConfig)
     eg: EGConfig = field(default_factory=EGConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
@@ -496,13 +497,11 @@ def validate(cfg: RunConfig) -> None:
     positive("stage2.eg.lambda_nat", cfg.stage2.eg.lambda_nat, strict=False)
     if not 0.0 <= cfg.stage2.eg.robust_clean_weight <= 1.0:
         raise ConfigError(f"stage2.eg.robust_clean_weight: must be in [0, 1], got {cfg.stage2.eg.robust_clean_weight}")
-    if cfg.stage2.sa.eps is not None and not 0.0 < cfg.stage2.sa.eps <= 1.0:
-        raise ConfigError(f"stage2.sa.eps: must be in (0, 1] or null, got {cfg.stage2.sa.eps}")
-    adv = cfg.stage2.adv
-    if not 0.0 < adv.eps <= 1.0:
-        raise ConfigError(f"stage2.adv.eps: must be in (0, 1], got {adv.eps}")
-    positive("stage2.adv.alpha", adv.alpha)
-    positive("stage2.adv.steps", adv.steps)
+    if cfg.stage2.eps is not None and not 0.0 < cfg.stage2.eps <= 1.0:
+        raise ConfigError(f"stage2.eps: must be in (0, 1] or null, got {cfg.stage2.eps}")
+    if cfg.stage2.adv.alpha is not None:
+        positive("stage2.adv.alpha", cfg.stage2.adv.alpha)
+    positive("stage2.adv.steps", cfg.stage2.adv.steps)
     if not 0.0 <= cfg.stage2.eg.ema_decay < 1.0:
         raise ConfigError(f"stage2.eg.ema_decay: must be in [0, 1), got {cfg.stage2.eg.ema_decay}")
     positive("stage2.aggregation.sigma_r", cfg.stage2.aggregation.sigma_r, strict=False)
