@@ -8,8 +8,10 @@ Rows (every DERD row uses the same teachers, student architecture and step count
   stage1_only    DERD Stage I only (T_nat distilled on G(z))
   sa_only        Stage I + SA, student distils T_rob alone on x_d
   sa_eg          Stage I + SA + EG, plain sum L_1 + L_2
-  full_derd      Stage I + SA + EG + SGA (the paper's method)
-  full_derd_gz   full DERD with the natural term on the un-ascended G(z)
+  derd_paper     Stage I + SA + EG + SGA: the paper's method (preset derd_paper)
+  full_derd_gz   the paper's method with the natural term on the un-ascended G(z)
+  derd_recommended  the recommended configuration (preset derd_recommended, docs/derd.md)
+  rslad_gz       data-free anchor: RSLAD's objective on G(z) after Stage I, T_rob only, no SA
   rslad          data-driven upper bound: RSLAD on the real training set, same T_rob and steps
 
 Steering rows (not run unless named in ``--rows``): variants of full DERD that test one
@@ -39,14 +41,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO = Path(__file__).resolve().parent.parent
-ROWS = ("natural", "stage1_only", "sa_only", "sa_eg", "full_derd", "full_derd_gz", "rslad")
-STEERING_ROWS = ("full_derd_lrob4", "full_derd_gz_lrob4", "full_derd_gz_ga", "rslad_gz", "rec_a", "rec_b", "rec_c", "rec_d", "rec_e", "rec_f")
+ROWS = ("natural", "stage1_only", "sa_only", "sa_eg", "derd_paper", "full_derd_gz", "derd_recommended", "rslad_gz", "rslad")
+STEERING_ROWS = ("full_derd_lrob4", "full_derd_gz_lrob4", "full_derd_gz_ga", "rec_a", "rec_b", "rec_c", "rec_d", "rec_e", "rec_f")
 ALL_ROWS = ROWS + STEERING_ROWS
 ROW_OVERRIDES = {
     "stage1_only": ["stage2.enabled=false"],
     "sa_only": ["stage2.eg.enabled=false"],
     "sa_eg": ["stage2.aggregation.method=sum"],
-    "full_derd": [],
+    "derd_paper": ["preset=derd_paper"],
+    "derd_recommended": ["preset=derd_recommended"],
     "full_derd_gz": ["stage2.eg.natural_data=gz"],
     "full_derd_lrob4": ["stage2.eg.lambda_rob=4"],
     "full_derd_gz_lrob4": ["stage2.eg.natural_data=gz", "stage2.eg.lambda_rob=4"],
@@ -130,23 +133,29 @@ def ensure_fmnist_teachers(folder: Path, data_path: str) -> None:
         train_teacher(cfg)
 
 
-def run_row(row: str, r: dict, out: Path, progress: bool) -> dict:
+def run_name(row: str, seed: int) -> str:
+    """The folder of one (row, seed): ``row`` for seed 0 (the tables' first seed), ``row-seedK`` else."""
+    return row if seed == 0 else f"{row}-seed{seed}"
+
+
+def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict:
     from derd_scale.config import config_from_dict
     from derd_scale.plots import plot_training_curves
     from derd_scale.trainer import train
 
-    row_dir = out / row
+    name = run_name(row, seed)
+    row_dir = out / name
     if (row_dir / "row.json").exists():
         return json.loads((row_dir / "row.json").read_text())
     t0 = time.time()
-    base = r["config"] + [f"output.root={out}", f"output.name={row}", f"logging.progress_bar={'true' if progress else 'false'}"]
+    base = r["config"] + [f"seed={seed}", f"output.root={out}", f"output.name={name}", f"logging.progress_bar={'true' if progress else 'false'}"]
     cfg = config_from_dict({}, base)
     student_steps = cfg.stage1.steps + cfg.stage2.steps
     if row in ROW_OVERRIDES:
         cfg = config_from_dict({}, base + ROW_OVERRIDES[row])
         if row != "stage1_only":
             # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
-            src = sorted((out / "stage1_only" / "checkpoints").glob("stage1-*"))
+            src = sorted((out / run_name("stage1_only", seed) / "checkpoints").glob("stage1-*"))
             if not src:
                 raise RuntimeError("stage1_only must run first")
             dst = row_dir / "checkpoints" / src[-1].name
@@ -154,11 +163,11 @@ def run_row(row: str, r: dict, out: Path, progress: bool) -> dict:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(src[-1], dst)
         run = train(cfg, row)
-        plot_training_curves(run.metrics_path, row_dir / "curves.png", stage1_metrics=out / "stage1_only" / "metrics.jsonl")
+        plot_training_curves(run.metrics_path, row_dir / "curves.png", stage1_metrics=out / run_name("stage1_only", seed) / "metrics.jsonl")
         report = json.loads((row_dir / "eval" / "report.json").read_text())
     else:
         report = reference_row(row, cfg, r, row_dir, student_steps, progress)
-    result = {"row": row, "attacks": {k: v["accuracy"] for k, v in report["attacks"].items()}, "n": {k: v["n"] for k, v in report["attacks"].items()},
+    result = {"row": row, "seed": seed, "attacks": {k: v["accuracy"] for k, v in report["attacks"].items()}, "n": {k: v["n"] for k, v in report["attacks"].items()},
               "warnings": report.get("warnings", []), "seconds": time.time() - t0}
     row_dir.mkdir(parents=True, exist_ok=True)
     (row_dir / "row.json").write_text(json.dumps(result, indent=2))
@@ -194,19 +203,19 @@ def reference_row(row: str, cfg, r: dict, row_dir: Path, steps: int, progress: b
     return report.to_json()
 
 
-def autoattack_row(row: str, r: dict, out: Path, progress: bool) -> float:
-    """AutoAttack on the first ``aa_examples`` test images (separately: it dominates the cost)."""
+def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> float:
+    """AutoAttack (standard) on the first ``aa_examples`` test images (separately: it dominates the cost)."""
     from derd_scale.config import ModelConfig, config_from_dict
     from derd_scale.data import dataset_info, load_dataset_split
     from derd_scale.evaluation import evaluate, protocol_from_config
     from derd_scale.teachers import model_from_config
 
-    path = out / row / "aa.json"
+    path = out / run_name(row, seed) / "aa.json"
     if path.exists():
         return json.loads(path.read_text())["aa"]
-    cfg = config_from_dict({}, r["config"])
+    cfg = config_from_dict({}, r["config"] + [f"seed={seed}"])
     info = dataset_info(cfg.data.name)
-    student = model_from_config(ModelConfig(arch=f"local-dir:{out / row / 'student'}"), info)
+    student = model_from_config(ModelConfig(arch=f"local-dir:{out / run_name(row, seed) / 'student'}"), info)
     test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
     report = evaluate(student, test, ["aa"], protocol_from_config(cfg.eval, cfg.data.name), n_examples=r["aa_examples"], seed=cfg.seed, progress=progress)
     result = {"aa": report.accuracy("aa"), "n": report.n, "seconds": report.results["aa"]["seconds"], "clean_on_same": report.accuracy("clean")}
@@ -229,14 +238,38 @@ def stage2_diagnostics(metrics_path: Path, keys) -> dict:
 def finished_rows(out: Path) -> dict:
     """Every row finished in ``out`` (row.json, plus aa.json when AutoAttack ran), in the
     recipe's order: the folder is the table's only source, so a run over a subset of
-    ``--rows`` still writes the table of the whole folder."""
+    ``--rows`` still writes the table of the whole folder.
+
+    A row run with several seeds (folders ``row``, ``row-seed1``, …) is one entry: ``attacks``
+    holds the seed means, ``std`` the sample standard deviations (n−1; 0 with one seed),
+    ``seeds`` the per-seed values, ``seconds`` the total."""
+    import statistics
+
     found = {}
     for row in ALL_ROWS:
-        path = out / row / "row.json"
-        if path.exists():
-            found[row] = json.loads(path.read_text())
-            if (out / row / "aa.json").exists():
-                found[row]["attacks"]["aa"] = json.loads((out / row / "aa.json").read_text())["aa"]
+        per_seed = {}
+        for folder in sorted([out / row, *out.glob(f"{row}-seed*")]):
+            if not (folder / "row.json").exists():
+                continue
+            result = json.loads((folder / "row.json").read_text())
+            if (folder / "aa.json").exists():
+                result["attacks"]["aa"] = json.loads((folder / "aa.json").read_text())["aa"]
+            per_seed[int(result.get("seed", 0))] = result
+        if not per_seed:
+            continue
+        seeds = sorted(per_seed)
+        first = per_seed[seeds[0]]
+        keys = [k for k in first["attacks"] if all(k in per_seed[s]["attacks"] for s in seeds)]
+        values = {k: [per_seed[s]["attacks"][k] for s in seeds] for k in keys}
+        found[row] = {
+            "row": row,
+            "attacks": {k: statistics.fmean(v) for k, v in values.items()},
+            "std": {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()},
+            "seeds": {str(s): per_seed[s]["attacks"] for s in seeds},
+            "n": first.get("n", {}),
+            "warnings": [f"seed {s}: {w}" if len(seeds) > 1 else w for s in seeds for w in per_seed[s].get("warnings", [])],
+            "seconds": sum(per_seed[s]["seconds"] for s in seeds),
+        }
     return found
 
 
@@ -245,13 +278,21 @@ def write_tables(out: Path, r: dict, title: str) -> None:
 
     results = finished_rows(out)
     cols = [("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", f"AA (first {r['aa_examples']})")]
-    lines = [f"# {title}", "", "| row | " + " | ".join(c for _, c in cols) + " | Ave | minutes |", "|---" * (len(cols) + 3) + "|"]
+    lines = [f"# {title}", "", "Mean ± sample std over seeds (one seed: the value).", "",
+             "| row | seeds | " + " | ".join(c for _, c in cols) + " | Ave | minutes |", "|---" * (len(cols) + 4) + "|"]
     bars = {}
     for row, res in results.items():
-        accs = res["attacks"]
+        accs, std = res["attacks"], res.get("std", {})
+        n_seeds = len(res.get("seeds", {})) or 1
+
+        def cell(k: str) -> str:
+            if accs.get(k) is None:
+                return "—"
+            return f"{100 * accs[k]:.2f}" + (f" ± {100 * std.get(k, 0.0):.2f}" if n_seeds > 1 else "")
+
         vals = [accs.get(k) for k, _ in cols]
         ave = sum(vals) / len(vals) if all(v is not None for v in vals) else None
-        lines.append(f"| {row} | " + " | ".join("—" if v is None else f"{100 * v:.2f}" for v in vals) + f" | {'—' if ave is None else f'{100 * ave:.2f}'} | {res['seconds'] / 60:.1f} |")
+        lines.append(f"| {row} | {n_seeds} | " + " | ".join(cell(k) for k, _ in cols) + f" | {'—' if ave is None else f'{100 * ave:.2f}'} | {res['seconds'] / 60:.1f} |")
         bars[row] = {k: v for k, v in accs.items() if v is not None}
     diag_keys = ("g1_norm", "g2_norm", "cos_g1_g2", "tau1", "tau2", "sga_norm", "flip_rate", "d_after", "student_agree_rob")
     diag = {row: stage2_diagnostics(out / row / "metrics.jsonl", diag_keys) for row in results if (out / row / "metrics.jsonl").exists()}
@@ -275,6 +316,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default bench/out/<recipe>")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ALL_ROWS)} (default: all but the steering rows)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra dotted config override for every row (e.g. stage2.steps=50)")
+    p.add_argument("--seeds", default="0", help="comma list of seeds; every row runs once per seed (folders row, row-seed1, ...)")
     p.add_argument("--no-aa", action="store_true", help="skip the AutoAttack column")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -288,21 +330,24 @@ def main(argv=None) -> int:
     if unknown:
         print(f"--rows: unknown {unknown}; allowed: {', '.join(ALL_ROWS)}", file=sys.stderr)
         return 2
-    if any(x in ROW_OVERRIDES and not (out / x / "row.json").exists() for x in rows):
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if any(x in ROW_OVERRIDES and not (out / run_name(x, s) / "row.json").exists() for x in rows for s in seeds):
         rows.append("stage1_only")  # a DERD row still to train resumes from the shared Stage I
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r["config"] = r["config"] + args.overrides
     title = f"{args.recipe}: DERD rows and data-driven references"
     t0 = time.time()
-    for row in rows:
-        print(f"[bench] {args.recipe}: row {row}", flush=True)
-        run_row(row, r, out, not args.no_progress)  # writes <row>/row.json
-        write_tables(out, r, title)
-    if not args.no_aa:
+    for seed in seeds:
         for row in rows:
-            print(f"[bench] {args.recipe}: AutoAttack on {row}", flush=True)
-            autoattack_row(row, r, out, not args.no_progress)  # writes <row>/aa.json
+            print(f"[bench] {args.recipe}: row {row} seed {seed}", flush=True)
+            run_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/row.json
             write_tables(out, r, title)
+    if not args.no_aa:
+        for seed in seeds:
+            for row in rows:
+                print(f"[bench] {args.recipe}: AutoAttack on {row} seed {seed}", flush=True)
+                autoattack_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/aa.json
+                write_tables(out, r, title)
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())
     return 0

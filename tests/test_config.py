@@ -81,3 +81,20 @@ def test_python_m_config_prints_schema():
 def test_yaml_bare_no_maps_to_the_literal():
     assert config_from_dict({"distributed": {"mixed_precision": False}}).distributed.mixed_precision == "no"
     assert config_from_dict({}, ["distributed.mixed_precision=no"]).distributed.mixed_precision == "no"
+
+
+def test_presets_sit_under_the_yaml_and_the_overrides():
+    from derd_scale.config import ConfigError, RunConfig
+
+    paper = config_from_dict({}, ["preset=derd_paper"])
+    assert paper.stage2 == RunConfig().stage2  # the paper's method is the defaults
+    rec = config_from_dict({}, ["preset=derd_recommended"])
+    assert rec.stage2.eg.robust_data == "x_adv" and rec.stage2.eg.robust_target == "anchor" and rec.stage2.sa.ball
+    mine = config_from_dict({"preset": "derd_recommended", "stage2": {"eg": {"robust_data": "x_d"}}}, ["stage2.eg.lambda_nat=0.5"])
+    assert mine.stage2.eg.robust_data == "x_d" and mine.stage2.eg.lambda_nat == 0.5 and mine.stage2.sa.ball
+    with pytest.raises(ConfigError, match=r"^preset: unknown 'derd_best'; allowed: derd_paper, derd_recommended$"):
+        config_from_dict({}, ["preset=derd_best"])
+
+
+def test_set_accepts_exponent_floats():
+    assert config_from_dict({}, ["optim.student.lr=1e-3"]).optim.student.lr == 1e-3

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -14,8 +16,8 @@ def _load():
     return module
 
 
-def _row(out: Path, name: str, pgd: float, aa: float | None = None) -> dict:
-    result = {"row": name, "attacks": {"clean": 0.8, "fgsm": 0.5, "pgd_s": pgd, "pgd_t": 0.6, "cw": 0.4}, "n": {}, "warnings": [], "seconds": 60.0}
+def _row(out: Path, name: str, pgd: float, aa: float | None = None, seed: int = 0) -> dict:
+    result = {"row": name.split("-seed")[0], "seed": seed, "attacks": {"clean": 0.8, "fgsm": 0.5, "pgd_s": pgd, "pgd_t": 0.6, "cw": 0.4}, "n": {}, "warnings": [], "seconds": 60.0}
     (out / name).mkdir(parents=True)
     (out / name / "row.json").write_text(json.dumps(result))
     if aa is not None:
@@ -27,11 +29,25 @@ def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
     dt = _load()
     _row(tmp_path, "sa_only", 0.44, aa=0.405)
     _row(tmp_path, "rslad", 0.69)
-    _row(tmp_path, "full_derd", 0.0587)  # the row this run just finished
+    _row(tmp_path, "derd_paper", 0.0587)  # the row this run just finished
     dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
     table = (tmp_path / "results.md").read_text()
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert rows[:3] == ["sa_only", "full_derd", "rslad"]  # the recipe's row order, not the run's
-    assert "| sa_only | 80.00 | 50.00 | 44.00 | 60.00 | 40.00 | 40.50 |" in table  # its cached AutoAttack too
+    assert rows[:3] == ["sa_only", "derd_paper", "rslad"]  # the recipe's row order, not the run's
+    assert "| sa_only | 1 | 80.00 | 50.00 | 44.00 | 60.00 | 40.00 | 40.50 |" in table  # its cached AutoAttack too
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved) == {"sa_only", "full_derd", "rslad"} and saved["full_derd"]["attacks"]["pgd_s"] == 0.0587
+    assert set(saved) == {"sa_only", "derd_paper", "rslad"} and saved["derd_paper"]["attacks"]["pgd_s"] == 0.0587
+
+
+def test_seeds_are_one_row_with_mean_std_and_per_seed_values(tmp_path):
+    dt = _load()
+    _row(tmp_path, "sa_only", 0.40, aa=0.30)
+    _row(tmp_path, "sa_only-seed1", 0.44, aa=0.36, seed=1)
+    _row(tmp_path, "sa_only-seed2", 0.48, seed=2)  # AutoAttack not run yet on this seed
+    dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
+    saved = json.loads((tmp_path / "results.json").read_text())["sa_only"]
+    assert saved["attacks"]["pgd_s"] == pytest.approx(0.44) and saved["std"]["pgd_s"] == pytest.approx(0.04)
+    assert set(saved["seeds"]) == {"0", "1", "2"} and saved["seeds"]["1"]["pgd_s"] == 0.44
+    assert "aa" not in saved["attacks"]  # a mean over the seeds that have it would mislead
+    assert saved["seconds"] == 180.0
+    assert "| sa_only | 3 | 80.00 ± 0.00 | 50.00 ± 0.00 | 44.00 ± 4.00 |" in (tmp_path / "results.md").read_text()
