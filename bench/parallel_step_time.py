@@ -49,9 +49,11 @@ def main() -> int:
     from derd_scale.config import config_from_dict
     from derd_scale.data import dataset_info
     from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.distributed import build_accelerator, prepare, shutdown
+    from derd_scale.distributed import build_accelerator, shutdown
     from derd_scale.models import create_model
-    from derd_scale.trainer import Models, TrainState, build_optimizer, build_scheduler, freeze, stage1_step, stage2_step
+    from derd_scale.models import freeze
+    from derd_scale.state import Models, TrainState
+    from derd_scale.trainer import build_training, stage1_step, stage2_step
 
     cfg = config_from_dict({}, ["data.name=fashion_mnist", f"stage1.batch_size={args.batch}", f"stage2.batch_size={args.batch}", f"distributed.backend={args.backend}"])
     accelerator = build_accelerator(cfg.distributed)
@@ -59,8 +61,7 @@ def main() -> int:
     w = args.width
     models = Models(freeze(create_model("small_cnn", 10, in_chans=1, width=w)), freeze(create_model("small_cnn", 10, in_chans=1, width=w)),
                     create_model("small_cnn", 10, in_chans=1, width=w), PseudoImageGenerator(28, 1, latent_dim=64, base_channels=16), dataset_info("fashion_mnist"))
-    par = prepare(models, cfg, accelerator, build_optimizer)
-    scheds = {k: build_scheduler(o, 1000, cfg.optim.student) for k, o in par.optimizers.items()}
+    models, par, scheds, _ = build_training(cfg, accelerator, models)
     out = {"backend": par.backend, "world_size": par.world_size, "global_batch": args.batch, "student_width": w, "threads": torch.get_num_threads()}
     for stage in ("stage1", "stage2"):
         times = []

@@ -33,8 +33,7 @@ def build(batch: int):
     from accelerate import Accelerator
 
     from derd_scale.config import load_config
-    from derd_scale.distributed import prepare
-    from derd_scale.trainer import build_models, build_optimizer, build_scheduler
+    from derd_scale.trainer import build_training
 
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(
@@ -42,9 +41,7 @@ def build(batch: int):
         ["teachers.natural.arch=vit_small_patch16_224", "teachers.natural.pretrained=false", "teachers.robust.arch=vit_small_patch16_224",
          f"stage1.batch_size={batch}", f"stage2.batch_size={batch}", "distributed.mixed_precision=no", f"stage2.sa.chunk_size={batch}"],
     )
-    models = build_models(cfg)
-    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)
-    scheds = {k: build_scheduler(o, 100, cfg.optim.student) for k, o in par.optimizers.items()}
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True))
     return cfg, models, scheds, par
 
 
@@ -79,7 +76,8 @@ class GlobalFlopCounter:
 
 
 def count_flops(batch: int = 2) -> dict:
-    from derd_scale.trainer import TrainState, stage1_step, stage2_step
+    from derd_scale.state import TrainState
+    from derd_scale.trainer import stage1_step, stage2_step
 
     cfg, models, scheds, par = build(batch)
     out = {}
@@ -94,7 +92,8 @@ def count_flops(batch: int = 2) -> dict:
 
 
 def time_stage2(batch: int) -> dict:
-    from derd_scale.trainer import TrainState, stage2_step
+    from derd_scale.state import TrainState
+    from derd_scale.trainer import stage2_step
 
     cfg, models, scheds, par = build(batch)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -35,15 +35,15 @@ def main() -> None:
     from derd_scale.config import config_from_dict
     from derd_scale.data import dataset_info
     from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.distributed import prepare
     from derd_scale.models import create_model
-    from derd_scale.trainer import Models, TrainState, build_optimizer, build_scheduler, freeze, stage1_step, stage2_step
+    from derd_scale.models import freeze
+    from derd_scale.state import Models, TrainState
+    from derd_scale.trainer import build_training, stage1_step, stage2_step
 
     cfg = config_from_dict({"data": {"name": "cifar10"}}, [f"stage1.batch_size={args.batch}", f"stage2.batch_size={args.batch}"])
     info = dataset_info("cifar10")
     models = Models(freeze(create_model(args.arch, 10)), freeze(create_model(args.arch, 10)), create_model(args.arch, 10), PseudoImageGenerator(32, 3), info)
-    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)
-    scheds = {k: build_scheduler(o, 1000, cfg.optim.student) for k, o in par.optimizers.items()}
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
     results = {"batch": args.batch, "arch": args.arch, "threads": args.threads, "sa_steps": cfg.stage2.sa.steps, "torch": torch.__version__}
     for stage in ("stage1", "stage2"):
         times = []

@@ -42,7 +42,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .config import DistributedConfig
-from .parallel.adapters import GradientAdapter, ReplicatedGradients, ShardView, freeze, unwrap, world
+from .models.factory import freeze
+from .parallel.adapters import GradientAdapter, ReplicatedGradients, ShardView, unwrap, world
 from .parallel.batchnorm import convert_batchnorm, global_mean
 
 __all__ = ["build_accelerator", "prepare", "Parallel", "GradientAdapter", "ReplicatedGradients", "ShardView", "unwrap", "world", "shutdown", "resolve_backend"]
@@ -170,10 +171,12 @@ class Parallel:
         return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
 
 
-def prepare(models, cfg, accelerator, make_optimizer: Callable) -> Parallel:
+def prepare(models, cfg, accelerator) -> Parallel:
     """Wrap ``models.student`` / ``models.generator`` for the backend (in place on ``models``),
-    build their optimisers with ``make_optimizer(params, optimizer_config)``, place the
-    teachers. Every rank must call it (it creates process groups)."""
+    build their optimisers (``derd_scale.optim.build_optimizer``), place the teachers.
+    Every rank must call it (it creates process groups)."""
+    from .optim import build_optimizer as make_optimizer
+
     dc = cfg.distributed
     size = check_launch(dc)
     rank, _ = world()

@@ -202,7 +202,8 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     from .config import DistributedConfig
     from .export import export_model
     from .teachers import model_from_config
-    from .trainer import _maybe_simulate_preemption, build_optimizer, build_scheduler
+    from .checkpoint import maybe_simulate_preemption
+    from .optim import build_optimizer, build_scheduler
 
     cfg.validate()
     accelerator = accelerator or build_accelerator(DistributedConfig())
@@ -291,7 +292,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps({"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": scheduler.get_last_lr()[0], "train_seconds": trained_seconds}) + "\n")
         accelerator.wait_for_everyone()
-        _maybe_simulate_preemption("teacher", epoch + 1)
+        maybe_simulate_preemption("teacher", epoch + 1)
 
     plain = accelerator.unwrap_model(model)
     t_eval = time.time()

@@ -62,18 +62,6 @@ def model_from_config(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     return model
 
 
-def freeze_teacher(model: nn.Module) -> nn.Module:
-    """Eval mode (BatchNorm running statistics, no dropout) and no parameter gradients.
-
-    Gradients still flow *through* a frozen teacher to its input — what the self-adversary
-    and the generator need. Returns the same module.
-    """
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def _class_indices(mcfg: ModelConfig, info: DatasetInfo) -> tuple[Optional[list[int]], Optional[int]]:
     """Logit indices of the dataset's classes in an ImageNet-1k head, in the dataset's order."""
     if mcfg.class_subset is None:

@@ -24,69 +24,30 @@ ZeRO-1/2/3, FSDP2). The loops below are the same for all of them.
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from .config import OptimizerConfig, RunConfig
-from .data import DatasetInfo, dataset_info
+from .checkpoint import checkpoint_dirs, load_checkpoint, maybe_simulate_preemption, save_checkpoint
+from .config import RunConfig
+from .data import dataset_info
 from .derd.aggregation import aggregate
 from .derd.expert_guiding import student_batch, student_losses
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
 from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
+from .models import freeze
+from .optim import build_scheduler, build_two_stage_scheduler
 from .run_dir import RunDir, prepare_run_dir
-
-STAGES = ("stage1", "stage2")
-
+from .state import STAGES, Models, TrainState
 
 # --------------------------------------------------------------------------------------
 # Setup helpers
 # --------------------------------------------------------------------------------------
-
-
-def build_optimizer(params, oc: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if oc.name == "sgd":
-        return torch.optim.SGD(params, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
-    if oc.name == "adam":
-        return torch.optim.Adam(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
-    return torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
-
-
-def lr_multiplier(step: int, total: int, oc: OptimizerConfig) -> float:
-    """Linear warm-up, then constant / cosine to 0 / step decay at fractions of the stage."""
-    if oc.warmup_steps and step < oc.warmup_steps:
-        return (step + 1) / oc.warmup_steps
-    if oc.schedule == "constant" or total <= 0:
-        return 1.0
-    progress = min(1.0, (step - oc.warmup_steps) / max(1, total - oc.warmup_steps))
-    if oc.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return oc.gamma ** sum(progress >= m for m in oc.milestones)
-
-
-def build_scheduler(optimizer, total: int, oc: OptimizerConfig):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, total, oc))
-
-
-def build_two_stage_scheduler(optimizer, stage1_steps: int, stage2_steps: int, oc: OptimizerConfig):
-    """One LambdaLR over the student's whole life: Stage I's schedule, then Stage II's from the start."""
-
-    def multiplier(s: int) -> float:
-        if s < stage1_steps:
-            return lr_multiplier(s, stage1_steps, oc)
-        return lr_multiplier(s - stage1_steps, stage2_steps, oc)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 
 
 def step_noise(seed: int, stage: str, step: int) -> torch.Generator:
@@ -100,24 +61,6 @@ def local_slice(t: Optional[torch.Tensor], rank: int, world_size: int) -> Option
         return None
     n = t.shape[0] // world_size
     return t[rank * n : (rank + 1) * n]
-
-
-@dataclass
-class Models:
-    natural_teacher: nn.Module
-    robust_teacher: nn.Module
-    student: nn.Module
-    generator: nn.Module
-    info: DatasetInfo
-    natural_expert: Optional[nn.Module] = None
-    """Who plays T_nat in Stage II: the natural teacher, a frozen student snapshot, or an EMA of the student."""
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def build_models(cfg: RunConfig) -> Models:
@@ -142,75 +85,18 @@ def build_models(cfg: RunConfig) -> Models:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class TrainState:
-    stage: str = "stage1"
-    step: int = 0
-    ema: Optional[nn.Module] = None
-    history: list = field(default_factory=list)
-
-
-def _checkpoint_dirs(run: RunDir) -> list[Path]:
-    dirs = [p for p in run.checkpoints.glob("*") if (p / "state.pt").exists()]
-    return sorted(dirs, key=lambda p: (STAGES.index(p.name.split("-")[0]), int(p.name.split("-")[1])))
-
-
-def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict, par: Parallel) -> Path:
-    """Every rank calls it. Sharded backends write their own shards first (DeepSpeed
-    ``save_checkpoint``, FSDP2 ``torch.distributed.checkpoint``); the main process writes
-    ``state.pt`` last, atomically — a folder without it is not a checkpoint."""
-    accelerator = par.accelerator
-    path = run.checkpoints / f"{state.stage}-{state.step:08d}"
-    if accelerator.is_main_process:
-        path.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    entries = {name: adapter.save(path) for name, adapter in par.adapters.items()}
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        blob = {
-            "stage": state.stage,
-            "step": state.step,
-            "backend": par.backend,
-            "world_size": par.world_size,
-            "models": entries,
-            "schedulers": {k: s.state_dict() for k, s in scheds.items()},
-            "ema": state.ema.state_dict() if state.ema is not None else None,
-            "natural_expert": models.natural_expert.state_dict() if models.natural_expert is not None and models.natural_expert is not models.natural_teacher and models.natural_expert is not state.ema else None,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        tmp = path / "state.pt.tmp"
-        torch.save(blob, tmp)
-        tmp.replace(path / "state.pt")  # atomic: a kill mid-write never leaves a torn checkpoint
-        for old in _checkpoint_dirs(run)[:-2]:  # keep the two newest
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def load_checkpoint(path: Path, state: TrainState, models: Models, scheds: dict, par: Parallel) -> None:
-    """Every rank calls it; the layout (backend, process count) must match the saved one."""
-    blob = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    saved = (blob.get("backend", "none"), blob.get("world_size", 1))
-    sharded = any(a.sharded for a in par.adapters.values())
-    if sharded and saved != (par.backend, par.world_size):
-        raise RuntimeError(f"{path}: saved by backend {saved[0]} with {saved[1]} processes; a sharded checkpoint resumes only on the same layout ({par.backend}, {par.world_size})")
-    state.stage, state.step = blob["stage"], blob["step"]
-    for name, adapter in par.adapters.items():
-        adapter.load(path, blob["models"][name])
-    for k, s in scheds.items():
-        if k in blob["schedulers"]:
-            s.load_state_dict(blob["schedulers"][k])
-    if blob.get("ema") is not None:
-        state.ema = par.student.snapshot()
-        state.ema.load_state_dict(blob["ema"])
-    if blob.get("natural_expert") is not None:
-        expert = par.student.snapshot()
-        expert.load_state_dict(blob["natural_expert"])
-        models.natural_expert = expert
-    torch.set_rng_state(blob["torch_rng"])
-    if blob["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None) -> tuple[Models, Parallel, dict, dict]:
+    """The one setup of a run (``train``, the benchmarks and the tests call it): models by role,
+    prepared for the backend, with the schedules ``train`` steps. Returns (models, par, scheds, steps)."""
+    models = models or build_models(cfg)
+    par = prepare(models, cfg, accelerator)  # wraps student + generator; places the teachers
+    steps = {"stage1": cfg.stage1.steps if cfg.stage1.enabled else 0, "stage2": cfg.stage2.steps if cfg.stage2.enabled else 0}
+    scheds = {
+        # The student's schedule restarts (warm-up, cosine/step) at the start of Stage II.
+        "student": build_two_stage_scheduler(par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student),
+        "generator": build_scheduler(par.generator.optimizer, steps["stage1"] + steps["stage2"], cfg.optim.generator),
+    }
+    return models, par, scheds, steps
 
 
 # --------------------------------------------------------------------------------------
@@ -419,16 +305,9 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
 
-    models = build_models(cfg)
-    par = prepare(models, cfg, accelerator, build_optimizer)  # wraps student + generator; places the teachers
-    steps = {"stage1": cfg.stage1.steps if cfg.stage1.enabled else 0, "stage2": cfg.stage2.steps if cfg.stage2.enabled else 0}
-    scheds = {
-        # The student's schedule restarts (warm-up, cosine/step) at the start of Stage II.
-        "student": build_two_stage_scheduler(par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student),
-        "generator": build_scheduler(par.generator.optimizer, steps["stage1"] + steps["stage2"], cfg.optim.generator),
-    }
+    models, par, scheds, steps = build_training(cfg, accelerator)
     state = TrainState()
-    existing = _checkpoint_dirs(run) if cfg.output.resume else []
+    existing = checkpoint_dirs(run) if cfg.output.resume else []
     if existing:
         load_checkpoint(existing[-1], state, models, scheds, par)
         accelerator.print(f"resumed from {existing[-1]} ({state.stage} step {state.step})")
@@ -464,7 +343,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
                 window_start, window_steps = time.time(), 0
             if cfg.output.checkpoint_every and state.step % cfg.output.checkpoint_every == 0 and state.step < steps[stage]:
                 save_checkpoint(run, state, models, scheds, par)
-                _maybe_simulate_preemption(stage, state.step)
+                maybe_simulate_preemption(stage, state.step)
         bar.close()
         save_checkpoint(run, state, models, scheds, par)
         if stage == "stage1":
@@ -519,17 +398,6 @@ def check_ranks_in_sync(student) -> str:
         if len(set(digests)) != 1:
             raise RuntimeError(f"data-parallel ranks diverged: student digests {digests}")
     return mine
-
-
-def _maybe_simulate_preemption(stage: str, step: int) -> None:
-    """Rehearse a preemption: DERD_SIMULATE_PREEMPTION=stage2:200 hard-exits right after that
-    checkpoint (no cleanup, like a SIGKILL), so resume can be tested for real."""
-    import os
-    import sys
-
-    if os.environ.get("DERD_SIMULATE_PREEMPTION") == f"{stage}:{step}":
-        print(f"simulated preemption after checkpoint {stage}:{step}", file=sys.stderr, flush=True)
-        os._exit(17)
 
 
 def _probe_due(cfg: RunConfig, step: int, total: int) -> bool:

@@ -88,13 +88,11 @@ def test_tiny_twin_runs_both_stages_under_accelerate_launch(tmp_path, shared_dat
 def test_one_real_size_stage2_step_at_batch_2():
     from accelerate import Accelerator
 
-    from derd_scale.distributed import prepare
-    from derd_scale.trainer import TrainState, build_models, build_optimizer, build_scheduler, stage2_step
+    from derd_scale.state import TrainState
+    from derd_scale.trainer import build_training, stage2_step
 
     cfg = load_config(REPO / "configs" / "imnet100_vit.yaml", OFFLINE_TEACHERS + ["stage2.batch_size=2", "stage2.sa.chunk_size=2", "distributed.mixed_precision=no"])
-    models = build_models(cfg)
-    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)
-    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in par.optimizers.items()}
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True))
     before = [p.detach().clone() for p in models.student.parameters()]
     metrics = stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
     assert all(torch.isfinite(torch.tensor(float(v))) for k, v in metrics.items() if isinstance(v, (int, float)))

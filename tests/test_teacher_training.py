@@ -83,7 +83,7 @@ def _vit_cfg(shared_data, out, **kw):
 def test_in_process_resume_is_exact_with_dropout_and_refuses_changed_settings(tmp_path, shared_data, monkeypatch):
     """A ViT with dropout (global RNG) and PGD-AT (per-epoch generator): stop after epoch 1,
     resume, and land on the uninterrupted run's weights bit for bit."""
-    import derd_scale.trainer as trainer
+    import derd_scale.checkpoint as checkpoint
     from derd_scale.teacher_training import train_teacher
 
     straight = train_teacher(_vit_cfg(shared_data, tmp_path / "a"))
@@ -92,7 +92,7 @@ def test_in_process_resume_is_exact_with_dropout_and_refuses_changed_settings(tm
         if stage == "teacher" and step == 1:
             raise _Preempted()
 
-    monkeypatch.setattr(trainer, "_maybe_simulate_preemption", preempt)
+    monkeypatch.setattr(checkpoint, "maybe_simulate_preemption", preempt)
     with pytest.raises(_Preempted):
         train_teacher(_vit_cfg(shared_data, tmp_path / "b"))
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1

@@ -10,7 +10,8 @@ from derd_scale.config import ModelConfig
 from derd_scale.data import dataset_info
 from derd_scale.export import export_model
 from derd_scale.models import create_model
-from derd_scale.teachers import freeze_teacher, model_from_config
+from derd_scale.models import freeze as freeze_teacher
+from derd_scale.teachers import model_from_config
 
 CIFAR = dataset_info("cifar10")
 FMNIST = dataset_info("fashion_mnist")

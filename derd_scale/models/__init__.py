@@ -2,6 +2,6 @@
 
 from .checkpoint import CheckpointError, load_weights, read_state_dict
 from .cifar import CIFAR_MODELS
-from .factory import NormalizedModel, create_model, unwrap_normalized
+from .factory import NormalizedModel, create_model, freeze, unwrap_normalized
 
-__all__ = ["CIFAR_MODELS", "CheckpointError", "NormalizedModel", "create_model", "load_weights", "read_state_dict", "unwrap_normalized"]
+__all__ = ["CIFAR_MODELS", "CheckpointError", "NormalizedModel", "create_model", "freeze", "load_weights", "read_state_dict", "unwrap_normalized"]

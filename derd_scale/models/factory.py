@@ -178,3 +178,14 @@ def unwrap_normalized(model: nn.Module) -> NormalizedModel:
             raise TypeError(f"{type(model).__name__} does not wrap a NormalizedModel")
         model = inner
     return model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode (BatchNorm running statistics, no dropout) and no parameter gradients.
+
+    Gradients still flow *through* a frozen model to its input — what the self-adversary and
+    the generator need from the teachers. Returns the same module."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

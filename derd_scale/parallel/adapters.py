@@ -40,6 +40,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..models.factory import freeze
+
 Losses = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -53,13 +55,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside DDP / a DeepSpeed engine (FSDP2 modifies the module in place)."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
-    return model
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     return model
 
 
@@ -116,10 +111,6 @@ class GradientAdapter:
 
     def _no_sync(self):
         return self.module.no_sync() if hasattr(self.module, "no_sync") else nullcontext()
-
-    def no_sync(self):
-        """Kept for callers of the old interface: DDP's ``no_sync`` (or nothing)."""
-        return self._no_sync()
 
     @contextmanager
     def micro_batch(self, m: int) -> Iterator[None]:

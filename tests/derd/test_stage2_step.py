@@ -11,7 +11,9 @@ from derd_scale.data import dataset_info
 from derd_scale.derd.aggregation import sga_noise
 from derd_scale.derd.generator import PseudoImageGenerator
 from derd_scale.models import create_model
-from derd_scale.trainer import Models, TrainState, build_optimizer, build_scheduler, freeze, stage2_step, step_noise
+from derd_scale.models import freeze
+from derd_scale.state import Models, TrainState
+from derd_scale.trainer import build_training, stage2_step, step_noise
 
 
 def _setup(method="sga", natural_data="x_d"):
@@ -76,14 +78,12 @@ def _reference(cfg, models, student):
 def test_one_stage2_step_matches_the_formulas(method, natural_data):
     from accelerate import Accelerator
 
-    from derd_scale.distributed import prepare
 
     cfg, models = _setup(method, natural_data)
     ref_student = copy.deepcopy(models.student)
     expected, (t1, t2) = _reference(cfg, models, ref_student)
     teachers_before = [p.clone() for p in list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters())]
-    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)  # one process: nothing wrapped
-    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in par.optimizers.items()}
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)  # one process: nothing wrapped
     metrics = stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
     got = torch.cat([p.detach().flatten() for p in models.student.parameters()])
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got - expected).abs().max()
@@ -103,7 +103,6 @@ def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
     model's loss reaches the other's parameters or gradients."""
     from accelerate import Accelerator
 
-    from derd_scale.distributed import prepare
     from derd_scale.trainer import generator_update, sample_latents, stage1_step
 
     cfg, models = _setup("sga")
@@ -112,14 +111,12 @@ def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
     # G's update on its own, from an identical copy, through the same code path.
     _, lone = _setup("sga")
     lone.generator.load_state_dict(models.generator.state_dict())
-    lone_par = prepare(lone, cfg, Accelerator(cpu=True), build_optimizer)
-    lone_scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in lone_par.optimizers.items()}
+    lone, lone_par, lone_scheds, _ = build_training(cfg, Accelerator(cpu=True), lone)
     batch = getattr(cfg, stage).batch_size
     generator_update(lone, lone.natural_teacher, sample_latents(lone, cfg, stage, 0, batch, lone_par), cfg, lone_scheds["generator"], lone_par)
     assert all(p.grad is None for p in lone.student.parameters()), "G's update wrote gradients into the student"
 
-    par = prepare(models, cfg, Accelerator(cpu=True), build_optimizer)
-    scheds = {k: build_scheduler(o, 10, cfg.optim.student) for k, o in par.optimizers.items()}
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
     if stage == "stage1":
         stage1_step(models, cfg, 0, scheds, par)
     else:

@@ -52,9 +52,10 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
     from derd_scale.config import config_from_dict
     from derd_scale.data import dataset_info
     from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.distributed import prepare
     from derd_scale.models import create_model
-    from derd_scale.trainer import Models, build_optimizer, build_scheduler, build_two_stage_scheduler, freeze
+    from derd_scale.models import freeze
+    from derd_scale.state import Models
+    from derd_scale.trainer import build_training
 
     extra, s1, s2 = SCENARIOS[name]
     overrides = BASE + extra + list(extra_overrides) + [f"distributed.backend={backend}"]
@@ -69,11 +70,7 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
     student = create_model("small_cnn", 10, in_chans=1, width=4)
     generator = PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4)
     models = Models(freeze(nat), freeze(rob), student, generator, dataset_info("fashion_mnist"))
-    par = prepare(models, cfg, accelerator, build_optimizer)
-    scheds = {
-        "student": build_two_stage_scheduler(par.student.optimizer, s1, s2, cfg.optim.student),
-        "generator": build_scheduler(par.generator.optimizer, s1 + s2, cfg.optim.generator),
-    }
+    models, par, scheds, _ = build_training(cfg, accelerator, models)
     return cfg, models, par, scheds, (s1, s2)
 
 
