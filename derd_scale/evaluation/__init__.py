@@ -1,6 +1,6 @@
 """Robustness evaluation: attacks (attacks.py), batched/sharded runs (runner.py), reports (report.py)."""
 
 from .report import EvalReport, masking_warnings
-from .runner import PRESETS, Protocol, evaluate, protocol_from_config
+from .runner import PRESETS, EvaluationInputError, Protocol, evaluate, protocol_from_config
 
-__all__ = ["EvalReport", "PRESETS", "Protocol", "evaluate", "masking_warnings", "protocol_from_config"]
+__all__ = ["EvalReport", "EvaluationInputError", "PRESETS", "Protocol", "evaluate", "masking_warnings", "protocol_from_config"]

@@ -2,15 +2,21 @@
 records, and gradient-masking warnings.
 
 Files written by ``EvalReport.save(dir)``:
-  report.json        {"protocol", "n", "attacks": {name: {accuracy, correct, n, seconds, eps, ...}},
-                      "ave", "warnings", "monotonicity_violations"}
-  report.md          | Clean | FGSM | PGD_S | PGD_T | CW | AA | Ave |  (+ other attacks, warnings)
+  report.json        {"protocol", "n", "interval", "attacks": {name: {accuracy, correct, n, ci95, seconds, eps, ...,
+                      autoattack (aa/aa_fast: version and component budgets)}}, "ave", "warnings",
+                      "monotonicity_violations"} — strict JSON: a NaN (n = 0) is written as null
+  report.md          | Clean | FGSM | PGD_S | PGD_T | CW | AA | Ave |  (+ other attacks, warnings), each
+                     accuracy with its 95 % Wilson interval and n
   per_example.jsonl  {"index", "label", "correct": {attack: bool}, "first_fooled_by": attack|null}
+
+``aa`` is the standard AutoAttack; ``aa_fast`` (torchattacks' 10-iteration default) is labelled
+``aa_fast`` everywhere, never AA.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -18,7 +24,35 @@ from typing import Optional
 import torch
 
 PAPER_COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", "AA"))
-OTHER_NAMES = {"square": "Square", "transfer_pgd": "Transfer PGD", "transfer_cw": "Transfer CW", "pgd_s_2x": "PGD_S (2× steps)"}
+OTHER_NAMES = {"aa_fast": "aa_fast", "square": "Square", "transfer_pgd": "Transfer PGD", "transfer_cw": "Transfer CW", "pgd_s_2x": "PGD_S (2× steps)"}
+AA_FAST_NOTE = ("aa_fast is torchattacks' AutoAttack with its default 10 iterations per attack (the standard AutoAttack runs 100): "
+                "a cheaper screen, not AutoAttack; AA is the standard version")
+INTERVAL = "Wilson score interval, 95 %"
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> Optional[tuple[float, float]]:
+    """Wilson score interval for k successes out of n (None when n = 0)."""
+    if n <= 0:
+        return None
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: k = {k} successes is outside [0, n = {n}]")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _finite_or_none(value):
+    """NaN/inf → None, recursively, so that report.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 @dataclass
@@ -53,8 +87,8 @@ class EvalReport:
         return out
 
     def monotonicity_violations(self) -> dict[str, int]:
-        """Examples robust under a stronger attack but fooled by a weaker one (AA vs PGD_S, PGD_S vs FGSM)."""
-        pairs = [("aa", "pgd_s"), ("pgd_s", "fgsm"), ("pgd_s_2x", "pgd_s")]
+        """Examples robust under a stronger attack but fooled by a weaker one (AA vs aa_fast/PGD_S, PGD_S vs FGSM)."""
+        pairs = [("aa", "pgd_s"), ("aa", "aa_fast"), ("aa_fast", "pgd_s"), ("pgd_s", "fgsm"), ("pgd_s_2x", "pgd_s")]
         out = {}
         for strong, weak in pairs:
             if strong in self.attacks and weak in self.attacks:
@@ -62,26 +96,57 @@ class EvalReport:
                 out[f"{strong}>{weak}"] = int((s & ~w).sum())
         return out
 
+    def interval(self, attack: str) -> Optional[tuple[float, float]]:
+        """95 % Wilson interval of an attack's accuracy (None without counts or with n = 0)."""
+        r = self.results.get(attack) or {}
+        if not isinstance(r.get("correct"), int) or not isinstance(r.get("n"), int):
+            return None
+        return wilson_interval(r["correct"], r["n"])
+
     def to_json(self) -> dict:
-        return {
+        attacks = {}
+        for name, r in self.results.items():
+            ci = self.interval(name)
+            attacks[name] = {**r, "ci95": list(ci) if ci is not None else None, "ci_method": "wilson"} if "n" in r else dict(r)
+        return _finite_or_none({
             "protocol": self.protocol,
             "n": self.n,
             "world_size": self.world_size,
-            "attacks": self.results,
+            "interval": INTERVAL,
+            "attacks": attacks,
             "ave": self.ave,
             "warnings": self.warnings,
             "monotonicity_violations": self.monotonicity_violations(),
-        }
+        })
+
+    def _cell(self, attack: str) -> str:
+        acc = self.results[attack]["accuracy"]
+        if acc is None or not math.isfinite(acc):
+            return "—"
+        ci = self.interval(attack)
+        return f"{100 * acc:.2f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci is not None else "")
 
     def markdown(self, title: str = "") -> str:
         cols = [(a, label) for a, label in PAPER_COLUMNS if a in self.results]
         extra = [(a, OTHER_NAMES.get(a, a)) for a in self.attacks if a not in dict(PAPER_COLUMNS)]
-        head = [label for _, label in cols] + (["Ave"] if self.ave is not None else []) + [label for _, label in extra]
-        vals = [f"{100 * self.results[a]['accuracy']:.2f}" for a, _ in cols] + ([f"{100 * self.ave:.2f}"] if self.ave is not None else []) + [f"{100 * self.results[a]['accuracy']:.2f}" for a, _ in extra]
-        secs = [f"{self.results[a]['seconds']:.1f}" for a, _ in cols] + ([""] if self.ave is not None else []) + [f"{self.results[a]['seconds']:.1f}" for a, _ in extra]
+        ave = self.ave
+        show_ave = ave is not None
+        head = [label for _, label in cols] + (["Ave"] if show_ave else []) + [label for _, label in extra]
+        vals = [self._cell(a) for a, _ in cols] + ([f"{100 * ave:.2f}" if math.isfinite(ave) else "—"] if show_ave else []) + [self._cell(a) for a, _ in extra]
+        ns = [str(self.results[a].get("n", "")) for a, _ in cols] + ([""] if show_ave else []) + [str(self.results[a].get("n", "")) for a, _ in extra]
+        secs = [f"{self.results[a]['seconds']:.1f}" for a, _ in cols] + ([""] if show_ave else []) + [f"{self.results[a]['seconds']:.1f}" for a, _ in extra]
         p = self.protocol
-        lines = [f"## {title}" if title else "", f"n = {self.n}, ε = {p['eps']:.5f}, step = {p['alpha']:.5f}, {p['steps']} steps, restarts = {p.get('restarts', 1)} (accuracy %, robust counted only if also clean-correct)", ""]
-        lines += ["| | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|", "| accuracy | " + " | ".join(vals) + " |", "| seconds | " + " | ".join(secs) + " |"]
+        lines = [f"## {title}" if title else "", f"n = {self.n}, ε = {p['eps']:.5f}, step = {p['alpha']:.5f}, {p['steps']} steps, restarts = {p.get('restarts', 1)} "
+                 f"(accuracy %, robust counted only if also clean-correct; [95 % Wilson interval])", ""]
+        lines += ["| | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|", "| accuracy | " + " | ".join(vals) + " |", "| n | " + " | ".join(ns) + " |",
+                  "| seconds | " + " | ".join(secs) + " |"]
+        notes = []
+        if "aa" in self.results:
+            notes.append("AA: " + _describe_autoattack(self.results["aa"].get("autoattack")))
+        if "aa_fast" in self.results:
+            notes.append(AA_FAST_NOTE + ".")
+        if notes:
+            lines += [""] + [f"- {note}" for note in notes]
         if self.warnings:
             lines += ["", "**Warnings:**"] + [f"- {w}" for w in self.warnings]
         return "\n".join(line for line in lines if line is not None) + "\n"
@@ -89,7 +154,7 @@ class EvalReport:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(self.to_json(), indent=2))
+        (out / "report.json").write_text(json.dumps(self.to_json(), indent=2, allow_nan=False))
         (out / "report.md").write_text(self.markdown("Robustness evaluation"))
         fooled = self.first_fooled_by()
         with open(out / "per_example.jsonl", "w") as fh:
@@ -98,12 +163,25 @@ class EvalReport:
         return out
 
 
+def _describe_autoattack(budgets: Optional[dict]) -> str:
+    """One line: the AutoAttack version and component budgets of a report entry."""
+    if not budgets:
+        return "AutoAttack version not recorded"
+    b = budgets
+    return (f"{b.get('version')} AutoAttack — APGD-CE {b.get('apgd_steps')} it × {b.get('apgd_restarts')} restart (ρ {b.get('apgd_rho')}), "
+            f"APGD-T {b.get('apgdt_steps')} it × {b.get('apgdt_target_classes')} targets, FAB-T {b.get('fab_steps')} it × {b.get('fab_target_classes')} targets, "
+            f"Square {b.get('square_queries')} queries (p_init {b.get('square_p_init')}); {b.get('implementation')}")
+
+
 def masking_warnings(report: EvalReport, threshold: float = 0.10) -> list[str]:
     """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019) as plain sentences."""
     acc = report.accuracy
     out = []
     if acc("pgd_s") is not None and acc("aa") is not None and acc("pgd_s") - acc("aa") > threshold:
-        out.append(f"suspected gradient masking: PGD_S ({100 * acc('pgd_s'):.2f}%) exceeds AutoAttack ({100 * acc('aa'):.2f}%) by more than {100 * threshold:.0f} points")
+        out.append(f"suspected gradient masking: PGD_S ({100 * acc('pgd_s'):.2f}%) exceeds AutoAttack (standard, aa) ({100 * acc('aa'):.2f}%) by more than {100 * threshold:.0f} points")
+    elif acc("pgd_s") is not None and acc("aa") is None and acc("aa_fast") is not None and acc("pgd_s") - acc("aa_fast") > threshold:
+        out.append(f"suspected gradient masking: PGD_S ({100 * acc('pgd_s'):.2f}%) exceeds aa_fast ({100 * acc('aa_fast'):.2f}%; torchattacks' 10-iteration "
+                   f"AutoAttack, not the standard AutoAttack) by more than {100 * threshold:.0f} points")
     if acc("fgsm") is not None and acc("pgd_s") is not None:
         if acc("pgd_s") > acc("fgsm") + 0.01:
             out.append(f"suspected gradient masking: iterative PGD_S ({100 * acc('pgd_s'):.2f}%) is weaker than single-step FGSM ({100 * acc('fgsm'):.2f}%)")

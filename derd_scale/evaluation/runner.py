@@ -12,11 +12,16 @@ results are gathered once and re-ordered by index (no padding, nothing double-co
 
 Counting: an example is robust under an attack only if it is also classified correctly
 clean (the RobustBench convention), so every robust accuracy is ≤ clean accuracy.
+
+AutoAttack: ``aa`` is the standard version (``autoattack.autoattack_standard``: APGD-CE,
+APGD-T, FAB-T at 100 iterations, Square at 5000 queries, each on the points still robust);
+``aa_fast`` is torchattacks' 10-iteration ``AutoAttack`` — a cheaper screen, not AutoAttack.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -24,9 +29,14 @@ import torch
 import torch.nn as nn
 
 from . import attacks as A
+from .autoattack import STANDARD, autoattack_standard, fast_budgets
 from .report import EvalReport, masking_warnings
 
 PAPER_ORDER = ("clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa")
+
+
+class EvaluationInputError(ValueError):
+    """The data cannot be evaluated as asked (labels outside the model's classes, too few examples); one line."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +69,21 @@ PRESETS = {
 
 
 def protocol_from_config(eval_cfg, dataset_name: str = "") -> Protocol:
-    """The preset named by ``eval.protocol`` with any of eps/alpha/steps/batch_size overridden."""
+    """The preset named by ``eval.protocol`` with any of eps/alpha/steps/batch_size overridden.
+
+    Validates the section first (``config.validate_eval``: one-line ``ValueError`` naming the
+    key) and warns when ``eval.eps`` overrides the preset's ε with a different value.
+    """
+    from ..config import validate_eval
+
+    validate_eval(eval_cfg)
+    if eval_cfg.protocol in PRESETS and eval_cfg.eps is not None and abs(eval_cfg.eps - PRESETS[eval_cfg.protocol].eps) > 1e-9:
+        preset = PRESETS[eval_cfg.protocol]
+        warnings.warn(f"eval.eps: {eval_cfg.eps:.6g} differs from preset {preset.name!r}'s ε = {preset.eps:.6g}; the report's protocol is named {preset.name}+override", stacklevel=2)
     if eval_cfg.protocol == "custom":
         if eval_cfg.eps is None or eval_cfg.alpha is None or eval_cfg.steps is None:
             raise ValueError("eval.protocol=custom needs eval.eps, eval.alpha and eval.steps")
-        base = Protocol("custom", eval_cfg.eps, eval_cfg.alpha, eval_cfg.steps, eval_cfg.batch_size or 256)
+        base = Protocol("custom", eval_cfg.eps, eval_cfg.alpha, eval_cfg.steps, eval_cfg.batch_size if eval_cfg.batch_size is not None else 256)
     elif eval_cfg.protocol in PRESETS:
         base = PRESETS[eval_cfg.protocol]
     else:
@@ -73,7 +93,7 @@ def protocol_from_config(eval_cfg, dataset_name: str = "") -> Protocol:
         eval_cfg.eps if eval_cfg.eps is not None else base.eps,
         eval_cfg.alpha if eval_cfg.alpha is not None else base.alpha,
         eval_cfg.steps if eval_cfg.steps is not None else base.steps,
-        eval_cfg.batch_size or base.batch_size,
+        eval_cfg.batch_size if eval_cfg.batch_size is not None else base.batch_size,
         getattr(eval_cfg, "restarts", 1),
         getattr(eval_cfg, "cw_kappa", 0.0),
         getattr(eval_cfg, "square_queries", 5000),
@@ -105,8 +125,10 @@ def _attack_batch(name: str, model, x, y, p: Protocol, gen: torch.Generator, n_c
         for _ in range(p.restarts):
             ok &= correct(A.cw_pgd(model, x, y, p.eps, p.alpha, p.steps, kappa=p.cw_kappa, generator=gen))
         return ok
-    if name == "aa":
-        return correct(A.autoattack(model, x, y, p.eps, n_classes, seed=seed))
+    if name == "aa":  # the standard AutoAttack (already worst case over its four attacks, clean-wrong = False)
+        return autoattack_standard(model, x, y, p.eps, n_classes, seed=seed).correct
+    if name == "aa_fast":  # torchattacks' 10-iteration default: NOT AutoAttack
+        return correct(A.autoattack_fast(model, x, y, p.eps, n_classes, seed=seed))
     if name == "square":
         return correct(A.square(model, x, y, p.eps, p.square_queries, seed=seed))
     if name in ("transfer_pgd", "transfer_cw"):
@@ -145,6 +167,10 @@ def evaluate(
         attacks.append("pgd_s_2x")
     rank, size = world()
     is_main = rank == 0
+    if n_examples is not None and not 0 < n_examples <= len(dataset):
+        raise EvaluationInputError(f"n_examples: must be in [1, {len(dataset)}] (the split has {len(dataset)} examples), got {n_examples}")
+    if n_examples is not None and not hasattr(dataset, "subset"):
+        dataset = [dataset[i] for i in range(n_examples)]
     ds = dataset.subset(n_examples) if hasattr(dataset, "subset") else dataset
     n = len(ds)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
@@ -166,6 +192,10 @@ def evaluate(
         if n_classes is None:
             with torch.no_grad():
                 n_classes = model(x[:1]).shape[1]
+        bad = ((y < 0) | (y >= n_classes)).nonzero().flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise EvaluationInputError(f"labels: example {start + i} has label {int(y[i])}, outside [0, {n_classes}) of the model's {n_classes} outputs")
         per_attack = []
         for name in attacks:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b * 7_919 + attacks.index(name))
@@ -194,6 +224,10 @@ def evaluate(
     results = {}
     for j, name in enumerate(attacks):
         results[name] = {"accuracy": correct[:, j].float().mean().item() if n else float("nan"), "correct": int(correct[:, j].sum()), "n": n, "seconds": seconds[name], **protocol.as_dict()}
+        if name == "aa":
+            results[name]["autoattack"] = STANDARD.as_dict(n_classes)
+        elif name == "aa_fast":
+            results[name]["autoattack"] = fast_budgets(n_classes)
     report = EvalReport(results=results, protocol=protocol.as_dict(), n=n, labels=[r[1] for r in rows], correct=correct, attacks=attacks, world_size=size)
     report.warnings = masking_warnings(report, masking_threshold)
     return report
