@@ -11,14 +11,34 @@
 ``--model`` is a run folder (its ``student/`` export and ``config.yaml`` give the data
 and protocol defaults), an export folder (``config.json`` + ``model.safetensors``), or a
 checkpoint file with ``--arch``. Writes report.json, report.md and per_example.jsonl to
-``--out`` (default: ``<run>/eval`` or ``eval-<model name>``) and prints the table.
+``--out`` and prints the table. Default ``--out``: ``<run>/eval/<protocol>-<UTC time>/`` for a
+run folder — never ``<run>/eval/`` itself, whose report.json is the one ``push_to_hub.py``
+publishes — else ``eval-<model name>/``. A folder that already holds a report.json is
+refused unless ``--overwrite`` is given (``--out RUN/eval --overwrite`` replaces the
+published report on purpose).
+
+``aa`` is the standard AutoAttack (APGD-CE/APGD-T/FAB-T at 100 iterations, Square at 5000
+queries); ``aa_fast`` is torchattacks' 10-iteration default, reported as ``aa_fast``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+# CLI spelling of each eval.* key, so that a validation error names the flag the user typed.
+FLAGS = {"eval.eps": "--eps", "eval.alpha": "--alpha", "eval.steps": "--steps", "eval.restarts": "--restarts", "eval.batch_size": "--batch-size",
+         "eval.n_examples": "--n-examples", "eval.square_queries": "--square-queries", "eval.cw_kappa": "--cw-kappa",
+         "eval.masking_threshold": "--masking-threshold", "eval.attacks": "--attacks", "eval.protocol": "--protocol"}
+
+
+def _cli_message(err: Exception) -> str:
+    """``eval.eps: …`` → ``--eps (eval.eps): …``; other messages unchanged (one line)."""
+    text = str(err)
+    key = text.split(":", 1)[0]
+    return f"{FLAGS[key]} ({key}):{text.split(':', 1)[1]}" if key in FLAGS else text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=None, help="override ε (pixel units in [0, 1])")
     p.add_argument("--alpha", type=float, default=None, help="override the step size")
     p.add_argument("--steps", type=int, default=None, help="override the number of PGD/CW steps (e.g. 20, 100)")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts for PGD_S and CW")
-    p.add_argument("--cw-kappa", type=float, default=0.0, help="CW margin confidence κ")
+    p.add_argument("--restarts", type=int, default=None, help="random restarts for PGD_S and CW (default: the run's, else 1)")
+    p.add_argument("--cw-kappa", type=float, default=None, help="CW margin confidence κ (default: the run's, else 0)")
+    p.add_argument("--square-queries", type=int, default=None, help="queries of the stand-alone `square` attack (default: the run's, else 5000)")
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     p.add_argument("--n-examples", type=int, default=None, help="first N examples of the split (default: all)")
     p.add_argument("--surrogate", default=None, help="transfer attacks: surrogate architecture or local-dir:FOLDER")
@@ -48,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-masking-check", action="store_true", help="skip the extra PGD_S run with twice the steps")
     p.add_argument("--masking-threshold", type=float, default=0.10, help="warn when PGD_S − AA exceeds this fraction")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder for report.json / report.md / per_example.jsonl")
+    p.add_argument("--out", default=None, help="output folder for report.json / report.md / per_example.jsonl "
+                   "(default: <run>/eval/<protocol>-<UTC time>/ for a run folder, else eval-<model name>/)")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing an existing report.json in the output folder")
     return p
 
 
@@ -59,7 +82,7 @@ def main(argv=None) -> int:
     from derd_scale.config import KNOWN_ATTACKS, ConfigError, DataConfig, DistributedConfig, EvalConfig, ModelConfig, load_config
     from derd_scale.data import dataset_info, load_dataset_split
     from derd_scale.distributed import build_accelerator, world
-    from derd_scale.evaluation import evaluate, protocol_from_config
+    from derd_scale.evaluation import EvaluationInputError, evaluate, protocol_from_config
     from derd_scale.teachers import model_from_config
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -71,7 +94,7 @@ def main(argv=None) -> int:
     run_cfg = None
     if (target / "config.yaml").exists() and (target / "student").exists():
         run_cfg = load_config(target / "config.yaml")
-        model_dir, default_out = target / "student", target / "eval"
+        model_dir, default_out = target / "student", target / "eval"  # + /<protocol>-<time>: never the published eval/report.json
     elif (target / "config.json").exists():
         model_dir, default_out = target, Path(f"eval-{target.name}")
     elif target.is_file():
@@ -89,13 +112,27 @@ def main(argv=None) -> int:
         eval_split=args.split or data.eval_split, resize=data.resize, crop=data.crop,
     )
     ev = run_cfg.eval if run_cfg else EvalConfig()
+
+    def pick(flag, current):
+        return flag if flag is not None else current
+
     try:
-        ev = EvalConfig(protocol=args.protocol or ev.protocol, eps=args.eps if args.eps is not None else ev.eps, alpha=args.alpha if args.alpha is not None else ev.alpha,
-                        steps=args.steps if args.steps is not None else ev.steps, batch_size=args.batch_size or ev.batch_size, restarts=args.restarts, cw_kappa=args.cw_kappa)
+        ev = EvalConfig(protocol=args.protocol or ev.protocol, attacks=attacks, eps=pick(args.eps, ev.eps), alpha=pick(args.alpha, ev.alpha), steps=pick(args.steps, ev.steps),
+                        batch_size=pick(args.batch_size, ev.batch_size), n_examples=args.n_examples, restarts=pick(args.restarts, ev.restarts),
+                        cw_kappa=pick(args.cw_kappa, ev.cw_kappa), square_queries=pick(args.square_queries, ev.square_queries), masking_threshold=args.masking_threshold)
         protocol = protocol_from_config(ev, data.name)
         info = dataset_info(data.name)
     except (ValueError, ConfigError) as err:
-        print(str(err), file=sys.stderr)
+        print(_cli_message(err), file=sys.stderr)
+        return 2
+    if args.out:
+        out = Path(args.out)
+    elif run_cfg is not None:
+        out = default_out / f"{protocol.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    else:
+        out = default_out
+    if (out / "report.json").exists() and not args.overwrite:
+        print(f"--out: {out / 'report.json'} exists; pass --overwrite to replace it, or choose another --out", file=sys.stderr)
         return 2
 
     accelerator = build_accelerator(run_cfg.distributed if run_cfg else DistributedConfig())
@@ -108,12 +145,22 @@ def main(argv=None) -> int:
     if args.surrogate:
         surrogate = model_from_config(ModelConfig(arch=args.surrogate, checkpoint=args.surrogate_checkpoint), info).to(accelerator.device)
     dataset, _ = load_dataset_split(data, data.eval_split)
+    if args.n_examples is not None and args.n_examples > len(dataset):
+        print(f"--n-examples (eval.n_examples): {args.n_examples} is more than the {len(dataset)} examples of {data.name}/{data.eval_split}", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
-    report = evaluate(model, dataset, attacks, protocol, n_examples=args.n_examples, accelerator=accelerator, seed=args.seed,
-                      surrogate=surrogate, masking_check=not args.no_masking_check, masking_threshold=args.masking_threshold)
+    try:
+        report = evaluate(model, dataset, attacks, protocol, n_examples=args.n_examples, accelerator=accelerator, seed=args.seed,
+                          surrogate=surrogate, masking_check=not args.no_masking_check, masking_threshold=args.masking_threshold)
+    except EvaluationInputError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     rank, _ = world()
     if rank == 0:
-        out = Path(args.out) if args.out else default_out
+        if (out / "report.json").exists() and not args.overwrite:  # appeared while we evaluated
+            moved = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+            print(f"{out / 'report.json'} appeared during the evaluation; writing to {moved} instead", file=sys.stderr)
+            out = moved
         report.save(out)
         print(report.markdown(f"{target.name} on {data.name}/{data.eval_split}"))
         print(f"wrote {out}/report.json")
