@@ -9,8 +9,9 @@ What is uploaded, in one commit: ``config.json`` + ``model.safetensors`` (timm f
 ``derd_config.yaml`` (the resolved run config), ``eval_report.json`` and ``README.md`` — a
 model card whose YAML front matter has ``library_name``, tags, datasets, license,
 ``base_model`` (the teachers that came from the Hub) and a ``model-index`` with one metric
-per evaluation column (clean and every attack, with ε, step, steps and n in its
-``args``), and whose body says how the student was distilled and how to load it.
+per evaluation column (clean and every attack, with ε, step, steps, restarts, n and, for
+AutoAttack, its version and component budgets in its ``args``), and whose body says which
+protocol produced each number, how the student was distilled and how to load it.
 
 The token comes from the standard Hugging Face login (``hf auth login``) or ``HF_TOKEN``,
 read by huggingface_hub itself; this module never sees, logs or writes it.
@@ -29,6 +30,7 @@ import yaml
 ATTACK_NAMES = {
     "clean": "Clean accuracy", "fgsm": "FGSM", "pgd_s": "PGD_S (Madry, CE)", "pgd_t": "PGD_T (TRADES, KL)",
     "cw": "CW (L∞ margin PGD)", "aa": "AutoAttack (standard)", "square": "Square (black-box)",
+    "aa_fast": "aa_fast (torchattacks AutoAttack defaults, 10 iterations; not the standard AutoAttack)",
     "transfer_pgd": "Transfer PGD", "transfer_cw": "Transfer CW", "pgd_s_2x": "PGD_S (2× steps)",
 }
 # Which budget fields of an eval/report.json entry describe each attack (the report copies
@@ -41,11 +43,17 @@ ATTACK_ARGS = {
     "pgd_t": ("eps", "alpha", "steps", "n"),
     "cw": ("eps", "alpha", "steps", "restarts", "cw_kappa", "n"),
     "aa": ("eps", "n"),
+    "aa_fast": ("eps", "n"),
     "square": ("eps", "square_queries", "n"),
     "transfer_pgd": ("eps", "alpha", "steps", "n"),
     "transfer_cw": ("eps", "alpha", "steps", "cw_kappa", "n"),
 }
 DEFAULT_ATTACK_ARGS = ("eps", "alpha", "steps", "n")
+# AutoAttack budgets copied from an entry's "autoattack" record into its metric args.
+AUTOATTACK_ARGS = ("version", "apgd_steps", "apgd_restarts", "apgd_rho", "apgdt_steps", "apgdt_restarts", "apgdt_target_classes",
+                   "fab_steps", "fab_restarts", "fab_target_classes", "square_queries", "square_restarts", "square_p_init")
+UNRECORDED_AA = ("AutoAttack version not recorded in the report (reports written before the evaluator recorded it ran "
+                 "torchattacks' 10-iteration default under the name aa, i.e. what is now aa_fast)")
 
 
 class RunFolderError(RuntimeError):
@@ -90,7 +98,48 @@ def metric_args(name: str, entry: dict, protocol_steps: Optional[int] = None) ->
         args["steps"] = 2 * args["steps"]
     if name != "clean":
         args = {"norm": "Linf", **args}
+    if name in ("aa", "aa_fast"):
+        budgets = entry.get("autoattack")
+        if isinstance(budgets, dict):
+            args.update({f"aa_{k}" if k != "version" else "aa_version": budgets[k] for k in AUTOATTACK_ARGS if budgets.get(k) is not None})
     return args
+
+
+def metric_name(name: str, entry: dict) -> str:
+    """The card's label of one column; `aa` is called standard AutoAttack only if the report says so."""
+    if name == "aa" and (entry.get("autoattack") or {}).get("version") != "standard":
+        return "AutoAttack (version not recorded)"
+    return ATTACK_NAMES.get(name, name)
+
+
+def describe_autoattack(entry: dict) -> str:
+    """One sentence: which AutoAttack produced an aa/aa_fast number, with its budgets."""
+    b = entry.get("autoattack")
+    if not isinstance(b, dict):
+        return UNRECORDED_AA
+    return (f"version `{b.get('version')}` — APGD-CE {b.get('apgd_steps')} iterations × {b.get('apgd_restarts')} restart (ρ = {b.get('apgd_rho')}), "
+            f"APGD-T {b.get('apgdt_steps')} iterations × {b.get('apgdt_target_classes')} target classes, "
+            f"FAB-T {b.get('fab_steps')} iterations × {b.get('fab_target_classes')} target classes, "
+            f"Square {b.get('square_queries')} queries (p_init {b.get('square_p_init')}); {b.get('implementation', '')}").rstrip("; ")
+
+
+def _wilson(correct, n) -> Optional[tuple]:
+    """The 95 % Wilson interval for reports written before they carried ``ci95``."""
+    if not isinstance(correct, int) or not isinstance(n, int) or not 0 <= correct <= n:
+        return None
+    from .evaluation.report import wilson_interval
+
+    return wilson_interval(correct, n)
+
+
+def describe_protocol(protocol: dict, n: Optional[int]) -> str:
+    """One line: the L∞ budget every attack column was run at."""
+    if not protocol:
+        return "Protocol: not recorded in the report."
+    fmt = lambda v: f"{v:.5g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return (f"Protocol `{protocol.get('name', '?')}`: L∞ ε = {fmt(protocol.get('eps'))} (pixels in [0, 1]), step = {fmt(protocol.get('alpha'))}, "
+            f"{protocol.get('steps')} steps, {protocol.get('restarts', 1)} restart(s) (PGD_S, CW), CW κ = {protocol.get('cw_kappa', 0.0)}, "
+            f"Square {protocol.get('square_queries', '?')} queries, on the first {n} examples of the split.")
 
 
 def _hub_base_model(mcfg: dict) -> Optional[str]:
@@ -174,7 +223,7 @@ def build_model_card(run_dir: Path, repo_id: str, license: str = "apache-2.0") -
     results = [
         EvalResult(
             task_type="image-classification", dataset_type=dataset_id, dataset_name=dataset, dataset_split=split,
-            metric_type="accuracy", metric_name=ATTACK_NAMES.get(name, name), metric_config=name,
+            metric_type="accuracy", metric_name=metric_name(name, entry), metric_config=name,
             metric_value=round(100 * float(entry["accuracy"]), 2), metric_args=budgets[name],
         )
         for name, entry in attacks.items()
@@ -214,9 +263,15 @@ def _card_body(repo_id, arch, library, export, config, summary, attacks, budgets
         for name, e in attacks.items():
             b = budgets[name]
             cell = lambda key: f"{b[key]:.4g}" if isinstance(b.get(key), float) else str(b.get(key, "—"))  # noqa: E731
-            rows.append(f"| {ATTACK_NAMES.get(name, name)} | {100 * e['accuracy']:.2f} | {cell('eps')} | {cell('alpha')} | {cell('steps')} | {cell('n')} |")
-        table = ("| evaluation | accuracy (%) | ε (L∞) | step | steps | n |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+            ci = e.get("ci95") if "ci95" in e else _wilson(e.get("correct"), e.get("n"))
+            ci_text = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else "—"
+            rows.append(f"| {metric_name(name, e)} | {100 * e['accuracy']:.2f} | {ci_text} | {cell('eps')} | {cell('alpha')} | {cell('steps')} | {cell('restarts')} | {cell('n')} |")
+        table = (describe_protocol(report.get("protocol") or {}, report.get("n")) + "\n\n"
+                 + "| evaluation | accuracy (%) | 95 % CI (Wilson) | ε (L∞) | step | steps | restarts | n |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
                  + "\n\nRobust accuracy counts an example only if it is also classified correctly without attack.")
+        for name in ("aa", "aa_fast"):
+            if name in attacks:
+                table += f"\n\n{metric_name(name, attacks[name])}: {describe_autoattack(attacks[name])}."
         if report.get("warnings"):
             table += "\n\nEvaluator warnings:\n" + "\n".join(f"- {w}" for w in report["warnings"])
     if library == "timm":

@@ -170,3 +170,26 @@ def test_push_sends_the_dry_run_files_in_one_commit(finished_run, tmp_path, monk
         if path.is_file():
             assert b"hf_secret_token_value" not in path.read_bytes()
     assert "hf_secret_token_value" not in capsys.readouterr().out
+
+
+def test_card_names_the_protocol_and_the_autoattack_budgets(finished_run):
+    from huggingface_hub import ModelCard
+
+    from derd_scale.evaluation.autoattack import STANDARD, fast_budgets
+
+    card = ModelCard(build_model_card(finished_run, "me/x"))  # REPORT predates the record: no claim of "standard"
+    assert "AutoAttack (version not recorded)" in card.text and "AutoAttack (standard)" not in card.text
+    assert "Protocol `cifar`: L∞ ε = 0.0314" in card.text and "10 steps, 1 restart(s)" in card.text
+    report = json.loads((finished_run / "eval" / "report.json").read_text())
+    report["attacks"]["aa"]["autoattack"] = STANDARD.as_dict(10)
+    report["attacks"]["aa"]["ci95"] = [0.3309, 0.3906]
+    report["attacks"]["aa_fast"] = {**report["attacks"]["aa"], "accuracy": 0.37, "autoattack": fast_budgets(10)}
+    (finished_run / "eval" / "report.json").write_text(json.dumps(report))
+    card = ModelCard(build_model_card(finished_run, "me/x"))
+    text = card.text
+    assert "| AutoAttack (standard) | 36.03 | [33.1, 39.1] |" in text
+    assert "APGD-CE 100 iterations × 1 restart (ρ = 0.75), APGD-T 100 iterations × 9 target classes, FAB-T 100 iterations × 9 target classes, Square 5000 queries" in text
+    assert "aa_fast (torchattacks AutoAttack defaults, 10 iterations; not the standard AutoAttack)" in text
+    args = {r.metric_config: r.metric_args for r in card.data.eval_results}
+    assert args["aa"]["aa_version"] == "standard" and args["aa"]["aa_apgd_steps"] == 100 and args["aa"]["aa_square_queries"] == 5000
+    assert args["aa_fast"]["aa_apgd_steps"] == 10
