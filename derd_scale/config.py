@@ -265,6 +265,8 @@ class DistributedConfig:
     """Split each step's global batch into this many micro-batches (memory); the batch size stays the global batch per optimiser step."""
     global_batch_statistics: bool = True
     """With several processes, student/generator BatchNorm and Stage I's L_BN/L_ie use global-batch statistics (one small all-reduce per layer), so results do not depend on the process count; false = per-process statistics."""
+    channels_last: bool = True
+    """Store the conv nets in channels-last memory format (teachers always; student and generator under none/ddp): oneDNN's fast layout on CPUs and cuDNN's for tensor cores; numerics stay fp32."""
     teachers_bf16: bool = True
     """Under bf16, store the frozen teachers' Linear/Conv weights in bf16 (autocast rounds them anyway: same outputs, half the memory)."""
     deepspeed_config: Optional[str] = None

@@ -185,6 +185,12 @@ def prepare(models, cfg, accelerator) -> Parallel:
     bf16 = dc.mixed_precision == "bf16"
     for teacher in (models.natural_teacher, models.robust_teacher):
         place_frozen(teacher, device, bf16 and dc.teachers_bf16)
+    if dc.channels_last:
+        # Before wrapping. The sharded backends flatten parameters with view(-1), which a
+        # channels-last weight refuses: there only the frozen teachers change format.
+        trained = (models.student, models.generator) if backend in ("none", "ddp") else ()
+        for module in (models.natural_teacher, models.robust_teacher, *trained):
+            module.to(memory_format=torch.channels_last)
 
     # Unsharded copies to rebuild full models from (snapshots, evaluation, the
     # student-as-natural-teacher variants) — only the sharded backends need them.
