@@ -259,8 +259,8 @@ class DistributedConfig:
 
     backend: Literal["auto", "none", "ddp", "deepspeed", "fsdp"] = "auto"
     """auto = whatever `accelerate launch` set up; fsdp on CPU uses torchrun + fully_shard."""
-    mixed_precision: Literal["no", "bf16"] = "no"
-    """bf16 = torch autocast on every backend (fp32 weights, gradients and reductions; GA/SGA sums in fp32)."""
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
+    """bf16 = torch autocast on every backend (fp32 weights, gradients and reductions; GA/SGA sums in fp32); auto = bf16 where the hardware has native bf16 (CUDA with bf16, CPUs with AMX or AVX512-BF16), else no. Evaluation always runs in fp32."""
     gradient_accumulation_steps: int = 1
     """Split each step's global batch into this many micro-batches (memory); the batch size stays the global batch per optimiser step."""
     global_batch_statistics: bool = True

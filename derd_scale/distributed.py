@@ -171,6 +171,22 @@ class Parallel:
         return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls/convs run natively here: CUDA with bf16 support, or a CPU with AMX or
+    AVX512-BF16 (without them CPU bf16 is emulated and ~25× slower than fp32, docs/performance.md)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)() or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """``distributed.mixed_precision`` → "bf16" or "no" (``auto``: bf16 only with native support)."""
+    if setting == "auto":
+        return "bf16" if native_bf16(device) else "no"
+    return setting
+
+
 def prepare(models, cfg, accelerator) -> Parallel:
     """Wrap ``models.student`` / ``models.generator`` for the backend (in place on ``models``),
     build their optimisers (``derd_scale.optim.build_optimizer``), place the teachers.
@@ -182,7 +198,8 @@ def prepare(models, cfg, accelerator) -> Parallel:
     rank, _ = world()
     backend = resolve_backend(dc, accelerator)
     device = accelerator.device
-    bf16 = dc.mixed_precision == "bf16"
+    precision = resolve_mixed_precision(dc.mixed_precision, device)
+    bf16 = precision == "bf16"
     for teacher in (models.natural_teacher, models.robust_teacher):
         place_frozen(teacher, device, bf16 and dc.teachers_bf16)
     if dc.channels_last:
@@ -245,7 +262,7 @@ def prepare(models, cfg, accelerator) -> Parallel:
             raise ValueError(f"distributed.backend: {backend!r}")
         setattr(models, name, adapter.module)
         adapters[name] = adapter
-    return Parallel(accelerator, backend, adapters["student"], adapters["generator"], rank, size, accumulation, dc.mixed_precision, batch_mean)
+    return Parallel(accelerator, backend, adapters["student"], adapters["generator"], rank, size, accumulation, precision, batch_mean)
 
 
 def _fsdp_options(accelerator, dc: DistributedConfig) -> tuple[bool, Optional[int]]:

@@ -58,3 +58,14 @@ def test_the_sync_check_catches_an_unreduced_second_backward(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
     assert "TRAP_CAUGHT" in out.stdout and "diverged" in out.stdout
+
+
+def test_mixed_precision_auto_follows_native_bf16(monkeypatch):
+    import derd_scale.distributed as d
+
+    cpu = torch.device("cpu")
+    assert d.resolve_mixed_precision("no", cpu) == "no" and d.resolve_mixed_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(d, "native_bf16", lambda device: True)
+    assert d.resolve_mixed_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(d, "native_bf16", lambda device: False)
+    assert d.resolve_mixed_precision("auto", cpu) == "no"

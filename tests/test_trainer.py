@@ -92,7 +92,8 @@ def test_kill_and_resume_gives_the_same_student(tmp_path):
     args = [sys.executable, str(REPO / "launch" / "train.py"), "--set", f"output.root={tmp_path}", "--set", "output.name=resumed"]
     for item in TINY + ["stage1.steps=4", "stage2.steps=6"]:
         args += ["--set", item]
-    env = dict(os.environ, DERD_SIMULATE_PREEMPTION="stage2:2")
+    # Same intra-op thread count as this process: float reductions depend on it.
+    env = dict(os.environ, DERD_SIMULATE_PREEMPTION="stage2:2", OMP_NUM_THREADS=str(torch.get_num_threads()))
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode != 0 and "simulated preemption" in killed.stderr
     assert not (tmp_path / "resumed" / "DONE").exists()
