@@ -103,7 +103,7 @@ def run_all(args) -> int:
     tool = lambda name: shutil.which(name, path=str(bin_dir)) or name  # noqa: E731
     accelerate = lambda config: [tool("accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate/cpu" / config), "--main_process_port", _free_port()]  # noqa: E731
     base = dict(os.environ, DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(bin_dir.parent / "torch_extensions")))
-    cpu = dict(base, ACCELERATE_USE_CPU="true")  # DDP/FSDP twins; DeepSpeed's must NOT have it (PLATFORM.md)
+    cpu = dict(base, ACCELERATE_USE_CPU="true")  # DDP/FSDP twins; DeepSpeed's must NOT have it (docs/platform.md)
     worker = [str(Path(__file__).resolve()), "--batch", str(args.batch), "--steps", str(args.steps), "--width", str(args.width), "--json-out", str(lines)]
     layouts = [
         ("1 process, 1 thread", [sys.executable], dict(cpu, OMP_NUM_THREADS="1"), []),

@@ -1,6 +1,6 @@
 """Typed run configuration: dataclasses loaded from YAML, dotted CLI overrides, validation.
 
-Every decision that ``../shared/spec/METHOD.md`` marks **Decision** is a field here with
+Every decision that ``docs/method.md`` marks **Decision** is a field here with
 the spec's default. Load a run config with::
 
     cfg = load_config("configs/cifar10_resnet.yaml", overrides=["stage2.sa.steps=5"])

@@ -55,7 +55,7 @@ def build_accelerator(cfg: DistributedConfig, cpu: Optional[bool] = None):
 
     kwargs_handlers = []
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Without this, DeepSpeed under Accelerate on CPU sees one process per rank (PLATFORM.md).
+        # Without this, DeepSpeed under Accelerate on CPU sees one process per rank (docs/platform.md).
         # Only when launched multi-process: in one process a backend makes Accelerate expect a group.
         kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo"))
     if cpu is None:
@@ -84,7 +84,7 @@ def resolve_backend(cfg: DistributedConfig, accelerator) -> str:
         DistributedType.DEEPSPEED: "deepspeed", DistributedType.FSDP: "fsdp",
     }.get(accelerator.distributed_type, "ddp")
     # Launched with a DeepSpeed/FSDP accelerate config but Accelerate set up something else
-    # (FSDP on CPU silently becomes DDP, PLATFORM.md): stop rather than train another layout.
+    # (FSDP on CPU silently becomes DDP, docs/platform.md): stop rather than train another layout.
     for flag, wanted, hint in (("ACCELERATE_USE_DEEPSPEED", "deepspeed", "build the Accelerator with derd_scale.distributed.build_accelerator, "
                                 "and on a CPU machine do not set ACCELERATE_USE_CPU for DeepSpeed launches"),
                                ("ACCELERATE_USE_FSDP", "fsdp", "on CPU run FSDP2 with torchrun ... --set distributed.backend=fsdp")):
@@ -102,7 +102,7 @@ def resolve_backend(cfg: DistributedConfig, accelerator) -> str:
 
 
 def check_launch(cfg: DistributedConfig) -> int:
-    """Stop on PLATFORM.md's silent launch traps instead of training the wrong thing."""
+    """Stop on docs/platform.md's silent launch traps instead of training the wrong thing."""
     _, size = world()
     env = int(os.environ.get("WORLD_SIZE", "1"))
     if env != size:

@@ -376,7 +376,7 @@ def check_ranks_in_sync(student) -> str:
     """SHA-256 of the student's parameters, compared across ranks.
 
     Data-parallel replicas must end with bit-identical parameters; a gradient that skipped
-    the reduction (PLATFORM.md's silent trap) makes them drift with no error. One all_gather
+    the reduction (docs/platform.md's silent trap) makes them drift with no error. One all_gather
     of a string turns that into a loud failure at the end of every run. (BatchNorm running
     statistics are buffers, not compared.) ``student`` is a module or a gradient adapter;
     for ZeRO-3/FSDP2 the adapter gathers the full parameters, so the check then covers

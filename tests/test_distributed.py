@@ -43,7 +43,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "DONE").read_text())
-    # Two synchronised processes (PLATFORM.md's trap: a launch that starts one, or two that
+    # Two synchronised processes (docs/platform.md's trap: a launch that starts one, or two that
     # never talk), and bit-identical replicas at the end (checked across ranks by the run).
     assert summary["world_size"] == 2
     assert len(summary["student_digest"]) == 64

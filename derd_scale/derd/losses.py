@@ -1,4 +1,4 @@
-"""DERD's losses as pure functions (equation numbers from ../shared/spec/METHOD.md).
+"""DERD's losses as pure functions (equation numbers from docs/method.md).
 
 Stage I generator loss, Eq. 11:
     L_G = λ_oh L_oh + λ_a L_a + λ_BN L_BN + λ_ie L_ie (+ λ_tv L_tv, our ViT prior)

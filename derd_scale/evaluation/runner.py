@@ -57,7 +57,7 @@ class Protocol:
 
 
 PRESETS = {
-    # METHOD.md: CIFAR ε 8/255, step 2/255, 10 steps, batch 512; ImageNet-100 ε 0.03, step 2/255, 10 steps, batch 128.
+    # docs/method.md (the paper's protocol): CIFAR ε 8/255, step 2/255, 10 steps, batch 512; ImageNet-100 ε 0.03, step 2/255, 10 steps, batch 128.
     "cifar": Protocol("cifar", 8 / 255, 2 / 255, 10, 512),
     "imagenet100": Protocol("imagenet100", 0.03, 2 / 255, 10, 128),
     # RobustBench's ImageNet L∞ budget.

@@ -132,7 +132,7 @@ def timm_pretrained_norm(model: nn.Module) -> tuple[Optional[tuple], Optional[tu
 
 
 def read_class_subset(spec: str) -> list[str]:
-    """`imagenet100` → the wnids in ../shared/spec/imagenet100_classes.txt (packaged copy); else a file path."""
+    """`imagenet100` → the wnids in derd_scale/resources/imagenet100_classes.txt; else a file path."""
     if spec == "imagenet100":
         path = Path(__file__).resolve().parent.parent / "resources" / "imagenet100_classes.txt"
     else:

@@ -86,7 +86,7 @@ class GradientAdapter:
     taken with ``torch.autograd.grad`` inside ``no_sync`` (no ``.grad`` accumulation, so
     DDP's reducer never fires), flattened into one buffer, all-reduced once and averaged.
     After that every rank has the same full g1 and g2, so the aggregation's partial sums
-    need no further reduction (``all_reduce`` is the identity). PLATFORM.md's silent trap —
+    need no further reduction (``all_reduce`` is the identity). docs/platform.md's silent trap —
     one forward with two ``backward`` calls, the second never all-reduced — cannot happen.
     """
 

@@ -1,7 +1,7 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``): wrapping and the gradient adapter.
 
 One code path for GPUs and the CPU twin: Accelerate 1.15 cannot run FSDP on CPU
-(PLATFORM.md), so ``prepare`` applies ``fully_shard`` itself whenever the backend is
+(docs/platform.md), so ``prepare`` applies ``fully_shard`` itself whenever the backend is
 ``fsdp`` — launched by ``accelerate launch --config_file configs/accelerate/fsdp2.yaml`` on
 GPUs (its ``fsdp_reshard_after_forward`` / ``fsdp_min_num_params`` are honoured) or by
 ``torchrun ... --set distributed.backend=fsdp`` anywhere (CPU twin: gloo).

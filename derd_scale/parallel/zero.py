@@ -6,7 +6,7 @@ We call ``deepspeed.initialize`` ourselves (one engine for the student, one for 
 generator) instead of ``accelerator.prepare``: Accelerate's ``backward`` also calls
 ``engine.step()``, leaving no gap in which to aggregate the two task gradients.
 
-Where the gradient lives after ``engine.backward`` (PLATFORM.md, DeepSpeed 0.19):
+Where the gradient lives after ``engine.backward`` (docs/platform.md, DeepSpeed 0.19):
 - ZeRO-1/2: this rank's fragment of each parameter's reduced gradient is reached through
   the private ``param._hp_mapping`` (``get_lp_grad_fragment``; flat offset
   ``lp_fragment_address.start`` in the full parameter); the fp32 master fragment is

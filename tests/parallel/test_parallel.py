@@ -40,7 +40,7 @@ LAYOUTS = ["ddp", "zero1", "zero2", "zero3", "fsdp"]
 
 ENV = dict(
     os.environ,
-    ACCELERATE_USE_CPU="true",  # PLATFORM.md: without it `--multi_gpu` starts two unsynchronised processes
+    ACCELERATE_USE_CPU="true",  # docs/platform.md: without it `--multi_gpu` starts two unsynchronised processes
     DS_ACCELERATOR="cpu",
     OMP_NUM_THREADS="1",
     # DeepSpeed JIT-compiles a comm op on first use (~60-90 s): keep it with the venv, build once.
@@ -196,7 +196,7 @@ def test_bf16_step_runs_on_every_backend_and_is_the_same_autocast_everywhere(two
 
 
 # --------------------------------------------------------------------------------------
-# Silent traps (PLATFORM.md)
+# Silent traps (docs/platform.md)
 # --------------------------------------------------------------------------------------
 
 
@@ -208,7 +208,7 @@ def test_an_unreduced_second_backward_is_caught_and_the_adapter_is_not(two_proce
 
 @pytest.mark.slow
 def test_a_launch_that_starts_one_process_is_refused(tmp_path):
-    # PLATFORM.md: `--cpu --num_processes 2` starts ONE process. The worker asserts a world of 2.
+    # docs/platform.md: `--cpu --num_processes 2` starts ONE process. The worker asserts a world of 2.
     cmd = [_tool("accelerate"), "launch", "--cpu", "--num_processes", "2", "--main_process_port", free_port(), str(REPO / "tests/parallel/worker.py"), "--backend", "ddp", "--out", str(tmp_path), "--scenarios", "stage1"]
     out = _launch(cmd, timeout=300, fail=True)
     assert "WORLD_SIZE_WRONG 1" in out.stdout

@@ -123,7 +123,7 @@ def test_the_shipped_deepspeed_and_accelerate_configs_are_accepted():
     assert json.loads((REPO / "configs/deepspeed/zero3_partition_all.json").read_text())["zero_optimization"]["stage3_param_persistence_threshold"] == 0
     for path in sorted((REPO / "configs/accelerate").rglob("*.yaml")):
         conf = yaml.safe_load(path.read_text())
-        assert not conf.get("use_cpu"), f"{path}: use_cpu starts one process (PLATFORM.md)"
+        assert not conf.get("use_cpu"), f"{path}: use_cpu starts one process (docs/platform.md)"
         if conf["distributed_type"] == "DEEPSPEED":
             assert (REPO / conf["deepspeed_config"]["deepspeed_config_file"]).exists()
             assert "mixed_precision" not in conf, f"{path}: Accelerate refuses mixed_precision next to deepspeed_config_file"

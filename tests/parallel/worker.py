@@ -6,7 +6,7 @@
 
 Rank 0 writes ``OUT/<backend>.pt``: per scenario (and ZeRO stage) the gathered student and
 generator state dicts, the metrics and the layout. The world size is asserted first: a
-launch that started one process (PLATFORM.md) fails here, not silently later.
+launch that started one process (docs/platform.md) fails here, not silently later.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from derd_scale.distributed import build_accelerator, shutdown, world  # noqa: E
 
 
 def silent_trap(accelerator) -> dict:
-    """PLATFORM.md's DDP trap on purpose (one forward, two backward: the second is never
+    """docs/platform.md's DDP trap on purpose (one forward, two backward: the second is never
     all-reduced) must be caught by the end-of-run replica check; the adapter's way must pass."""
     from scenarios import build
 

@@ -1,4 +1,4 @@
-"""Worker for tests/test_distributed.py: PLATFORM.md's silent DDP trap, on purpose.
+"""Worker for tests/test_distributed.py: docs/platform.md's silent DDP trap, on purpose.
 
 One forward, ``backward(l1, retain_graph=True)`` then ``backward(l2)``: the second backward
 is never all-reduced, so the replicas drift with no error. ``check_ranks_in_sync`` must
