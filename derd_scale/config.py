@@ -230,8 +230,11 @@ class EvalConfig:
     eps: Optional[float] = None
     """L∞ radius in [0, 1] pixel units, 0 < eps <= 1; None = the preset's (a different value warns)."""
     alpha: Optional[float] = None
+    """Attack step size in pixel units, > 0; None = the preset's."""
     steps: Optional[int] = None
+    """Iterations of PGD_S/PGD_T/CW, >= 1 (e.g. 20 for PGD-20); None = the preset's."""
     batch_size: Optional[int] = None
+    """Evaluation batch; None = the preset's."""
     n_examples: Optional[int] = 1000
     """First N examples of the evaluation split; None = all."""
     every_steps: int = 0
@@ -243,10 +246,13 @@ class EvalConfig:
     restarts: int = 1
     """Random restarts of PGD_S/CW (an example counts as robust only if it survives every restart)."""
     cw_kappa: float = 0.0
+    """CW margin confidence κ."""
     square_queries: int = 5000
+    """Queries of the stand-alone `square` attack."""
     surrogate: Optional[str] = None
     """Transfer attacks: surrogate architecture (any model name or `local-dir:`); crafted there, scored on the student."""
     surrogate_checkpoint: Optional[str] = None
+    """Weights for `surrogate`."""
     masking_threshold: float = 0.10
     """Warn when PGD_S − AA exceeds this (fraction), a classic sign of gradient masking."""
     masking_check: bool = True
@@ -315,6 +321,43 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
+def _evaluate_eval() -> EvalConfig:
+    return EvalConfig(n_examples=None)
+
+
+# With a run folder as `model`, these keys default to the run's config.yaml (then YAML, then --set).
+EVALUATE_RUN_DEFAULTS = ("data", "eval.protocol", "eval.eps", "eval.alpha", "eval.steps", "eval.batch_size",
+                         "eval.restarts", "eval.cw_kappa", "eval.square_queries")
+
+
+@dataclass
+class EvaluateConfig:
+    """``launch/evaluate.py``: one model, one split, one attack protocol (docs/evaluation.md).
+
+    With a run folder as ``model``, ``data.*`` and the attack budget (``eval.protocol``, ``eps``,
+    ``alpha``, ``steps``, ``batch_size``, ``restarts``, ``cw_kappa``, ``square_queries``) default
+    to the run's ``config.yaml``; the YAML and ``--set`` win over them.
+    """
+
+    model: Optional[str] = None
+    """What to evaluate (required): a run folder (its student/ export and config.yaml), an export folder (config.json + model.safetensors), or a checkpoint file with `arch`."""
+    arch: Optional[str] = None
+    """Architecture of a checkpoint file `model` (e.g. resnet4b, vit_tiny_patch16_224); unused for folders."""
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=_evaluate_eval)
+    seed: int = 0
+    """Attack starts and restarts."""
+    out: Optional[str] = None
+    """Output folder for report.json / report.md / per_example.jsonl and the resolved eval_config.yaml; None = `<run>/eval/<protocol>-<UTC time>/` for a run folder, else `eval-<model name>/`."""
+    overwrite: bool = False
+    """Allow replacing an existing report.json in the output folder."""
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("model: required: a run folder, an export folder, or a checkpoint file (with arch)")
+        validate_eval(self.eval)
+
+
 # --------------------------------------------------------------------------------------
 # Building dataclasses from plain data, with errors that name the key
 # --------------------------------------------------------------------------------------
@@ -359,7 +402,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(errors[0]) if len(errors) == 1 else ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
@@ -439,8 +482,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _check_override_path(path: list[str]) -> None:
-    cls: Any = RunConfig
+def _check_override_path(path: list[str], root: type | None = None) -> None:
+    cls: Any = root or RunConfig
     for i, part in enumerate(path):
         if not dataclasses.is_dataclass(cls):
             if get_origin(cls) is dict or cls is dict:
@@ -469,10 +512,10 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
-def _apply_overrides(data: dict, overrides: list[str]) -> dict:
+def _apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
     for item in overrides:
         path, value = _parse_override(item)
-        _check_override_path(path)
+        _check_override_path(path, cls)
         node = data
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):
@@ -482,9 +525,24 @@ def _apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> RunConfig:
-    data = _apply_overrides(dict(data or {}), overrides or [])
-    preset = data.get("preset")
+def apply_overrides(data: dict | None, overrides: list[str] | None, cls: type | None = None) -> dict:
+    """``data`` with the dotted ``key=value`` overrides applied (each key checked against ``cls``'s schema)."""
+    return _apply_overrides(dict(data or {}), list(overrides or []), cls or RunConfig)
+
+
+def _validator(cls: type) -> Any:
+    """The range checks of a root config: ``validate`` for RunConfig, else the class's own ``validate()``."""
+    if cls is RunConfig:
+        return validate
+    method = getattr(cls, "validate", None)
+    return (lambda cfg: cfg.validate()) if callable(method) else None
+
+
+def config_from_dict(data: dict | None, overrides: list[str] | None = None, cls: type | None = None) -> Any:
+    """Build and validate a root config (``cls``, default RunConfig) from plain data and dotted overrides."""
+    cls = cls or RunConfig
+    data = _apply_overrides(dict(data or {}), overrides or [], cls)
+    preset = data.get("preset") if cls is RunConfig else None
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"preset: unknown {preset!r}; allowed: {', '.join(PRESETS)}")
@@ -492,22 +550,63 @@ def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> R
         base = _apply_overrides({}, PRESETS[preset])
         _deep_update(base, data)
         data = base
-    cfg = _build(RunConfig, data)
-    validate(cfg)
+    cfg = _build(cls, data)
+    check = _validator(cls)
+    if check is not None:
+        check(cfg)
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+def read_config_file(path: str | Path | None) -> dict:
+    """The top-level mapping of a YAML config file ({} for None); one-line errors."""
     data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+            try:
+                data = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-    return config_from_dict(data, overrides)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type | None = None) -> Any:
+    """Load a root config (``cls``, default RunConfig) from YAML plus dotted overrides, validated."""
+    return config_from_dict(read_config_file(path), overrides, cls)
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A training run's folder: its resolved config.yaml and the exported student/."""
+    return (Path(path) / "config.yaml").is_file() and (Path(path) / "student").is_dir()
+
+
+def load_evaluate_config(path: str | Path | None, overrides: list[str] | None = None,
+                         values: dict | None = None) -> tuple[EvaluateConfig, Optional[RunConfig]]:
+    """``launch/evaluate.py``'s config: the YAML, then ``--set``, then ``values`` (top-level keys
+    from the CLI's aliases, e.g. ``{"out": ...}``). With a run folder as ``model``, the keys in
+    ``EVALUATE_RUN_DEFAULTS`` start from the run's config.yaml. Returns (config, the run's config or None).
+    """
+    data = _apply_overrides(read_config_file(path), list(overrides or []), EvaluateConfig)
+    data.update(values or {})
+    model, run_cfg, base = data.get("model"), None, {}
+    if isinstance(model, str) and model and is_run_folder(model):
+        try:
+            run_cfg = load_config(Path(model) / "config.yaml")
+        except ConfigError as err:
+            raise ConfigError(f"model: {Path(model) / 'config.yaml'}: {err}") from None
+        run = to_dict(run_cfg)
+        for key in EVALUATE_RUN_DEFAULTS:
+            section, _, leaf = key.partition(".")
+            if leaf:
+                base.setdefault(section, {})[leaf] = run[section][leaf]
+            else:
+                base[section] = run[section]
+    _deep_update(base, data)
+    return config_from_dict(base, cls=EvaluateConfig), run_cfg
 
 
 def validate(cfg: RunConfig) -> None:
@@ -607,22 +706,25 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
+def save_config(cfg: Any, path: str | Path) -> None:
     with open(path, "w") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
 
 
-def schema_lines(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """One line per option: dotted key, type, default, and the field's docstring."""
+def schema_lines(cls: type = RunConfig, prefix: str = "", default: Any = None) -> list[str]:
+    """One line per option of the root config ``cls``: dotted key, type, default, and the field's docstring.
+
+    Nested sections show their field's own default (e.g. ``teachers.natural.arch = 'resnet56'``).
+    """
     docs = _field_docs(cls)
     hints = get_type_hints(cls)
-    default_obj = cls()
+    default_obj = default if default is not None else cls()
     lines = []
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         value = getattr(default_obj, f.name)
         if dataclasses.is_dataclass(value):
-            lines.extend(schema_lines(type(value), key + "."))
+            lines.extend(schema_lines(type(value), key + ".", value))
             continue
         doc = docs.get(f.name, "")
         lines.append(f"  {key} ({_type_name(hints[f.name])}) = {value!r}" + (f"  — {doc}" if doc else ""))

@@ -98,3 +98,33 @@ def test_presets_sit_under_the_yaml_and_the_overrides():
 
 def test_set_accepts_exponent_floats():
     assert config_from_dict({}, ["optim.student.lr=1e-3"]).optim.student.lr == 1e-3
+
+
+def test_schema_shows_each_sections_own_defaults():
+    lines = {line.split()[0]: line for line in schema_lines()}
+    assert "= 'resnet56'" in lines["teachers.natural.arch"] and "= 'resnet4b'" in lines["teachers.robust.arch"]
+    assert "= 'resnet18'" in lines["student.arch"] and "= 'adam'" in lines["optim.generator.name"]
+
+
+def test_a_wrong_type_under_an_optional_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^eval\.steps: expected an integer, got 'ten'$"):
+        config_from_dict({}, ["eval.steps=ten"])
+
+
+def test_the_loader_is_generic_over_the_root_dataclass(tmp_path):
+    from derd_scale.config import EvaluateConfig
+
+    (tmp_path / "e.yaml").write_text("model: runs/x\neval: {eps: 0.1, attacks: [clean]}\n")
+    cfg = load_config(tmp_path / "e.yaml", ["eval.steps=20", "data.name=fashion_mnist"], cls=EvaluateConfig)
+    assert isinstance(cfg, EvaluateConfig) and cfg.eval.eps == 0.1 and cfg.eval.steps == 20 and cfg.data.name == "fashion_mnist"
+    assert cfg.eval.n_examples is None  # evaluate's own default: the whole split
+    save_config(cfg, tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml", cls=EvaluateConfig) == cfg
+    with pytest.raises(ConfigError, match=r"^eval\.stepz: unknown key; allowed: protocol, attacks"):
+        load_config(None, ["model=x", "eval.stepz=1"], cls=EvaluateConfig)
+    with pytest.raises(ConfigError, match=r"^stage2: unknown key; allowed: model, arch, data, eval, seed, out, overwrite$"):
+        config_from_dict({"model": "x", "stage2": {}}, cls=EvaluateConfig)
+    with pytest.raises(ConfigError, match=r"^eval\.eps: must be in \(0, 1\]"):  # the section's validation (validate_eval) runs
+        config_from_dict({"model": "x"}, ["eval.eps=3"], cls=EvaluateConfig)
+    keys = [line.split()[0] for line in schema_lines(EvaluateConfig)]
+    assert keys[:3] == ["model", "arch", "data.name"] and "eval.eps" in keys and "stage2.sa.steps" not in keys
