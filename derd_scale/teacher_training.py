@@ -1,6 +1,7 @@
 """Teacher training: natural (CE), Madry PGD-AT and TRADES, on any supported dataset.
 
-Driven by ``launch/train_teacher.py``; one explicit epoch loop through Accelerate. The
+Driven by ``launch/train_teacher.py`` (``TeacherTrainConfig`` loaded like the run config:
+``--config``/``--set``/``--print-schema``); one explicit epoch loop through Accelerate. The
 output folder is an export folder (``config.json`` + ``model.safetensors``, see
 ``derd_scale.export``), so a trained teacher is directly a teacher source:
 ``teachers.robust.arch=local-dir:OUT``.
@@ -37,17 +38,17 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig, ModelConfig, OptimizerConfig
+from .config import ConfigError, DataConfig, ModelConfig, OptimizerConfig, save_config
 from .data import dataset_info, load_dataset_split
 from .evaluation import attacks as A
 
 
-class TeacherTrainError(ValueError):
+class TeacherTrainError(ConfigError):
     """A setting, or a setting and the data/checkpoint, do not fit (one line, names the setting)."""
 
 
@@ -57,42 +58,84 @@ STREAM_ABOVE = 64  # image sizes above this are decoded per batch instead of hel
 
 @dataclass
 class TeacherTrainConfig:
+    """``launch/train_teacher.py``: one teacher, trained on the real data (docs/models.md).
+
+    Loaded like the run config (``--config teacher.yaml --set method=pgd``); ``validate`` holds
+    the range checks, each error one line naming the dotted key.
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="small_cnn"))
-    method: str = "ce"
+    method: Literal["ce", "pgd", "trades"] = "ce"
+    """Objective: natural CE, Madry PGD-AT, or TRADES."""
     eps: float = 8 / 255
+    """L∞ radius in [0, 1] pixel units for pgd/trades (and the final PGD evaluation)."""
     alpha: float = 2 / 255
+    """Attack step size while training."""
     attack_steps: int = 10
+    """Attack iterations while training."""
     beta: float = 6.0
+    """TRADES β."""
     epochs: int = 10
+    """Passes over the training split."""
     batch_size: int = 128
+    """Global batch (divisible by the number of processes)."""
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", lr=0.1, schedule="cosine"))
-    augment: str = "auto"
+    augment: Literal["auto", "none", "flip_crop", "resized_crop"] = "auto"
+    """auto = flip_crop (flip + 4-px padded crop) for 32×32 RGB, resized_crop (random-resized crop + flip) for images > 64 px, none otherwise."""
     max_train_examples: Optional[int] = None
+    """Train on the first N examples only; None = the whole split."""
     eval_examples: Optional[int] = 1000
+    """First N eval-split images for the final clean/PGD numbers; None = the whole split."""
     eval_steps: int = 10
+    """PGD steps of the final evaluation."""
     eval_alpha: Optional[float] = None
     """Step size of the final PGD evaluation; None = ``alpha``."""
     workers: int = 4
     """DataLoader processes decoding large (streamed) training images; 0 = in the main process."""
     seed: int = 0
-    out: str = "teachers/teacher"
+    """Initialisation, shuffling, augmentation and attack starts."""
+    out: Optional[str] = None
+    """Output (export) folder (required); a re-run with the same settings resumes from OUT/checkpoints/last.pt."""
     progress: bool = True
+    """Show the progress bar."""
 
     def validate(self) -> None:
+        """Range checks the types cannot express; one line each, naming the key."""
+        if not self.out:
+            raise TeacherTrainError("out: required: the output (export) folder")
         if self.method not in ("ce", "pgd", "trades"):
-            raise TeacherTrainError(f"method: {self.method!r}; allowed: ce, pgd, trades")
+            raise TeacherTrainError(f"method: invalid value {self.method!r}; allowed: ce, pgd, trades")
         if self.augment not in AUGMENTS:
-            raise TeacherTrainError(f"augment: {self.augment!r}; allowed: {', '.join(AUGMENTS)}")
-        for key in ("epochs", "batch_size", "attack_steps"):
+            raise TeacherTrainError(f"augment: invalid value {self.augment!r}; allowed: {', '.join(AUGMENTS)}")
+        for key in ("epochs", "batch_size", "attack_steps", "eval_steps"):
             if getattr(self, key) <= 0:
-                raise TeacherTrainError(f"{key}: must be > 0")
+                raise TeacherTrainError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if not 0.0 <= self.eps <= 1.0:
+            raise TeacherTrainError(f"eps: must be in [0, 1] (pixel units), got {self.eps}")
         if self.method != "ce" and self.eps <= 0:
-            raise TeacherTrainError("eps: must be > 0 for adversarial training")
+            raise TeacherTrainError(f"eps: must be > 0 for adversarial training (method={self.method})")
+        if self.method != "ce" and self.alpha <= 0:
+            raise TeacherTrainError(f"alpha: must be > 0, got {self.alpha}")
+        if self.eval_alpha is not None and self.eval_alpha <= 0:
+            raise TeacherTrainError(f"eval_alpha: must be > 0 or null, got {self.eval_alpha}")
+        if self.beta < 0:
+            raise TeacherTrainError(f"beta: must be >= 0, got {self.beta}")
         if self.workers < 0:
-            raise TeacherTrainError("workers: must be >= 0")
+            raise TeacherTrainError(f"workers: must be >= 0, got {self.workers}")
         if self.eval_examples is not None and self.eval_examples <= 0:
-            raise TeacherTrainError("eval_examples: must be > 0, or None for the whole split")
+            raise TeacherTrainError(f"eval_examples: must be > 0, or null for the whole split, got {self.eval_examples}")
+        if self.max_train_examples is not None and self.max_train_examples <= 0:
+            raise TeacherTrainError(f"max_train_examples: must be > 0, or null for the whole split, got {self.max_train_examples}")
+        if self.optim.lr <= 0:
+            raise TeacherTrainError(f"optim.lr: must be > 0, got {self.optim.lr}")
+        if self.optim.weight_decay < 0:
+            raise TeacherTrainError(f"optim.weight_decay: must be >= 0, got {self.optim.weight_decay}")
+        if (self.model.mean is None) != (self.model.std is None):
+            raise TeacherTrainError("model.mean / model.std: give both or neither")
+        empty = [k for k, v in self.model.kwargs.items() if v is None]
+        if empty:  # '{width:16}' is YAML for {"width:16": None}
+            raise TeacherTrainError(f"model.kwargs: {empty[0]!r} has no value; YAML needs a space after the colon, e.g. '{{width: 16}}'")
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint (others — the
@@ -110,7 +153,7 @@ def _check_resume_compatible(out: Path, cfg: "TeacherTrainConfig") -> None:
     if saved.get("data", {}).get("name") != now["data"]["name"]:
         changed.append("data.name")
     if changed:
-        raise TeacherTrainError(f"{out}: has a checkpoint trained with different {', '.join(changed)}; use another --out or delete {out / 'checkpoints'}")
+        raise TeacherTrainError(f"{out}: has a checkpoint trained with different {', '.join(changed)}; use another out or delete {out / 'checkpoints'}")
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -253,6 +296,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "teacher_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+        save_config(cfg, out / "teacher_config.yaml")  # the resolved config: `--config OUT/teacher_config.yaml` re-runs it
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.time()
         model.train()

@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _cmd(out, shared_data, method="pgd", epochs=2):
-    return [sys.executable, str(REPO / "launch" / "train_teacher.py"), "--data-name", "fashion_mnist", "--data-source", "parquet",
-            "--data-path", str(shared_data), "--arch", "small_cnn", "--model-kwargs", "{width: 4}", "--method", method,
-            "--eps", "0.1", "--alpha", "0.05", "--attack-steps", "2", "--epochs", str(epochs), "--batch-size", "64",
-            "--max-train-examples", "256", "--eval-examples", "64", "--eval-steps", "2", "--lr", "0.05", "--no-progress", "--out", str(out)]
+    settings = ["data.name=fashion_mnist", "data.source=parquet", f"data.path={shared_data}", "model.arch=small_cnn", "model.kwargs={width: 4}",
+                f"method={method}", "eps=0.1", "alpha=0.05", "attack_steps=2", f"epochs={epochs}", "batch_size=64", "max_train_examples=256",
+                "eval_examples=64", "eval_steps=2", "optim.lr=0.05", "progress=false"]
+    return [sys.executable, str(REPO / "launch" / "train_teacher.py"), *(a for s in settings for a in ("--set", s)), "--out", str(out)]
 
 
 def _weights(folder):
@@ -52,15 +52,85 @@ def test_objectives_run_and_export_a_teacher_source(tmp_path, shared_data, metho
                              optim=OptimizerConfig(lr=0.05), out=str(tmp_path / method), progress=False)
     metrics = train_teacher(cfg)
     assert 0.0 <= metrics["pgd_s"] <= metrics["clean"] <= 1.0 and metrics["n"] == 32
+    from derd_scale.config import load_config
+
+    assert load_config(tmp_path / method / "teacher_config.yaml", cls=TeacherTrainConfig) == cfg  # the resolved config beside the export
     teacher = model_from_config(ModelConfig(arch=f"local-dir:{tmp_path / method}"), dataset_info("fashion_mnist"))
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+def _teacher_cli(argv, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_teacher_cli", REPO / "launch" / "train_teacher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = module.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def test_bad_method_and_kwargs_are_rejected():
-    out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--method", "madry", "--out", "x"], capture_output=True, text=True)
-    assert out.returncode == 2 and "invalid choice: 'madry'" in out.stderr
-    out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--model-kwargs", "{width:16}", "--out", "x"], capture_output=True, text=True)
-    assert out.returncode == 2 and "'width:16' has no value" in out.stderr
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--set", "method=madry", "--out", "x"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip() == "config error: method: invalid value 'madry'; allowed: ce, pgd, trades"
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--set", "model.kwargs={width:16}", "--out", "x"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().startswith("config error: model.kwargs: 'width:16' has no value")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "epochz=1", "--out", "x"], r"^config error: epochz: unknown key; allowed: data, model, method, eps, alpha, attack_steps"),
+    (["--set", "optim.lrr=0.1", "--out", "x"], r"^config error: optim\.lrr: unknown key; allowed: name, lr, momentum"),
+    (["--set", "epochs=0", "--out", "x"], r"^config error: epochs: must be > 0, got 0$"),
+    (["--set", "epochs=two", "--out", "x"], r"^config error: epochs: expected an integer, got 'two'$"),
+    (["--set", "augment=crop", "--out", "x"], r"^config error: augment: invalid value 'crop'; allowed: auto, none, flip_crop, resized_crop$"),
+    (["--set", "method=pgd", "--set", "eps=0", "--out", "x"], r"^config error: eps: must be > 0 for adversarial training"),
+    (["--set", "eps=8", "--out", "x"], r"^config error: eps: must be in \[0, 1\] \(pixel units\), got 8\.0$"),
+    (["--set", "eval_examples=0", "--out", "x"], r"^config error: eval_examples: must be > 0, or null for the whole split, got 0$"),
+    (["--set", "optim.lr=0", "--out", "x"], r"^config error: optim\.lr: must be > 0, got 0\.0$"),
+    (["--set", "method=pgd"], r"^config error: out: required: the output \(export\) folder$"),
+    (["--config", "nowhere.yaml", "--out", "x"], r"^config error: config file not found: nowhere\.yaml$"),
+])
+def test_cli_errors_are_one_line_naming_the_key(capsys, argv, message):
+    import re
+
+    code, out, err = _teacher_cli(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_cli_print_schema_lists_every_key(capsys):
+    from derd_scale.config import schema_lines
+    from derd_scale.teacher_training import TeacherTrainConfig
+
+    code, out, err = _teacher_cli(["--print-schema"], capsys)
+    assert code == 0
+    keys = [line.split()[0] for line in out.splitlines()]
+    assert keys == [line.split()[0] for line in schema_lines(TeacherTrainConfig)]
+    for key in ("data.name", "data.path", "model.arch", "model.kwargs", "method", "eps", "alpha", "attack_steps", "beta", "epochs", "batch_size",
+                "optim.name", "optim.lr", "optim.weight_decay", "augment", "max_train_examples", "eval_examples", "eval_steps", "eval_alpha",
+                "workers", "seed", "out", "progress"):
+        assert key in keys, key
+    assert any(line.split()[0] == "model.arch" and "'small_cnn'" in line for line in out.splitlines())  # the field's own default
+
+
+def test_yaml_and_set_round_trip_and_the_shipped_teacher_configs(tmp_path, capsys):
+    import yaml
+
+    from derd_scale.config import load_config
+    from derd_scale.teacher_training import TeacherTrainConfig
+
+    (tmp_path / "t.yaml").write_text("data: {name: fashion_mnist}\nmodel: {arch: small_cnn, kwargs: {width: 8}}\nmethod: trades\nbeta: 3\noptim: {lr: 0.05}\n")
+    code, out, err = _teacher_cli(["--config", str(tmp_path / "t.yaml"), "--set", "beta=1.5", "--set", "model.kwargs.width=4", "--set", "optim.name=adamw",
+                                   "--out", str(tmp_path / "o"), "--print-config"], capsys)
+    assert code == 0, err
+    resolved = yaml.safe_load(out)
+    assert resolved["method"] == "trades" and resolved["beta"] == 1.5 and resolved["model"]["kwargs"] == {"width": 4}
+    assert resolved["optim"] == {**resolved["optim"], "name": "adamw", "lr": 0.05, "momentum": 0.9} and resolved["out"] == str(tmp_path / "o")
+    assert resolved["model"]["arch"] == "small_cnn" and resolved["eps"] == 8 / 255 and resolved["data"]["name"] == "fashion_mnist"
+    (tmp_path / "resolved.yaml").write_text(out)
+    assert load_config(tmp_path / "resolved.yaml", cls=TeacherTrainConfig) == load_config(tmp_path / "t.yaml", ["beta=1.5", "model.kwargs.width=4", "optim.name=adamw", f"out={tmp_path / 'o'}"], cls=TeacherTrainConfig)
+    for name, method in (("fmnist_natural", "ce"), ("fmnist_pgd", "pgd")):  # the committed teachers' recipe
+        cfg = load_config(REPO / "configs" / "teachers" / f"{name}.yaml", ["out=x"], cls=TeacherTrainConfig)
+        assert cfg.method == method and cfg.model.kwargs == {"width": 16} and cfg.eps == 0.1 and cfg.alpha == 0.025 and cfg.eval_examples is None
 
 
 VIT_FM = {"img_size": 28, "patch_size": 7, "depth": 1, "embed_dim": 24, "num_heads": 2, "drop_rate": 0.2}
