@@ -100,9 +100,9 @@ def test_masking_warnings_fire_on_suspicious_numbers():
 def test_two_processes_give_exactly_the_one_process_numbers(tmp_path, shared_data, weights_dir):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     common = [
-        str(REPO / "launch" / "evaluate.py"), "--model", str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth"), "--arch", "resnet4b",
-        "--data-name", "cifar10", "--data-source", "parquet", "--data-path", str(shared_data), "--protocol", "cifar", "--eps", str(2 / 255),
-        "--attacks", "clean,fgsm,pgd_s,pgd_t,cw", "--n-examples", "37", "--batch-size", "8", "--steps", "3", "--no-masking-check",
+        str(REPO / "launch" / "evaluate.py"), "--model", str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth"), "--set", "arch=resnet4b",
+        "--set", "data.name=cifar10", "--set", "data.source=parquet", "--set", f"data.path={shared_data}", "--set", "eval.protocol=cifar", "--set", f"eval.eps={2 / 255}",
+        "--set", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]", "--set", "eval.n_examples=37", "--set", "eval.batch_size=8", "--set", "eval.steps=3", "--set", "eval.masking_check=false",
     ]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)

@@ -88,13 +88,16 @@ def run_folder(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--eps", "2"], r"--eps \(eval\.eps\): must be in \(0, 1\]"),
-    (["--steps", "0"], r"--steps \(eval\.steps\): must be >= 1"),
-    (["--restarts", "0"], r"--restarts \(eval\.restarts\): must be >= 1"),
-    (["--n-examples", "0"], r"--n-examples \(eval\.n_examples\): must be > 0"),
-    (["--square-queries", "0"], r"--square-queries \(eval\.square_queries\): must be >= 1"),
-    (["--batch-size", "0"], r"--batch-size \(eval\.batch_size\): must be > 0"),
-    (["--attacks", "clean,autoattack"], r"--attacks: unknown \['autoattack'\]"),
+    (["--set", "eval.eps=2"], r"^config error: eval\.eps: must be in \(0, 1\]"),
+    (["--set", "eval.steps=0"], r"^config error: eval\.steps: must be >= 1"),
+    (["--set", "eval.restarts=0"], r"^config error: eval\.restarts: must be >= 1"),
+    (["--set", "eval.n_examples=0"], r"^config error: eval\.n_examples: must be > 0"),
+    (["--set", "eval.square_queries=0"], r"^config error: eval\.square_queries: must be >= 1"),
+    (["--set", "eval.batch_size=0"], r"^config error: eval\.batch_size: must be > 0"),
+    (["--set", "eval.attacks=[clean,autoattack]"], r"^config error: eval\.attacks: unknown attack 'autoattack'"),
+    (["--set", "eval.stepz=20"], r"^config error: eval\.stepz: unknown key; allowed: protocol, attacks, eps, alpha, steps"),
+    (["--set", "eval.steps=twenty"], r"^config error: eval\.steps: expected an integer, got 'twenty'"),
+    (["--set", "eval.protocol=cifar100"], r"^config error: eval\.protocol: unknown 'cifar100'"),
 ])
 def test_cli_rejects_bad_settings_in_one_line(run_folder, capsys, flags, message):
     code, out, err = _evaluate_cli(["--model", str(run_folder), *flags], capsys)
@@ -104,18 +107,68 @@ def test_cli_rejects_bad_settings_in_one_line(run_folder, capsys, flags, message
     assert re.search(message, err), err
 
 
+def test_cli_model_errors_name_the_key(tmp_path, capsys):
+    code, out, err = _evaluate_cli([], capsys)
+    assert code == 2 and err.strip() == "config error: model: required: a run folder, an export folder, or a checkpoint file (with arch)"
+    code, out, err = _evaluate_cli(["--model", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and err.strip().startswith("config error: model: ") and "is not a run folder" in err
+    (tmp_path / "w.pth").write_bytes(b"")
+    code, out, err = _evaluate_cli(["--model", str(tmp_path / "w.pth")], capsys)
+    assert code == 2 and err.strip().startswith("config error: arch: required with a checkpoint file")
+
+
+def test_cli_print_schema_lists_every_key(capsys):
+    from derd_scale.config import EvaluateConfig, schema_lines
+
+    code, out, err = _evaluate_cli(["--print-schema"], capsys)
+    assert code == 0
+    keys = [line.split()[0] for line in out.splitlines()]
+    assert keys == [line.split()[0] for line in schema_lines(EvaluateConfig)]
+    for key in ("model", "arch", "data.name", "data.eval_split", "eval.eps", "eval.attacks", "eval.n_examples", "eval.masking_check", "seed", "out", "overwrite"):
+        assert key in keys, key
+
+
+def test_cli_defaults_come_from_the_run_then_yaml_then_set(run_folder, tmp_path, capsys):
+    """With a run folder, data.* and the attack budget start from its config.yaml; the YAML and
+    --set win; other eval keys keep evaluate's own defaults (all examples, the six columns)."""
+    import yaml
+
+    from derd_scale.config import RunConfig, save_config
+
+    run_cfg = RunConfig()
+    run_cfg.data.name, run_cfg.eval.steps, run_cfg.eval.restarts, run_cfg.eval.n_examples = "fashion_mnist", 7, 3, 50
+    run_cfg.eval.protocol, run_cfg.eval.attacks = "fashion_mnist", ["clean"]
+    save_config(run_cfg, run_folder / "config.yaml")
+    (tmp_path / "e.yaml").write_text("eval:\n  restarts: 2\n  eps: 0.05\nseed: 4\n")
+    with pytest.warns(UserWarning, match="differs from preset 'fashion_mnist'"):
+        code, out, err = _evaluate_cli(["--model", str(run_folder), "--config", str(tmp_path / "e.yaml"), "--set", "eval.eps=0.03", "--print-config"], capsys)
+    assert code == 0, err
+    resolved = yaml.safe_load(out)
+    assert resolved["data"]["name"] == "fashion_mnist" and resolved["eval"]["protocol"] == "fashion_mnist"
+    assert resolved["eval"]["steps"] == 7 and resolved["eval"]["restarts"] == 2 and resolved["eval"]["eps"] == 0.03 and resolved["seed"] == 4
+    assert resolved["eval"]["n_examples"] is None and resolved["eval"]["attacks"] == ["clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa"]
+    assert resolved["model"] == str(run_folder) and resolved["out"].startswith(str(run_folder / "eval" / "fashion_mnist+override-"))
+
+
 def test_cli_never_overwrites_the_published_report(run_folder, shared_data, capsys):
     published = (run_folder / "eval" / "report.json").read_text()
-    common = ["--model", str(run_folder), "--data-source", "parquet", "--data-path", str(shared_data), "--attacks", "clean", "--n-examples", "8", "--no-masking-check"]
+    common = ["--model", str(run_folder), "--set", "data.source=parquet", "--set", f"data.path={shared_data}", "--set", "eval.attacks=[clean]",
+              "--set", "eval.n_examples=8", "--set", "eval.masking_check=false"]
     code, out, err = _evaluate_cli(common, capsys)
     assert code == 0, err
     assert (run_folder / "eval" / "report.json").read_text() == published
     written = [p for p in (run_folder / "eval").glob("*/report.json")]
     assert len(written) == 1 and written[0].parent.name.startswith("cifar-")
     assert json.loads(written[0].read_text())["attacks"]["clean"]["n"] == 8
+    # the resolved config is saved beside the report, and loads back to the same settings
+    from derd_scale.config import EvaluateConfig, load_config
+
+    saved = load_config(written[0].parent / "eval_config.yaml", cls=EvaluateConfig)
+    assert saved.out == str(written[0].parent) and saved.eval.n_examples == 8 and saved.eval.attacks == ["clean"] and saved.data.path == str(shared_data)
     # an explicit --out onto the published folder is refused without --overwrite ...
     code, out, err = _evaluate_cli([*common, "--out", str(run_folder / "eval")], capsys)
-    assert code == 2 and "exists; pass --overwrite" in err and (run_folder / "eval" / "report.json").read_text() == published
-    # ... and replaces it with it
-    code, out, err = _evaluate_cli([*common, "--out", str(run_folder / "eval"), "--overwrite"], capsys)
+    assert code == 2 and "exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (run_folder / "eval" / "report.json").read_text() == published
+    # ... and replaces it with it (--overwrite is overwrite=true)
+    code, out, err = _evaluate_cli([*common, "--out", str(run_folder / "eval"), "--set", "overwrite=true"], capsys)
     assert code == 0 and json.loads((run_folder / "eval" / "report.json").read_text())["attacks"]["clean"]["n"] == 8
