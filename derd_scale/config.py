@@ -295,12 +295,14 @@ class LoggingConfig:
 class OutputConfig:
     root: str = "runs"
     name: Optional[str] = None
-    """Run folder name; None = `<config stem>-<timestamp>`."""
+    """Run folder `<root>/<name>`, a relative path inside root; None = the config file's stem (`run` without --config), so re-running the command (or a SLURM requeue) resumes."""
     checkpoint_every: int = 500
     resume: bool = True
-    """Resume from the latest checkpoint in the run folder if there is one."""
+    """Resume from the newest readable checkpoint in the run folder if there is one."""
     overwrite: bool = False
-    """Allow reusing a folder whose run finished."""
+    """Delete and restart a finished run's folder (or an unfinished one when resume=false); only ever a derd_scale run folder."""
+    allow_config_change: bool = False
+    """Resume even though the config differs from the run folder's config.yaml in keys that change results (docs/runs.md lists the keys that are ignored)."""
 
 
 @dataclass
@@ -661,6 +663,8 @@ def validate(cfg: RunConfig) -> None:
         positive("distributed.expected_world_size", cfg.distributed.expected_world_size)
     positive("logging.every_steps", cfg.logging.every_steps)
     positive("output.checkpoint_every", cfg.output.checkpoint_every, strict=False)
+    if cfg.output.name is not None:
+        check_run_name(cfg.output.name)
     if not cfg.stage1.enabled and not cfg.stage2.enabled:
         raise ConfigError("stage1.enabled / stage2.enabled: at least one stage must run")
     validate_eval(cfg.eval)
@@ -669,6 +673,17 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.mean / {key}.std: give both or neither")
         if ref.std is not None and any(s <= 0 for s in ref.std):
             raise ConfigError(f"{key}.std: must be > 0, got {ref.std}")
+
+
+def check_run_name(name: str, key: str = "output.name") -> None:
+    """A run folder name is a relative path inside output.root: no '..', '.', empty or
+    space-padded parts, no absolute path, no backslash (overwrite deletes the folder)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{key}: must be a non-empty folder name, got {name!r}")
+    if name.startswith(("/", "~")) or "\\" in name or (len(name) > 1 and name[1] == ":"):
+        raise ConfigError(f"{key}: {name!r} must be a folder name relative to output.root, not an absolute path")
+    if any(part in ("", ".", "..") or part != part.strip() for part in name.split("/")):
+        raise ConfigError(f"{key}: {name!r} must stay inside output.root (no '..', '.', empty or space-padded parts)")
 
 
 KNOWN_ATTACKS = ("clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa", "aa_fast", "square", "transfer_pgd", "transfer_cw")
