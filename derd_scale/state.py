@@ -33,3 +33,5 @@ class TrainState:
     step: int = 0
     ema: Optional[nn.Module] = None
     """EMA of the student when it plays the natural expert (stage2.eg.natural_teacher=ema)."""
+    train_seconds: float = 0.0
+    """Wall time spent in the training loops, summed over every resume (saved in checkpoints)."""

@@ -293,28 +293,48 @@ def _setup_natural_expert(models: Models, state: TrainState, cfg: RunConfig, par
 
 
 def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
+    """One run: check the inputs, open (or resume) the run folder, Stage I, Stage II, export,
+    evaluate. Bad input stops before the first step and before anything is written
+    (``preflight``, ``run_dir.plan_run_dir``); NaN/Inf in a step's losses or gradient norms, or
+    in the weights before a checkpoint or the export, stops with ``DivergenceError`` and leaves
+    the last good checkpoint as it was (docs/runs.md)."""
     from tqdm.auto import tqdm
+
+    from .checkpoint import maybe_inject_nan, resume
+    from .config import ConfigError
+    from .errors import DivergenceError
+    from .preflight import check_inputs, check_models
+    from .run_dir import open_run_dir, plan_run_dir
 
     accelerator = accelerator or build_accelerator(cfg.distributed)
     size = accelerator.num_processes
     for stage in STAGES:
         bs, parts = getattr(cfg, stage).batch_size, size * cfg.distributed.gradient_accumulation_steps
         if bs % parts:
-            raise ValueError(f"{stage}.batch_size: {bs} is not divisible by {size} processes × {cfg.distributed.gradient_accumulation_steps} micro-batches (it is the global batch)")
-    run = prepare_run_dir(cfg, config_stem, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
+            raise ConfigError(f"{stage}.batch_size: {bs} is not divisible by {size} processes × {cfg.distributed.gradient_accumulation_steps} micro-batches (it is the global batch)")
+    plan = plan_run_dir(cfg, config_stem)  # read-only: a refused folder stops before anything is built
+    check_inputs(cfg)
     torch.manual_seed(cfg.seed)
+    models, par, scheds, steps = _build_checked(cfg, accelerator)
+    check_models(models, par)
+    run = _on_main_agreed(par, lambda: open_run_dir(plan, cfg, accelerator.is_main_process), plan.run)
 
-    models, par, scheds, steps = build_training(cfg, accelerator)
     state = TrainState()
-    existing = checkpoint_dirs(run) if cfg.output.resume else []
-    if existing:
-        load_checkpoint(existing[-1], state, models, scheds, par)
-        accelerator.print(f"resumed from {existing[-1]} ({state.stage} step {state.step})")
+    if plan.action == "resume":
+        chosen = resume(run, plan.checkpoints, state, models, scheds, par)
+        if accelerator.is_main_process:
+            run.truncate_metrics(state.stage, state.step)  # the resumed run re-logs what came after
+        accelerator.print(f"resumed from {chosen} ({state.stage} step {state.step})")
     if state.stage == "stage1" and steps["stage1"] == 0:
         state.stage, state.step = "stage2", 0
 
-    start_time = time.time()
+    seconds_before, start_time = state.train_seconds, time.time()
+
+    def checkpoint(stage: str) -> None:
+        state.train_seconds = seconds_before + time.time() - start_time
+        _check_finite_weights(models, state, par, stage)  # a diverged state never replaces a good checkpoint
+        save_checkpoint(run, state, models, scheds, par)
+
     for stage in STAGES:
         if STAGES.index(stage) < STAGES.index(state.stage) or steps[stage] == 0:
             continue
@@ -325,6 +345,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         bar = tqdm(total=steps[stage], initial=state.step, desc=stage, disable=not (accelerator.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
         window_start, window_steps = time.time(), 0
         while state.step < steps[stage]:
+            maybe_inject_nan(stage, state.step + 1, "before", models)
             if stage == "stage1":
                 metrics = stage1_step(models, cfg, state.step, scheds, par)
             else:
@@ -332,31 +353,146 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             state.step += 1
             window_steps += 1
             bar.update(1)
-            probe_due = _probe_due(cfg, state.step, steps[stage])
-            if state.step % cfg.logging.every_steps == 0 or state.step == steps[stage] or probe_due:
+            bad = _nonfinite_terms(metrics, par)  # every step: one small sync (and all-reduce)
+            probe_due = _probe_due(cfg, state.step, steps[stage]) and not bad
+            if state.step % cfg.logging.every_steps == 0 or state.step == steps[stage] or probe_due or bad:
                 record = {"stage": stage, "step": state.step, **par.mean_metrics(metrics), **_throughput(window_steps, time.time() - window_start, getattr(cfg, stage).batch_size, par)}
                 if probe_due:
                     record.update(_probe(models, cfg, par))
+                if bad:
+                    record["diverged"] = bad[0][0]
                 if accelerator.is_main_process:
                     run.log(record)
-                    bar.set_postfix({k: f"{record[k]:.3g}" for k in ("l_s", "l_dis", "cos_g1_g2", "probe_pgd_s") if k in record})
+                    bar.set_postfix({k: f"{record[k]:.3g}" for k in ("l_s", "l_dis", "cos_g1_g2", "probe_pgd_s") if isinstance(record.get(k), float)})
                 window_start, window_steps = time.time(), 0
+            if bad:
+                bar.close()
+                raise DivergenceError(_divergence_line(stage, state.step, bad))
+            maybe_inject_nan(stage, state.step, "after", models)
             if cfg.output.checkpoint_every and state.step % cfg.output.checkpoint_every == 0 and state.step < steps[stage]:
-                save_checkpoint(run, state, models, scheds, par)
-                maybe_simulate_preemption(stage, state.step)
+                checkpoint(stage)
+            maybe_simulate_preemption(stage, state.step)
         bar.close()
-        save_checkpoint(run, state, models, scheds, par)
+        checkpoint(stage)
         if stage == "stage1":
             state.stage, state.step = "stage2", 0
 
-    summary = {"train_seconds": time.time() - start_time, "world_size": par.world_size, "backend": par.backend, "student_digest": check_ranks_in_sync(par.student)}
-    _export_student(run, models, cfg, par)
+    state.train_seconds = seconds_before + time.time() - start_time
+    summary = {"train_seconds": state.train_seconds, "world_size": par.world_size, "backend": par.backend, "student_digest": check_ranks_in_sync(par.student)}
+    last = "stage2" if steps["stage2"] else "stage1"
+    _export_student(run, models, cfg, par, where=f"{last} step {steps[last]}")
     if cfg.eval.final:
         summary["eval"] = _final_eval(run, models, cfg, par)
     if accelerator.is_main_process:
         run.mark_finished(summary)
     accelerator.wait_for_everyone()
     return run
+
+
+def _build_checked(cfg: RunConfig, accelerator) -> tuple:
+    """``build_training`` with its failures (a constructor refusing kwargs, a state_dict that
+    does not fit, a launch trap) as one-line ``InputError``s; ``--debug`` shows the traceback."""
+    from .config import ConfigError
+    from .errors import InputError, RunError, one_line
+
+    try:
+        return build_training(cfg, accelerator)
+    except (ConfigError, RunError):
+        raise
+    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, ImportError, AssertionError) as err:
+        raise InputError(f"setup failed ({type(err).__name__}): {one_line(err, 400)}") from err
+
+
+def _on_main_agreed(par: Parallel, action, fallback):
+    """Run ``action`` (the main process's writes; other ranks get ``fallback``) and let every
+    rank fail together when it fails, instead of the others hanging at the next barrier."""
+    from .errors import RunError, RunExistsError
+
+    error, result = None, fallback
+    try:
+        result = action()
+    except RunError as err:
+        error = err
+    if _any_rank(par, error is not None):
+        raise error or RunExistsError("the main process could not prepare the run folder (see its error)")
+    par.accelerator.wait_for_everyone()
+    return result
+
+
+def _any_rank(par: Parallel, flag: bool) -> bool:
+    if par.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=par.accelerator.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _nonfinite_terms(metrics: dict, par: Parallel) -> list[tuple[str, str]]:
+    """(name, "nan" | "inf") of each non-finite scalar of a step's metrics (losses, gradient
+    norms, …), in the step's order and agreed across ranks: one small tensor, one sync."""
+    scalars = [k for k, v in metrics.items() if (torch.is_tensor(v) and v.numel() == 1) or (isinstance(v, (int, float)) and not isinstance(v, bool))]
+    if not scalars:
+        return []
+    device = par.accelerator.device
+    tensors = [k for k in scalars if torch.is_tensor(metrics[k])]
+    numbers = [k for k in scalars if not torch.is_tensor(metrics[k])]
+    parts = []
+    if tensors:
+        parts.append(torch.stack([metrics[k].detach().reshape(()).float().to(device) for k in tensors]))
+    if numbers:
+        parts.append(torch.tensor([float(metrics[k]) for k in numbers], device=device))
+    values = torch.cat(parts)
+    codes = torch.isnan(values).int() + 2 * torch.isinf(values).int()
+    if par.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(codes, op=dist.ReduceOp.MAX)
+    order = {k: i for i, k in enumerate(metrics)}
+    bad = [(k, "nan" if c == 1 else "inf") for k, c in zip(tensors + numbers, codes.tolist()) if c]
+    return sorted(bad, key=lambda item: order[item[0]])
+
+
+def _divergence_line(stage: str, step: int, bad: list[tuple[str, str]]) -> str:
+    name, kind = bad[0]
+    also = f" (also non-finite: {', '.join(k for k, _ in bad[1:8])}{', …' if len(bad) > 8 else ''})" if len(bad) > 1 else ""
+    return f"divergence: {stage} step {step}: {name} is {kind}{also}"
+
+
+def _first_nonfinite(named) -> Optional[tuple[str, str]]:
+    """(name, "nan" | "inf") of the first floating tensor holding a non-finite value, or None;
+    one reduction per tensor and a single sync."""
+    named = [(n, t) for n, t in named if torch.is_tensor(t) and t.is_floating_point() and t.numel()]
+    if not named:
+        return None
+    peaks = torch.stack([t.detach().abs().amax().float().to(named[0][1].device) for _, t in named])
+    finite = torch.isfinite(peaks)
+    if bool(finite.all()):
+        return None
+    i = int((~finite).nonzero()[0])
+    return named[i][0], "nan" if bool(torch.isnan(peaks[i])) else "inf"
+
+
+def _check_finite_weights(models: Models, state: TrainState, par: Parallel, stage: str) -> None:
+    """Student, generator (parameters and buffers) and the EMA must be finite before a
+    checkpoint; every rank checks (a gather on ZeRO-3/FSDP2) and all stop together."""
+    from .errors import DivergenceError
+
+    found = None
+    for who, adapter in (("student", par.student), ("generator", par.generator)):
+        named = adapter.local_parameters() if adapter.sharded else list(adapter.inner.state_dict().items())
+        hit = _first_nonfinite(named)
+        if hit:
+            found = (f"{who} weight {hit[0]}", hit[1])
+            break
+    if found is None and state.ema is not None:
+        hit = _first_nonfinite(state.ema.state_dict().items())
+        if hit:
+            found = (f"EMA weight {hit[0]}", hit[1])
+    if _any_rank(par, found is not None):
+        name, kind = found or ("a weight on another rank", "non-finite")
+        raise DivergenceError(f"divergence: {stage} step {state.step}: {name} is {kind}; the checkpoint was not written (the last good one is kept)")
 
 
 def _throughput(steps: int, seconds: float, global_batch: int, par: Parallel) -> dict:
@@ -421,7 +557,10 @@ def _probe(models: Models, cfg: RunConfig, par: Parallel) -> dict:
     # collective, and ranks evaluate different numbers of batches).
     student = par.student.eval_module()
     was = student.training
-    report = evaluate(student, dataset, cfg.eval.probe_attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=par.accelerator, seed=cfg.seed, progress=False)
+    device = par.accelerator.device
+    # The evaluation seeds the global RNG: fork it, so probes never change what training draws.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        report = evaluate(student, dataset, cfg.eval.probe_attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=par.accelerator, seed=cfg.seed, progress=False)
     student.train(was)
     return {f"probe_{name}": r["accuracy"] for name, r in report.results.items()}
 
@@ -439,11 +578,16 @@ def _eval_dataset(cfg: RunConfig, n: Optional[int]):
     return _EVAL_CACHE[key].subset(n)
 
 
-def _export_student(run: RunDir, models: Models, cfg: RunConfig, par: Parallel) -> None:
+def _export_student(run: RunDir, models: Models, cfg: RunConfig, par: Parallel, where: str = "end of training") -> None:
+    """Write the consolidated student to ``run/student`` — never a non-finite one."""
+    from .errors import DivergenceError
     from .export import export_model
 
     accelerator = par.accelerator
     state_dict = par.student.full_state_dict()  # consolidated on every rank (ZeRO-3 gather, FSDP2 full_tensor)
+    hit = _first_nonfinite(state_dict.items())
+    if hit:
+        raise DivergenceError(f"divergence: {where}: student weight {hit[0]} is {hit[1]}; nothing exported")
     if accelerator.is_main_process:
         info = models.info
         export_model(

@@ -11,8 +11,13 @@
 
 Overrides are dotted keys (``--set stage2.sa.steps=5 --set stage2.aggregation.method=ga``);
 bad keys or values stop the run with a one-line error naming the key. The resolved
-config is written to ``<output.root>/<output.name>/config.yaml``; re-running the same
-command resumes from the newest checkpoint in that folder.
+config is written to ``<output.root>/<output.name>/config.yaml`` (``output.name`` defaults
+to the config file's stem); re-running the same command resumes from the newest readable
+checkpoint in that folder, and is refused if the config changed (docs/runs.md).
+
+Expected failures print one line on stderr (``--debug``: the traceback) and exit with
+2 — a bad config, flag, file, data or run folder, a refused resume — or 3 — a divergence
+(``divergence: stage2 step 37: l_2 is nan``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from derd_scale.config import ConfigError, load_config, schema_lines  # noqa: E402
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
+        prog="train.py",
         description="Data-free robustness distillation (DERD). Options (use with --set KEY=VALUE):\n" + "\n".join(schema_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -35,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable (e.g. stage2.sa.steps=5)")
     parser.add_argument("--print-schema", action="store_true", help="print every option with type and default, then exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error instead of its one line")
     return parser
 
 
@@ -56,10 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     from derd_scale.distributed import shutdown
+    from derd_scale.errors import RunError, describe
     from derd_scale.trainer import train
 
     stem = Path(args.config).stem if args.config else "run"
-    run = train(cfg, stem)
+    try:
+        run = train(cfg, stem)
+    except (ConfigError, RunError) as err:
+        # Expected errors stop every rank together (the trainer agrees on them), so the
+        # process group can still be left cleanly; anything else keeps its traceback.
+        shutdown()
+        if args.debug:
+            raise
+        print(describe(err), file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     print(f"run finished: {run.path}")
     shutdown()  # leave the process group on every rank: no hang or abort at exit
     return 0

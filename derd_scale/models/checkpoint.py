@@ -63,7 +63,10 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dic
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     sd = strip_prefixes(read_state_dict(path), model)
     # SequentialClassifier accepts bare Sequential indices; its own load_state_dict remaps them.
-    result = model.load_state_dict(sd, strict=False)
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as err:  # shapes that do not fit: name the file, keep it on one line
+        raise CheckpointError(f"{path}: state_dict does not fit {type(model).__name__}: {' '.join(str(err).split())[:400]}") from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected:
         raise CheckpointError(
