@@ -314,12 +314,31 @@ was used only to evaluate.
 """
 
 
+def check_finite_weights(path: Path) -> None:
+    """Refuse a weights file that does not read back or holds NaN/Inf (a diverged model is never published)."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            for name in fh.keys():
+                t = fh.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+                    raise RunFolderError(f"{path}: tensor {name} holds {kind} values (a diverged model); refusing to publish it")
+    except RunFolderError:
+        raise
+    except Exception as err:  # noqa: BLE001 — safetensors raises its own types for a bad file
+        raise RunFolderError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())[:200]})") from None
+
+
 def stage_upload(run_dir: Path, repo_id: str, target: Path, license: str = "apache-2.0") -> list[str]:
     """Write exactly the files to upload into ``target`` (new or empty); returns their names."""
     run_dir, target = Path(run_dir), Path(target)
     for name in ("config.json", "model.safetensors"):
         if not (run_dir / "student" / name).is_file():
             raise RunFolderError(f"{run_dir / 'student' / name}: not found; is the run finished?")
+    check_finite_weights(run_dir / "student" / "model.safetensors")
     if target.exists() and any(target.iterdir()):
         raise RunFolderError(f"{target}: not empty; the staging folder must hold exactly the upload")
     card = build_model_card(run_dir, repo_id, license)  # before writing anything: fails leave no half folder
