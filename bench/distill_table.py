@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = ("natural", "stage1_only", "sa_only", "sa_eg", "derd_paper", "full_derd_gz", "derd_recommended", "rslad_gz", "rslad")
-STEERING_ROWS = ("full_derd_lrob4", "full_derd_gz_lrob4", "full_derd_gz_ga", "rec_a", "rec_b", "rec_c", "rec_d", "rec_e", "rec_f")
+STEERING_ROWS = ("full_derd_lrob4", "full_derd_gz_lrob4", "full_derd_gz_ga", "rec_a", "rec_b", "rec_c", "rec_d", "rec_e", "rec_f", "rec_no_sa")
 ALL_ROWS = ROWS + STEERING_ROWS
 ROW_OVERRIDES = {
     "stage1_only": ["stage2.enabled=false"],
@@ -64,6 +64,7 @@ ROW_OVERRIDES = {
     "rec_d": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_d"],
     "rec_e": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
               "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.eg.lambda_nat=0.25"],
+    "rec_no_sa": ["preset=derd_recommended", "stage2.sa.enabled=false", "stage2.adv.start=anchor"],
     "rec_f": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
               "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.aggregation.method=ga"],
 }
@@ -88,7 +89,7 @@ def recipe(name: str, data_path: str) -> dict:
             ],
             "aa_examples": 1000, "batch": 128, "eps": 0.1, "alpha": 0.025, "rslad_alpha": 0.025, "lr": 0.05,
             "budget": "every row 800 student steps at batch 128 (DERD rows: Stage I 400 + Stage II 400; RSLAD: 800 on real images); "
-                      "ε = 0.1, step 0.025, 10 steps; white-box columns on the first 5000 test images, AA (standard) on the first 1000; fp32",
+                      "ε = 0.1, step 0.025, 10 steps; AA (standard) on the first 1000 test images; fp32",
         }
     if name == "cifar10":
         w = Path(data_path) / "weights"
@@ -112,7 +113,7 @@ def recipe(name: str, data_path: str) -> dict:
             ],
             "aa_examples": 1000, "batch": 64, "eps": 2 / 255, "alpha": 0.5 / 255, "rslad_alpha": 0.5 / 255, "lr": 0.05,
             "budget": "every row 520 student steps at batch 64 (DERD rows: Stage I 400 + Stage II 120; RSLAD: 520 on real images); "
-                      "ε = 2/255, step 0.5/255, 10 steps; white-box columns on the first 2000 test images, AA (standard) on the first 1000; fp32",
+                      "ε = 2/255, step 0.5/255, 10 steps; AA (standard) on the first 1000 test images; fp32",
         }
     raise ValueError(f"--recipe: {name!r}; allowed: fmnist, cifar10")
 
@@ -303,7 +304,9 @@ def write_tables(out: Path, r: dict, title: str) -> None:
 
     results = finished_rows(out)
     cols = [("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", f"AA (first {r['aa_examples']})")]
-    lines = [f"# {title}", "", f"Budget: {r['budget']}." if r.get("budget") else "", "Mean ± sample std over seeds (one seed: the value).", "",
+    sizes = sorted({res["n"].get("clean") for res in results.values() if res.get("n", {}).get("clean")})
+    white_box = f"White-box columns on the first {sizes[0]} test images." if len(sizes) == 1 else f"White-box columns on the first {sizes} test images (per row: results.json 'n')."
+    lines = [f"# {title}", "", f"Budget: {r['budget']}." if r.get("budget") else "", white_box if sizes else "", "Mean ± sample std over seeds (one seed: the value).", "",
              "| row | seeds | " + " | ".join(c for _, c in cols) + " | Ave | minutes |", "|---" * (len(cols) + 4) + "|"]
     bars = {}
     for row, res in results.items():
