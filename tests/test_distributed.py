@@ -69,3 +69,30 @@ def test_mixed_precision_auto_follows_native_bf16(monkeypatch):
     assert d.resolve_mixed_precision("auto", cpu) == "bf16"
     monkeypatch.setattr(d, "native_bf16", lambda device: False)
     assert d.resolve_mixed_precision("auto", cpu) == "no"
+
+
+def test_channels_last_changes_memory_format_not_the_step():
+    """One Stage-II step with channels-last models equals the contiguous step within fp32 round-off."""
+    from accelerate import Accelerator
+
+    from derd_scale.config import config_from_dict
+    from derd_scale.models import create_model, freeze
+    from derd_scale.state import Models, TrainState
+    from derd_scale.data import dataset_info
+    from derd_scale.derd.generator import PseudoImageGenerator
+    from derd_scale.trainer import build_training, stage2_step
+
+    def step(channels_last: bool) -> dict:
+        torch.manual_seed(0)
+        models = Models(freeze(create_model("small_cnn", 10, in_chans=1, width=4)), freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
+                        create_model("small_cnn", 10, in_chans=1, width=4), PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4), dataset_info("fashion_mnist"))
+        cfg = config_from_dict({}, ["data.name=fashion_mnist", "stage2.batch_size=8", "stage2.sa.steps=2", "stage2.sa.alpha=0.05",
+                                    f"distributed.channels_last={str(channels_last).lower()}"])
+        models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
+        assert models.student.model.features[3].weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
+        return {k: v.detach().clone() for k, v in models.student.state_dict().items()}
+
+    a, b = step(False), step(True)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k

@@ -21,6 +21,10 @@ BASE = [
     "stage2.sa.steps=2", "stage2.sa.alpha=0.05", "stage2.sa.lambda_d=0.5", "stage2.eg.lambda_rob=2.0",
     "stage2.aggregation.method=sga", "stage2.aggregation.sigma_r=0.05", "stage2.aggregation.lambda_sga=3.0",
     "optim.student.lr=0.05", "optim.student.schedule=cosine",
+    # Contiguous memory: oneDNN's channels-last conv kernels sum a batch of 4 and one of 8 in a
+    # different order (4e-6 after three steps); the layout's logic is what these tests compare,
+    # tests/test_distributed.py checks channels-last against contiguous.
+    "distributed.channels_last=false",
     # SGD for G here: Adam's first steps are sign-like (m/√v), so for a parameter whose true
     # gradient is ~0 — the Linear bias in front of G's BatchNorm1d — it turns fp32 round-off
     # into a ±lr step, and a 1-process run then differs from itself across thread counts.
@@ -36,6 +40,9 @@ SCENARIOS = {
     "ema_natural": (["stage2.eg.natural_teacher=ema", "stage2.eg.ema_decay=0.5"], 0, 2),  # gathered snapshot + EMA of the sharded student
     "accumulation": (["distributed.gradient_accumulation_steps=2"], 1, 2),
     "bf16": (["distributed.mixed_precision=bf16"], 1, 1),
+    # The recommended preset: SA in the eps-ball, the student's inner maximisation (a
+    # forward/backward of the wrapped or sharded student w.r.t. its input only), SGA.
+    "recommended": (["preset=derd_recommended", "stage2.eps=0.1", "stage2.adv.steps=2"], 0, 2),
 }
 
 
