@@ -21,7 +21,6 @@ running statistics and does no communication.
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -122,6 +121,3 @@ def convert_batchnorm(module: nn.Module, group=None) -> nn.Module:
         module.add_module(name, convert_batchnorm(child, group))
     return module
 
-
-def count_batchnorm(module: Optional[nn.Module]) -> int:
-    return 0 if module is None else sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
