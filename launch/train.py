@@ -16,7 +16,8 @@ to the config file's stem); re-running the same command resumes from the newest 
 checkpoint in that folder, and is refused if the config changed (docs/runs.md).
 
 Expected failures print one line on stderr (``--debug``: the traceback) and exit with
-2 — a bad config, flag, file, data or run folder, a refused resume — or 3 — a divergence
+2 — a bad config, flag, file, data or run folder, a refused resume, an evaluation input,
+an OS error (disk full, permissions) — or 3 — a divergence
 (``divergence: stage2 step 37: l_2 is nan``).
 """
 
@@ -70,20 +71,27 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     from derd_scale.distributed import shutdown
-    from derd_scale.errors import RunError, describe
+    from derd_scale.errors import RunError, describe, one_line
     from derd_scale.trainer import train
 
     stem = Path(args.config).stem if args.config else "run"
+    from derd_scale.evaluation import EvaluationInputError
+
     try:
         run = train(cfg, stem)
-    except (ConfigError, RunError) as err:
+    except (ConfigError, RunError, EvaluationInputError) as err:
         # Expected errors stop every rank together (the trainer agrees on them), so the
         # process group can still be left cleanly; anything else keeps its traceback.
         shutdown()
         if args.debug:
             raise
-        print(describe(err), file=sys.stderr)
+        print(describe(err) if not isinstance(err, EvaluationInputError) else f"evaluation error: {one_line(err)}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
+    except OSError as err:  # the machine, not the code: disk full, permissions, a vanished file
+        if args.debug:
+            raise
+        print(f"system error: {one_line(err)}", file=sys.stderr)
+        return 2
     print(f"run finished: {run.path}")
     shutdown()  # leave the process group on every rank: no hang or abort at exit
     return 0
