@@ -173,7 +173,7 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
             report = evaluate_exported(row_dir, cfg, progress)
             t0 -= json.loads((row_dir / "DONE").read_text()).get("train_seconds", 0.0)
         else:
-            run = train(cfg, row)
+            train(cfg, row)
             report = json.loads((row_dir / "eval" / "report.json").read_text())
         plot_training_curves(row_dir / "metrics.jsonl", row_dir / "curves.png", stage1_metrics=out / run_name("stage1_only", seed) / "metrics.jsonl")
     else:

@@ -35,8 +35,7 @@ def main() -> None:
     from derd_scale.config import config_from_dict
     from derd_scale.data import dataset_info
     from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.models import create_model
-    from derd_scale.models import freeze
+    from derd_scale.models import create_model, freeze
     from derd_scale.state import Models, TrainState
     from derd_scale.trainer import build_training, stage1_step, stage2_step
 

@@ -241,12 +241,12 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     """Train (or resume) a teacher; returns final clean/PGD accuracy on the eval split."""
     from tqdm.auto import tqdm
 
-    from .distributed import build_accelerator, world
-    from .config import DistributedConfig
-    from .export import export_model
-    from .teachers import model_from_config
     from .checkpoint import maybe_simulate_preemption
+    from .config import DistributedConfig
+    from .distributed import build_accelerator, world
+    from .export import export_model
     from .optim import build_optimizer, build_scheduler
+    from .teachers import model_from_config
 
     cfg.validate()
     accelerator = accelerator or build_accelerator(DistributedConfig())

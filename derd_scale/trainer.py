@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .checkpoint import checkpoint_dirs, load_checkpoint, maybe_simulate_preemption, save_checkpoint
+from .checkpoint import maybe_simulate_preemption, save_checkpoint
 from .config import RunConfig
 from .data import dataset_info
 from .derd.aggregation import aggregate
@@ -42,7 +42,7 @@ from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
 from .models import freeze
 from .optim import build_scheduler, build_two_stage_scheduler
-from .run_dir import RunDir, prepare_run_dir
+from .run_dir import RunDir
 from .state import STAGES, Models, TrainState
 
 # --------------------------------------------------------------------------------------

@@ -76,10 +76,10 @@ def test_channels_last_changes_memory_format_not_the_step():
     from accelerate import Accelerator
 
     from derd_scale.config import config_from_dict
-    from derd_scale.models import create_model, freeze
-    from derd_scale.state import Models, TrainState
     from derd_scale.data import dataset_info
     from derd_scale.derd.generator import PseudoImageGenerator
+    from derd_scale.models import create_model, freeze
+    from derd_scale.state import Models, TrainState
     from derd_scale.trainer import build_training, stage2_step
 
     def step(channels_last: bool) -> dict:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
 class _Classifier(nn.Module):
     """``forward(x) = classifier(forward_features(x))`` — the split Eq. 7's L_a needs.
 

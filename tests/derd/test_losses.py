@@ -7,7 +7,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from derd_scale.derd.losses import BNStatistics, activation_loss, discrepancy, generator_loss, information_entropy_loss, kd_kl, one_hot_loss, total_variation_loss
+from derd_scale.derd.losses import (
+    BNStatistics,
+    activation_loss,
+    discrepancy,
+    generator_loss,
+    information_entropy_loss,
+    kd_kl,
+    one_hot_loss,
+    total_variation_loss,
+)
 
 
 def test_one_hot_loss_eq6_uses_teacher_argmax():

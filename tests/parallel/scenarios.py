@@ -59,8 +59,7 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
     from derd_scale.config import config_from_dict
     from derd_scale.data import dataset_info
     from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.models import create_model
-    from derd_scale.models import freeze
+    from derd_scale.models import create_model, freeze
     from derd_scale.state import Models
     from derd_scale.trainer import build_training
 
