@@ -61,8 +61,7 @@ def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict
             "world_size": par.world_size,
             "models": entries,
             "schedulers": {k: s.state_dict() for k, s in scheds.items()},
-            "ema": state.ema.state_dict() if state.ema is not None else None,
-            "natural_expert": models.natural_expert.state_dict() if models.natural_expert is not None and models.natural_expert is not models.natural_teacher and models.natural_expert is not state.ema else None,
+            "expert": par.natural_expert.state_dict(),  # the student's snapshot or EMA, if it plays T_nat
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -111,13 +110,8 @@ def load_checkpoint(path: Path, state: TrainState, models: Models, scheds: dict,
     for k, s in scheds.items():
         if k in blob["schedulers"]:
             s.load_state_dict(blob["schedulers"][k])
-    if blob.get("ema") is not None:
-        state.ema = par.student.snapshot()
-        state.ema.load_state_dict(blob["ema"])
-    if blob.get("natural_expert") is not None:
-        expert = par.student.snapshot()
-        expert.load_state_dict(blob["natural_expert"])
-        models.natural_expert = expert
+    # Checkpoints written before NaturalExpert keep the copy under "ema" / "natural_expert".
+    par.natural_expert.load_state_dict(blob["expert"] if "expert" in blob else par.natural_expert.legacy_entry(blob), par.student)
     torch.set_rng_state(blob["torch_rng"])
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])

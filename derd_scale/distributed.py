@@ -43,6 +43,7 @@ import torch.nn as nn
 
 from .config import DistributedConfig
 from .models.factory import freeze
+from .natural_expert import NaturalExpert
 from .parallel.adapters import GradientAdapter, ReplicatedGradients, ShardView, unwrap, world
 from .parallel.batchnorm import convert_batchnorm, global_mean
 
@@ -133,7 +134,10 @@ def place_frozen(model: nn.Module, device, bf16_weights: bool) -> nn.Module:
 
 @dataclass
 class Parallel:
-    """What the training loops need from distribution: two adapters and a few facts."""
+    """What the training loops need after ``prepare``: one owner per trained or derived role —
+    the ``student`` and ``generator`` adapters (``.module`` for the training forward,
+    ``.unwrapped`` for input-gradient attacks, ``.unsharded`` for export) and the
+    ``natural_expert`` (who plays T_nat in Stage II) — and a few facts."""
 
     accelerator: Any
     backend: str
@@ -145,6 +149,8 @@ class Parallel:
     mixed_precision: str = "no"
     batch_mean: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     """Mean over the global batch of a per-process batch mean (None in one process)."""
+    natural_expert: Optional[NaturalExpert] = None
+    """Who plays T_nat in Stage II (``derd_scale.natural_expert``); ``prepare`` always sets it."""
 
     @property
     def optimizers(self) -> dict:
@@ -188,8 +194,9 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
 
 
 def prepare(models, cfg, accelerator) -> Parallel:
-    """Wrap ``models.student`` / ``models.generator`` for the backend (in place on ``models``),
-    build their optimisers (``derd_scale.optim.build_optimizer``), place the teachers.
+    """Wrap ``models.student`` / ``models.generator`` for the backend (``models.student`` then
+    names the adapter's ``module``: ``par.student`` owns it), build their optimisers
+    (``derd_scale.optim.build_optimizer``), place the teachers, set up the natural expert.
     Every rank must call it (it creates process groups)."""
     from .optim import build_optimizer as make_optimizer
 
@@ -262,7 +269,8 @@ def prepare(models, cfg, accelerator) -> Parallel:
             raise ValueError(f"distributed.backend: {backend!r}")
         setattr(models, name, adapter.module)
         adapters[name] = adapter
-    return Parallel(accelerator, backend, adapters["student"], adapters["generator"], rank, size, accumulation, precision, batch_mean)
+    expert = NaturalExpert(cfg.stage2.eg.natural_teacher, models.natural_teacher, cfg.stage2.eg.ema_decay)
+    return Parallel(accelerator, backend, adapters["student"], adapters["generator"], rank, size, accumulation, precision, batch_mean, expert)
 
 
 def _fsdp_options(accelerator, dc: DistributedConfig) -> tuple[bool, Optional[int]]:

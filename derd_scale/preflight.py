@@ -173,14 +173,12 @@ def _check_parquet(root: Path, info, split: str) -> int:
 def check_models(models, par) -> None:
     """One forward of each frozen teacher (and of a replicated student, in eval mode) on a
     zero batch of the dataset's shape: it must run and give (2, num_classes) finite logits."""
-    from .distributed import unwrap
-
     info = models.info
     shape = (2, info.channels, info.image_size, info.image_size)
     x = torch.zeros(shape, device=par.accelerator.device)
     checks = [("teachers.natural", models.natural_teacher), ("teachers.robust", models.robust_teacher)]
     if not any(a.sharded for a in par.adapters.values()):  # a sharded forward is a collective: left to the first step
-        checks.append(("student", unwrap(models.student)))
+        checks.append(("student", par.student.unwrapped))
     from .models.factory import unwrap_normalized
 
     for key, model in checks:

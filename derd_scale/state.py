@@ -1,13 +1,14 @@
 """What a training run holds: the models by role, and where in the run it is.
 
 A small module of its own so that the trainer, the checkpoint component and the benchmarks
-share the types without importing each other.
+share the types without importing each other. After ``distributed.prepare`` the trained
+models and the natural expert have one owner each: ``par.student`` / ``par.generator``
+(gradient adapters) and ``par.natural_expert`` (``derd_scale.natural_expert``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch.nn as nn
 
@@ -21,17 +22,16 @@ class Models:
     natural_teacher: nn.Module
     robust_teacher: nn.Module
     student: nn.Module
+    """The student as built. ``prepare`` replaces it by its adapter's ``module`` (the same
+    object as ``par.student.module``, not a second copy): after it, ``par.student`` owns the student."""
     generator: nn.Module
+    """Likewise: after ``prepare``, ``par.generator.module``."""
     info: DatasetInfo
-    natural_expert: Optional[nn.Module] = None
-    """Who plays T_nat in Stage II: the natural teacher, a frozen student snapshot, or an EMA of the student."""
 
 
 @dataclass
 class TrainState:
     stage: str = "stage1"
     step: int = 0
-    ema: Optional[nn.Module] = None
-    """EMA of the student when it plays the natural expert (stage2.eg.natural_teacher=ema)."""
     train_seconds: float = 0.0
     """Wall time spent in the training loops, summed over every resume (saved in checkpoints)."""

@@ -151,7 +151,7 @@ def stage1_step(models: Models, cfg: RunConfig, step: int, scheds: dict, par: Pa
         for m, (x, t) in enumerate(zip(images, teacher_logits)):
             with par.student.micro_batch(m):
                 with par.autocast():
-                    loss = kd_kl(t, models.student(x), cfg.stage1.kd_temperature)
+                    loss = kd_kl(t, par.student.module(x), cfg.stage1.kd_temperature)
                 par.student.backward(loss)
             losses.append(loss.detach())
         par.student.step()
@@ -166,7 +166,7 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
     G update (Eq. 11) → SA: discrepancy data (Eqs. 13–16) → student inputs and targets (Eq. 17's
     switches) → SA only: one loss | EG: two task gradients → GA/SGA (Eqs. 18–26) → student step."""
     s2 = cfg.stage2
-    expert = models.natural_expert or models.natural_teacher
+    expert = par.natural_expert.module  # T_nat: the natural teacher, or the student's snapshot / EMA
     latents = sample_latents(models, cfg, "stage2", state.step, s2.batch_size, par)
     metrics: dict = {}
 
@@ -188,7 +188,7 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
     # 2. What the student learns from: inputs and targets per micro-batch (the student's own
     #    inner maximisation x_adv runs here when robust_data=x_adv).
     with par.autocast():
-        batches = [student_batch(s2.eg, s2.adv, x, dd, unwrap(models.student), _adv_noise(cfg, state.step, m, x, par), eps) for m, (x, dd) in enumerate(zip(anchors, dds))]
+        batches = [student_batch(s2.eg, s2.adv, x, dd, par.student.unwrapped, _adv_noise(cfg, state.step, m, x, par), eps) for m, (x, dd) in enumerate(zip(anchors, dds))]
 
     # 3. The student's update: SA only (one loss) or expert guiding with GA/SGA.
     if s2.eg.enabled:
@@ -202,8 +202,7 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
         pred = torch.cat([losses[m].prediction for m in range(len(batches))])
         metrics["student_agree_rob"] = (pred == torch.cat([b.robust_target for b in batches]).argmax(1)).float().mean().item()
         metrics["student_agree_nat"] = (pred == torch.cat([dd.natural_logits for dd in dds]).argmax(1)).float().mean().item()
-    if state.ema is not None:
-        _ema_update(state.ema, par.student.full_state_dict(), s2.eg.ema_decay)
+    par.natural_expert.update(par.student)  # the EMA follows the student (a collective when sharded)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
 
@@ -221,7 +220,7 @@ def _robust_only_update(models: Models, cfg: RunConfig, batches: list, par: Para
     for m, batch in enumerate(batches):
         with grads.micro_batch(m):
             with par.autocast():
-                out[m] = student_losses(models.student, batch, cfg.stage2.eg, cfg.stage2.kd_temperature, natural_term=False)
+                out[m] = student_losses(par.student.module, batch, cfg.stage2.eg, cfg.stage2.kd_temperature, natural_term=False)
             grads.backward(out[m].robust)
         values.append(out[m].robust.detach())
     loss = sum(values) / len(values)
@@ -236,7 +235,7 @@ def _expert_guided_update(models: Models, cfg: RunConfig, state: TrainState, bat
 
     def losses(m: int) -> tuple[torch.Tensor, torch.Tensor]:
         with par.autocast():
-            out[m] = student_losses(models.student, batches[m], s2.eg, s2.kd_temperature)
+            out[m] = student_losses(par.student.module, batches[m], s2.eg, s2.kd_temperature)
         return out[m].natural, out[m].robust
 
     g1, g2, l_1, l_2w = grads.task_gradients(losses)  # the adapter may call losses(m) once per task
@@ -260,31 +259,6 @@ def _adv_noise(cfg: RunConfig, step: int, m: int, x: torch.Tensor, par: Parallel
     gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + 104_729 * step + m) % (2**63 - 1))
     full = torch.randn((x.shape[0] * par.world_size, *x.shape[1:]), generator=gen)
     return local_slice(full, par.rank, par.world_size).to(x.device)
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, current: dict, decay: float) -> None:
-    """EMA of the parameters; buffers (BatchNorm statistics) are copied."""
-    for name, e in ema.named_parameters():
-        e.mul_(decay).add_(current[name].to(e.device, e.dtype), alpha=1 - decay)
-    for name, b in ema.named_buffers():
-        if name in current:
-            b.copy_(current[name])
-
-
-def _setup_natural_expert(models: Models, state: TrainState, cfg: RunConfig, par: Parallel) -> None:
-    """Decide who plays T_nat in Stage II (the discussion section's "no natural teacher")."""
-    mode = cfg.stage2.eg.natural_teacher
-    if mode == "teacher":
-        models.natural_expert = None
-    elif models.natural_expert is None and state.ema is None:
-        snapshot = par.student.snapshot()  # unsharded, frozen; a collective on sharded backends
-        if mode == "student":
-            models.natural_expert = snapshot
-        else:
-            state.ema = snapshot
-    if mode == "ema":
-        models.natural_expert = state.ema
 
 
 # --------------------------------------------------------------------------------------
@@ -339,8 +313,8 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         if STAGES.index(stage) < STAGES.index(state.stage) or steps[stage] == 0:
             continue
         if stage == "stage2":
-            _setup_natural_expert(models, state, cfg, par)
-        models.student.train()
+            par.natural_expert.start(par.student)  # who plays T_nat (a snapshot is a collective when sharded)
+        par.student.module.train()
         models.generator.train()
         bar = tqdm(total=steps[stage], initial=state.step, desc=stage, disable=not (accelerator.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
         window_start, window_steps = time.time(), 0
@@ -481,13 +455,14 @@ def _check_finite_weights(models: Models, state: TrainState, par: Parallel, stag
 
     found = None
     for who, adapter in (("student", par.student), ("generator", par.generator)):
-        named = adapter.local_parameters() if adapter.sharded else list(adapter.inner.state_dict().items())
+        named = adapter.local_parameters() if adapter.sharded else list(adapter.unwrapped.state_dict().items())
         hit = _first_nonfinite(named)
         if hit:
             found = (f"{who} weight {hit[0]}", hit[1])
             break
-    if found is None and state.ema is not None:
-        hit = _first_nonfinite(state.ema.state_dict().items())
+    ema = par.natural_expert.ema
+    if found is None and ema is not None:
+        hit = _first_nonfinite(ema.state_dict().items())
         if hit:
             found = (f"EMA weight {hit[0]}", hit[1])
     if _any_rank(par, found is not None):
@@ -591,7 +566,7 @@ def _export_student(run: RunDir, models: Models, cfg: RunConfig, par: Parallel, 
     if accelerator.is_main_process:
         info = models.info
         export_model(
-            unwrap(par.student.template or models.student), run.student_dir, arch=cfg.student.arch, num_classes=info.num_classes, in_chans=info.channels,
+            par.student.unsharded, run.student_dir, arch=cfg.student.arch, num_classes=info.num_classes, in_chans=info.channels,
             img_size=info.image_size, class_names=list(info.class_names), model_kwargs=dict(cfg.student.kwargs),
             metadata={"teachers": {"natural": cfg.teachers.natural.arch, "robust": cfg.teachers.robust.arch}, "dataset": cfg.data.name},
             state_dict=_strip_norm_prefix(state_dict),

@@ -107,6 +107,21 @@ class GradientAdapter:
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
 
+    # ---- the model, by use (callers outside parallel/ use these, never ``inner``/``template``)
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        """The user's module inside the wrapper (DDP, DeepSpeed engine; FSDP2 shards it in place):
+        the student the inner maximisation attacks through input gradients. ``module`` is the
+        one to train through (the wrapper's forward/backward hooks)."""
+        return self.inner
+
+    @property
+    def unsharded(self) -> nn.Module:
+        """A module of the full architecture with unsharded parameters (sharded backends: the
+        host-memory template, its weights as of ``prepare`` — pair it with ``full_state_dict``)."""
+        return unwrap(self.template) if self.template is not None else self.inner
+
     # ---- one loss -------------------------------------------------------------------
 
     def _no_sync(self):

@@ -81,7 +81,7 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
 
 
 def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra: tuple = ()) -> dict:
-    from derd_scale.trainer import TrainState, _setup_natural_expert, stage1_step, stage2_step
+    from derd_scale.trainer import TrainState, stage1_step, stage2_step
 
     cfg, models, par, scheds, (s1, s2) = build(name, backend, accelerator, ds_stage, tuple(extra))
     models.student.train()
@@ -91,7 +91,7 @@ def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra
         metrics.append(par.mean_metrics(stage1_step(models, cfg, i, scheds, par)))
     state = TrainState(stage="stage2")
     if s2:
-        _setup_natural_expert(models, state, cfg, par)
+        par.natural_expert.start(par.student)
     for i in range(s2):
         state.step = i
         metrics.append(par.mean_metrics(stage2_step(models, cfg, state, scheds, par)))
