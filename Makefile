@@ -1,6 +1,7 @@
 # derd_scale set-up and entry points. Every target is idempotent: a second run skips
 # what is installed (the stamp file records the hash of pyproject.toml).
-#   make test        — create .venv, install, run the whole test suite
+#   make test        — create .venv, install, lint, run the whole test suite
+#   make lint        — ruff check + ruff format --check (CI runs it through make test)
 #   make quickstart  — create .venv, install, run the CPU-scale main job (Fashion-MNIST)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ DATA_PATH ?=
 # DeepSpeed JIT-compiles a comm op on its first launch (~60-90 s): build it once, inside the venv.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install test test-fast quickstart clean-venv
+.PHONY: install test test-fast lint format quickstart clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +26,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q -ra tests
+
+# ruff (pyproject.toml [tool.ruff]): lint rules and the formatter's check; `make format` applies it.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test-fast: $(STAMP)
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q -ra -m "not slow" tests

@@ -41,8 +41,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO = Path(__file__).resolve().parent.parent
-ROWS = ("natural", "stage1_only", "sa_only", "sa_eg", "derd_paper", "full_derd_gz", "derd_recommended", "rslad_gz", "rslad")
-STEERING_ROWS = ("full_derd_lrob4", "full_derd_gz_lrob4", "full_derd_gz_ga", "rec_a", "rec_b", "rec_c", "rec_d", "rec_e", "rec_f", "rec_no_sa")
+ROWS = (
+    "natural",
+    "stage1_only",
+    "sa_only",
+    "sa_eg",
+    "derd_paper",
+    "full_derd_gz",
+    "derd_recommended",
+    "rslad_gz",
+    "rslad",
+)
+STEERING_ROWS = (
+    "full_derd_lrob4",
+    "full_derd_gz_lrob4",
+    "full_derd_gz_ga",
+    "rec_a",
+    "rec_b",
+    "rec_c",
+    "rec_d",
+    "rec_e",
+    "rec_f",
+    "rec_no_sa",
+)
 ALL_ROWS = ROWS + STEERING_ROWS
 ROW_OVERRIDES = {
     "stage1_only": ["stage2.enabled=false"],
@@ -54,19 +75,58 @@ ROW_OVERRIDES = {
     "full_derd_lrob4": ["stage2.eg.lambda_rob=4"],
     "full_derd_gz_lrob4": ["stage2.eg.natural_data=gz", "stage2.eg.lambda_rob=4"],
     "full_derd_gz_ga": ["stage2.eg.natural_data=gz", "stage2.aggregation.method=ga"],
-    "rslad_gz": ["stage2.eg.enabled=false", "stage2.sa.enabled=false", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
-                 "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.adv.start=anchor"],
-    "rec_a": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
-              "stage2.eg.robust_clean_weight=0.16666666666666666"],
-    "rec_b": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
-              "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.aggregation.method=sum"],
-    "rec_c": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv"],
-    "rec_d": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_d"],
-    "rec_e": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
-              "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.eg.lambda_nat=0.25"],
+    "rslad_gz": [
+        "stage2.eg.enabled=false",
+        "stage2.sa.enabled=false",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.eg.robust_clean_weight=0.16666666666666666",
+        "stage2.adv.start=anchor",
+    ],
+    "rec_a": [
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.eg.robust_clean_weight=0.16666666666666666",
+    ],
+    "rec_b": [
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.eg.robust_clean_weight=0.16666666666666666",
+        "stage2.aggregation.method=sum",
+    ],
+    "rec_c": [
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+    ],
+    "rec_d": [
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_d",
+    ],
+    "rec_e": [
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.eg.robust_clean_weight=0.16666666666666666",
+        "stage2.eg.lambda_nat=0.25",
+    ],
     "rec_no_sa": ["preset=derd_recommended", "stage2.sa.enabled=false", "stage2.adv.start=anchor"],
-    "rec_f": ["stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor", "stage2.eg.robust_data=x_adv",
-              "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.aggregation.method=ga"],
+    "rec_f": [
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.eg.robust_clean_weight=0.16666666666666666",
+        "stage2.aggregation.method=ga",
+    ],
 }
 
 
@@ -77,43 +137,83 @@ def recipe(name: str, data_path: str) -> dict:
         return {
             "teachers": teachers,
             "config": [
-                "data.name=fashion_mnist", "data.source=parquet", f"data.path={data_path}",
-                f"teachers.natural.arch=local-dir:{teachers / 'natural'}", f"teachers.robust.arch=local-dir:{teachers / 'pgd_at'}",
-                "student.arch=small_cnn", "student.kwargs={width: 8}",
-                "generator.latent_dim=128", "generator.base_channels=32",
-                "stage1.steps=400", "stage1.batch_size=128", "stage2.steps=400", "stage2.batch_size=128",
-                "stage2.sa.steps=5", "stage2.sa.alpha=0.02", "optim.student.lr=0.05",
-                "eval.protocol=fashion_mnist", "eval.n_examples=5000", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
-                "eval.every_steps=100", "eval.probe_examples=500", "eval.masking_check=true",
-                "logging.every_steps=20", "output.checkpoint_every=200",
+                "data.name=fashion_mnist",
+                "data.source=parquet",
+                f"data.path={data_path}",
+                f"teachers.natural.arch=local-dir:{teachers / 'natural'}",
+                f"teachers.robust.arch=local-dir:{teachers / 'pgd_at'}",
+                "student.arch=small_cnn",
+                "student.kwargs={width: 8}",
+                "generator.latent_dim=128",
+                "generator.base_channels=32",
+                "stage1.steps=400",
+                "stage1.batch_size=128",
+                "stage2.steps=400",
+                "stage2.batch_size=128",
+                "stage2.sa.steps=5",
+                "stage2.sa.alpha=0.02",
+                "optim.student.lr=0.05",
+                "eval.protocol=fashion_mnist",
+                "eval.n_examples=5000",
+                "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
+                "eval.every_steps=100",
+                "eval.probe_examples=500",
+                "eval.masking_check=true",
+                "logging.every_steps=20",
+                "output.checkpoint_every=200",
             ],
-            "aa_examples": 1000, "batch": 128, "eps": 0.1, "alpha": 0.025, "rslad_alpha": 0.025, "lr": 0.05,
+            "aa_examples": 1000,
+            "batch": 128,
+            "eps": 0.1,
+            "alpha": 0.025,
+            "rslad_alpha": 0.025,
+            "lr": 0.05,
             "budget": "every row 800 student steps at batch 128 (DERD rows: Stage I 400 + Stage II 400; RSLAD: 800 on real images); "
-                      "ε = 0.1, step 0.025, 10 steps; AA (standard) on the first 1000 test images; fp32",
+            "ε = 0.1, step 0.025, 10 steps; AA (standard) on the first 1000 test images; fp32",
         }
     if name == "cifar10":
         w = Path(data_path) / "weights"
         return {
             "teachers": None,
             "config": [
-                "data.name=cifar10", "data.source=parquet", f"data.path={data_path}",
-                "teachers.natural.arch=resnet56", f"teachers.natural.checkpoint={w / 'akamaster_resnet_cifar10' / 'resnet56-4bfd9763.th'}",
-                "teachers.robust.arch=resnet4b", f"teachers.robust.checkpoint={w / 'abcrown_robust_cifar10' / 'resnet4b.pth'}",
+                "data.name=cifar10",
+                "data.source=parquet",
+                f"data.path={data_path}",
+                "teachers.natural.arch=resnet56",
+                f"teachers.natural.checkpoint={w / 'akamaster_resnet_cifar10' / 'resnet56-4bfd9763.th'}",
+                "teachers.robust.arch=resnet4b",
+                f"teachers.robust.checkpoint={w / 'abcrown_robust_cifar10' / 'resnet4b.pth'}",
                 "student.arch=resnet20",
                 # One thread of this CPU: a Stage-I step (ResNet-56 forward+backward for G, batch 64) takes
                 # ~2.5 s, a Stage-II step with K = 3 ~4 s, white-box evaluation of 2000 images ~7 min a row.
                 # 200 Stage-I steps (the first attempt) left L_BN far from converged and the Stage-I
                 # student at 14 % clean, so Stage I gets the larger share of the budget.
-                "stage1.steps=400", "stage1.batch_size=64", "stage2.steps=120", "stage2.batch_size=64",
-                "stage2.sa.steps=3", "stage2.sa.alpha=0.00784313725490196", "optim.student.lr=0.05",
-                "eval.protocol=cifar", "eval.eps=0.00784313725490196", "eval.alpha=0.00196078431372549",
-                "eval.n_examples=2000", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
-                "eval.every_steps=40", "eval.probe_examples=200", "eval.masking_check=true",
-                "logging.every_steps=10", "output.checkpoint_every=40",
+                "stage1.steps=400",
+                "stage1.batch_size=64",
+                "stage2.steps=120",
+                "stage2.batch_size=64",
+                "stage2.sa.steps=3",
+                "stage2.sa.alpha=0.00784313725490196",
+                "optim.student.lr=0.05",
+                "eval.protocol=cifar",
+                "eval.eps=0.00784313725490196",
+                "eval.alpha=0.00196078431372549",
+                "eval.n_examples=2000",
+                "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
+                "eval.every_steps=40",
+                "eval.probe_examples=200",
+                "eval.masking_check=true",
+                "logging.every_steps=10",
+                "output.checkpoint_every=40",
             ],
-            "aa_examples": 1000, "batch": 64, "eps": 2 / 255, "alpha": 0.5 / 255, "rslad_alpha": 0.5 / 255, "lr": 0.05,
+            "aa_examples": 1000,
+            "batch": 64,
+            "eps": 2 / 255,
+            "alpha": 0.5 / 255,
+            "rslad_alpha": 0.5 / 255,
+            "lr": 0.05,
             "budget": "every row 520 student steps at batch 64 (DERD rows: Stage I 400 + Stage II 120; RSLAD: 520 on real images); "
-                      "ε = 2/255, step 0.5/255, 10 steps; AA (standard) on the first 1000 test images; fp32",
+            "ε = 2/255, step 0.5/255, 10 steps; AA (standard) on the first 1000 test images; fp32",
         }
     raise ValueError(f"--recipe: {name!r}; allowed: fmnist, cifar10")
 
@@ -132,8 +232,19 @@ def ensure_fmnist_teachers(folder: Path, data_path: str) -> None:
         out = folder / name
         if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
             continue
-        cfg = TeacherTrainConfig(data=data, model=ModelConfig(arch="small_cnn", kwargs={"width": 16}), eps=0.1, alpha=0.025, epochs=1, batch_size=128,
-                                 progress=False, optim=OptimizerConfig(name="sgd", lr=0.05, schedule="cosine"), eval_examples=None, out=str(out), **spec)
+        cfg = TeacherTrainConfig(
+            data=data,
+            model=ModelConfig(arch="small_cnn", kwargs={"width": 16}),
+            eps=0.1,
+            alpha=0.025,
+            epochs=1,
+            batch_size=128,
+            progress=False,
+            optim=OptimizerConfig(name="sgd", lr=0.05, schedule="cosine"),
+            eval_examples=None,
+            out=str(out),
+            **spec,
+        )
         print(f"[bench] training the {name} Fashion-MNIST teacher", flush=True)
         train_teacher(cfg)
 
@@ -153,7 +264,12 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
     if (row_dir / "row.json").exists():
         return json.loads((row_dir / "row.json").read_text())
     t0 = time.time()
-    base = r["config"] + [f"seed={seed}", f"output.root={out}", f"output.name={name}", f"logging.progress_bar={'true' if progress else 'false'}"]
+    base = r["config"] + [
+        f"seed={seed}",
+        f"output.root={out}",
+        f"output.name={name}",
+        f"logging.progress_bar={'true' if progress else 'false'}",
+    ]
     cfg = config_from_dict({}, base)
     student_steps = cfg.stage1.steps + cfg.stage2.steps
     if row in ROW_OVERRIDES:
@@ -175,11 +291,21 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         else:
             train(cfg, row)
             report = json.loads((row_dir / "eval" / "report.json").read_text())
-        plot_training_curves(row_dir / "metrics.jsonl", row_dir / "curves.png", stage1_metrics=out / run_name("stage1_only", seed) / "metrics.jsonl")
+        plot_training_curves(
+            row_dir / "metrics.jsonl",
+            row_dir / "curves.png",
+            stage1_metrics=out / run_name("stage1_only", seed) / "metrics.jsonl",
+        )
     else:
         report = reference_row(row, cfg, r, row_dir, student_steps, progress)
-    result = {"row": row, "seed": seed, "attacks": {k: v["accuracy"] for k, v in report["attacks"].items()}, "n": {k: v["n"] for k, v in report["attacks"].items()},
-              "warnings": report.get("warnings", []), "seconds": time.time() - t0}
+    result = {
+        "row": row,
+        "seed": seed,
+        "attacks": {k: v["accuracy"] for k, v in report["attacks"].items()},
+        "n": {k: v["n"] for k, v in report["attacks"].items()},
+        "warnings": report.get("warnings", []),
+        "seconds": time.time() - t0,
+    }
     row_dir.mkdir(parents=True, exist_ok=True)
     (row_dir / "row.json").write_text(json.dumps(result, indent=2))
     return result
@@ -194,8 +320,17 @@ def evaluate_exported(row_dir: Path, cfg, progress: bool) -> dict:
 
     student = model_from_config(ModelConfig(arch=f"local-dir:{row_dir / 'student'}"), dataset_info(cfg.data.name))
     test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
-    report = evaluate(student, test, cfg.eval.attacks, protocol_from_config(cfg.eval, cfg.data.name), n_examples=cfg.eval.n_examples,
-                      seed=cfg.seed, progress=progress, masking_check=cfg.eval.masking_check, masking_threshold=cfg.eval.masking_threshold)
+    report = evaluate(
+        student,
+        test,
+        cfg.eval.attacks,
+        protocol_from_config(cfg.eval, cfg.data.name),
+        n_examples=cfg.eval.n_examples,
+        seed=cfg.seed,
+        progress=progress,
+        masking_check=cfg.eval.masking_check,
+        masking_threshold=cfg.eval.masking_threshold,
+    )
     report.save(row_dir / "eval")
     return report.to_json()
 
@@ -219,13 +354,44 @@ def reference_row(row: str, cfg, r: dict, row_dir: Path, steps: int, progress: b
         train_natural_student(student, x_all, y_all, steps, r["batch"], r["lr"], cfg.seed, progress)
     else:
         teacher = freeze(model_from_config(cfg.teachers.robust, info))
-        train_rslad_student(student, teacher, x_all, y_all, steps, r["batch"], r["eps"], r["rslad_alpha"], 10, r["lr"], cfg.seed, progress)
+        train_rslad_student(
+            student,
+            teacher,
+            x_all,
+            y_all,
+            steps,
+            r["batch"],
+            r["eps"],
+            r["rslad_alpha"],
+            10,
+            r["lr"],
+            cfg.seed,
+            progress,
+        )
     test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
-    report = evaluate(student, test, cfg.eval.attacks, protocol_from_config(cfg.eval, cfg.data.name), n_examples=cfg.eval.n_examples, seed=cfg.seed, progress=progress, masking_check=True)
+    report = evaluate(
+        student,
+        test,
+        cfg.eval.attacks,
+        protocol_from_config(cfg.eval, cfg.data.name),
+        n_examples=cfg.eval.n_examples,
+        seed=cfg.seed,
+        progress=progress,
+        masking_check=True,
+    )
     report.save(row_dir / "eval")
     from derd_scale.export import export_model
 
-    export_model(student, row_dir / "student", cfg.student.arch, info.num_classes, info.channels, info.image_size, list(info.class_names), dict(cfg.student.kwargs))
+    export_model(
+        student,
+        row_dir / "student",
+        cfg.student.arch,
+        info.num_classes,
+        info.channels,
+        info.image_size,
+        list(info.class_names),
+        dict(cfg.student.kwargs),
+    )
     return report.to_json()
 
 
@@ -243,8 +409,21 @@ def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) 
     info = dataset_info(cfg.data.name)
     student = model_from_config(ModelConfig(arch=f"local-dir:{out / run_name(row, seed) / 'student'}"), info)
     test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
-    report = evaluate(student, test, ["aa"], protocol_from_config(cfg.eval, cfg.data.name), n_examples=r["aa_examples"], seed=cfg.seed, progress=progress)
-    result = {"aa": report.accuracy("aa"), "n": report.n, "seconds": report.results["aa"]["seconds"], "clean_on_same": report.accuracy("clean")}
+    report = evaluate(
+        student,
+        test,
+        ["aa"],
+        protocol_from_config(cfg.eval, cfg.data.name),
+        n_examples=r["aa_examples"],
+        seed=cfg.seed,
+        progress=progress,
+    )
+    result = {
+        "aa": report.accuracy("aa"),
+        "n": report.n,
+        "seconds": report.results["aa"]["seconds"],
+        "clean_on_same": report.accuracy("clean"),
+    }
     path.write_text(json.dumps(result, indent=2))
     return result["aa"]
 
@@ -258,7 +437,10 @@ def stage2_diagnostics(metrics_path: Path, keys) -> dict:
     if not s2:
         return {}
     tail = [r for r in s2 if r["step"] > s2[-1]["step"] / 2]
-    return {k: sum(r[k] for r in tail if k in r) / max(1, sum(k in r for r in tail)) if any(k in r for r in tail) else None for k in keys}
+    return {
+        k: sum(r[k] for r in tail if k in r) / max(1, sum(k in r for r in tail)) if any(k in r for r in tail) else None
+        for k in keys
+    }
 
 
 def finished_rows(out: Path) -> dict:
@@ -293,7 +475,9 @@ def finished_rows(out: Path) -> dict:
             "std": {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()},
             "seeds": {str(s): per_seed[s]["attacks"] for s in seeds},
             "n": first.get("n", {}),
-            "warnings": [f"seed {s}: {w}" if len(seeds) > 1 else w for s in seeds for w in per_seed[s].get("warnings", [])],
+            "warnings": [
+                f"seed {s}: {w}" if len(seeds) > 1 else w for s in seeds for w in per_seed[s].get("warnings", [])
+            ],
             "seconds": sum(per_seed[s]["seconds"] for s in seeds),
         }
     return found
@@ -303,11 +487,30 @@ def write_tables(out: Path, r: dict, title: str) -> None:
     from derd_scale.plots import plot_results_bars
 
     results = finished_rows(out)
-    cols = [("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", f"AA (first {r['aa_examples']})")]
+    cols = [
+        ("clean", "Clean"),
+        ("fgsm", "FGSM"),
+        ("pgd_s", "PGD_S"),
+        ("pgd_t", "PGD_T"),
+        ("cw", "CW"),
+        ("aa", f"AA (first {r['aa_examples']})"),
+    ]
     sizes = sorted({res["n"].get("clean") for res in results.values() if res.get("n", {}).get("clean")})
-    white_box = f"White-box columns on the first {sizes[0]} test images." if len(sizes) == 1 else f"White-box columns on the first {sizes} test images (per row: results.json 'n')."
-    lines = [f"# {title}", "", f"Budget: {r['budget']}." if r.get("budget") else "", white_box if sizes else "", "Mean ± sample std over seeds (one seed: the value).", "",
-             "| row | seeds | " + " | ".join(c for _, c in cols) + " | Ave | minutes |", "|---" * (len(cols) + 4) + "|"]
+    white_box = (
+        f"White-box columns on the first {sizes[0]} test images."
+        if len(sizes) == 1
+        else f"White-box columns on the first {sizes} test images (per row: results.json 'n')."
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"Budget: {r['budget']}." if r.get("budget") else "",
+        white_box if sizes else "",
+        "Mean ± sample std over seeds (one seed: the value).",
+        "",
+        "| row | seeds | " + " | ".join(c for _, c in cols) + " | Ave | minutes |",
+        "|---" * (len(cols) + 4) + "|",
+    ]
     bars = {}
     for row, res in results.items():
         accs, std = res["attacks"], res.get("std", {})
@@ -320,15 +523,41 @@ def write_tables(out: Path, r: dict, title: str) -> None:
 
         vals = [accs.get(k) for k, _ in cols]
         ave = sum(vals) / len(vals) if all(v is not None for v in vals) else None
-        lines.append(f"| {row} | {n_seeds} | " + " | ".join(cell(k) for k, _ in cols) + f" | {'—' if ave is None else f'{100 * ave:.2f}'} | {res['seconds'] / 60:.1f} |")
+        lines.append(
+            f"| {row} | {n_seeds} | "
+            + " | ".join(cell(k) for k, _ in cols)
+            + f" | {'—' if ave is None else f'{100 * ave:.2f}'} | {res['seconds'] / 60:.1f} |"
+        )
         bars[row] = {k: v for k, v in accs.items() if v is not None}
-    diag_keys = ("g1_norm", "g2_norm", "cos_g1_g2", "tau1", "tau2", "sga_norm", "flip_rate", "d_after", "student_agree_rob")
-    diag = {row: stage2_diagnostics(out / row / "metrics.jsonl", diag_keys) for row in results if (out / row / "metrics.jsonl").exists()}
+    diag_keys = (
+        "g1_norm",
+        "g2_norm",
+        "cos_g1_g2",
+        "tau1",
+        "tau2",
+        "sga_norm",
+        "flip_rate",
+        "d_after",
+        "student_agree_rob",
+    )
+    diag = {
+        row: stage2_diagnostics(out / row / "metrics.jsonl", diag_keys)
+        for row in results
+        if (out / row / "metrics.jsonl").exists()
+    }
     diag = {row: d for row, d in diag.items() if d}
     if diag:
-        lines += ["", "Stage-II diagnostics (mean over the last half of Stage II):", "",
-                  "| row | " + " | ".join(diag_keys) + " |", "|---" * (len(diag_keys) + 1) + "|"]
-        lines += [f"| {row} | " + " | ".join("—" if d.get(k) is None else f"{d[k]:.3g}" for k in diag_keys) + " |" for row, d in diag.items()]
+        lines += [
+            "",
+            "Stage-II diagnostics (mean over the last half of Stage II):",
+            "",
+            "| row | " + " | ".join(diag_keys) + " |",
+            "|---" * (len(diag_keys) + 1) + "|",
+        ]
+        lines += [
+            f"| {row} | " + " | ".join("—" if d.get(k) is None else f"{d[k]:.3g}" for k in diag_keys) + " |"
+            for row, d in diag.items()
+        ]
     warn = [f"- {row}: {w}" for row, res in results.items() for w in res.get("warnings", [])]
     if warn:
         lines += ["", "Evaluator warnings:", *warn]
@@ -342,9 +571,22 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", required=True, choices=["fmnist", "cifar10"])
     p.add_argument("--data-path", default="../shared/data")
     p.add_argument("--out", default=None, help="default bench/out/<recipe>")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ALL_ROWS)} (default: all but the steering rows)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra dotted config override for every row (e.g. stage2.steps=50)")
-    p.add_argument("--seeds", default="0", help="comma list of seeds; every row runs once per seed (folders row, row-seed1, ...)")
+    p.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"comma list of {', '.join(ALL_ROWS)} (default: all but the steering rows)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dotted config override for every row (e.g. stage2.steps=50)",
+    )
+    p.add_argument(
+        "--seeds", default="0", help="comma list of seeds; every row runs once per seed (folders row, row-seed1, ...)"
+    )
     p.add_argument("--no-aa", action="store_true", help="skip the AutoAttack column")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

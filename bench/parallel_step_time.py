@@ -54,14 +54,33 @@ def main() -> int:
     from derd_scale.state import Models, TrainState
     from derd_scale.trainer import build_training, stage1_step, stage2_step
 
-    cfg = config_from_dict({}, ["data.name=fashion_mnist", f"stage1.batch_size={args.batch}", f"stage2.batch_size={args.batch}", f"distributed.backend={args.backend}"])
+    cfg = config_from_dict(
+        {},
+        [
+            "data.name=fashion_mnist",
+            f"stage1.batch_size={args.batch}",
+            f"stage2.batch_size={args.batch}",
+            f"distributed.backend={args.backend}",
+        ],
+    )
     accelerator = build_accelerator(cfg.distributed)
     torch.manual_seed(0)
     w = args.width
-    models = Models(freeze(create_model("small_cnn", 10, in_chans=1, width=w)), freeze(create_model("small_cnn", 10, in_chans=1, width=w)),
-                    create_model("small_cnn", 10, in_chans=1, width=w), PseudoImageGenerator(28, 1, latent_dim=64, base_channels=16), dataset_info("fashion_mnist"))
+    models = Models(
+        freeze(create_model("small_cnn", 10, in_chans=1, width=w)),
+        freeze(create_model("small_cnn", 10, in_chans=1, width=w)),
+        create_model("small_cnn", 10, in_chans=1, width=w),
+        PseudoImageGenerator(28, 1, latent_dim=64, base_channels=16),
+        dataset_info("fashion_mnist"),
+    )
     models, par, scheds, _ = build_training(cfg, accelerator, models)
-    out = {"backend": par.backend, "world_size": par.world_size, "global_batch": args.batch, "student_width": w, "threads": torch.get_num_threads()}
+    out = {
+        "backend": par.backend,
+        "world_size": par.world_size,
+        "global_batch": args.batch,
+        "student_width": w,
+        "threads": torch.get_num_threads(),
+    }
     for stage in ("stage1", "stage2"):
         times = []
         state = TrainState(stage=stage)
@@ -99,11 +118,37 @@ def run_all(args) -> int:
     lines = out / "lines.jsonl"
     lines.unlink(missing_ok=True)
     bin_dir = Path(sys.executable).parent
-    tool = lambda name: shutil.which(name, path=str(bin_dir)) or name  # noqa: E731
-    accelerate = lambda config: [tool("accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate/cpu" / config), "--main_process_port", _free_port()]  # noqa: E731
-    base = dict(os.environ, DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(bin_dir.parent / "torch_extensions")))
+
+    def tool(name: str) -> str:
+        return shutil.which(name, path=str(bin_dir)) or name
+
+    def accelerate(config: str) -> list[str]:
+        return [
+            tool("accelerate"),
+            "launch",
+            "--config_file",
+            str(REPO / "configs/accelerate/cpu" / config),
+            "--main_process_port",
+            _free_port(),
+        ]
+
+    base = dict(
+        os.environ,
+        DS_ACCELERATOR="cpu",
+        TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(bin_dir.parent / "torch_extensions")),
+    )
     cpu = dict(base, ACCELERATE_USE_CPU="true")  # DDP/FSDP twins; DeepSpeed's must NOT have it (docs/platform.md)
-    worker = [str(Path(__file__).resolve()), "--batch", str(args.batch), "--steps", str(args.steps), "--width", str(args.width), "--json-out", str(lines)]
+    worker = [
+        str(Path(__file__).resolve()),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--width",
+        str(args.width),
+        "--json-out",
+        str(lines),
+    ]
     layouts = [
         ("1 process, 1 thread", [sys.executable], dict(cpu, OMP_NUM_THREADS="1"), []),
         ("1 process, 2 threads", [sys.executable], dict(cpu, OMP_NUM_THREADS="2"), []),
@@ -111,14 +156,21 @@ def run_all(args) -> int:
         ("ZeRO-1, 2 × 1 thread", accelerate("deepspeed_zero1.yaml"), dict(base, OMP_NUM_THREADS="1"), []),
         ("ZeRO-2, 2 × 1 thread", accelerate("deepspeed_zero2.yaml"), dict(base, OMP_NUM_THREADS="1"), []),
         ("ZeRO-3, 2 × 1 thread", accelerate("deepspeed_zero3.yaml"), dict(base, OMP_NUM_THREADS="1"), []),
-        ("FSDP2, 2 × 1 thread", [tool("torchrun"), "--standalone", "--nproc_per_node", "2"], dict(cpu, OMP_NUM_THREADS="1"), ["--backend", "fsdp"]),
+        (
+            "FSDP2, 2 × 1 thread",
+            [tool("torchrun"), "--standalone", "--nproc_per_node", "2"],
+            dict(cpu, OMP_NUM_THREADS="1"),
+            ["--backend", "fsdp"],
+        ),
     ]
     results = []
     for name, launcher, env, extra in layouts:
         print(f"[bench] {name}", flush=True)
         before = lines.read_text().splitlines() if lines.exists() else []
         t0 = time.time()
-        proc = subprocess.run(launcher + worker + extra, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(
+            launcher + worker + extra, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800
+        )
         after = lines.read_text().splitlines() if lines.exists() else []
         if proc.returncode != 0 or len(after) != len(before) + 1:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
@@ -126,7 +178,10 @@ def run_all(args) -> int:
         results.append({"layout": name, **json.loads(after[-1]), "launch_seconds": time.time() - t0})
     (out / "results.json").write_text(json.dumps(results, indent=2))
     rows = ["| layout | backend | processes | Stage I s/step | Stage II s/step |", "|---|---|---|---|---|"]
-    rows += [f"| {r['layout']} | {r['backend']} | {r['world_size']} | {r['stage1_step_s']:.3f} | {r['stage2_step_s']:.3f} |" for r in results]
+    rows += [
+        f"| {r['layout']} | {r['backend']} | {r['world_size']} | {r['stage1_step_s']:.3f} | {r['stage2_step_s']:.3f} |"
+        for r in results
+    ]
     head = f"Tiny DERD step (small CNN width {args.width}, global batch {args.batch}, median of {args.steps} steps after 2 warm-up), {time.strftime('%Y-%m-%d')}"
     (out / "results.md").write_text(head + "\n\n" + "\n".join(rows) + "\n")
     print((out / "results.md").read_text())

@@ -38,8 +38,15 @@ def build(batch: int):
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(
         root / "configs" / "imnet100_vit.yaml",
-        ["teachers.natural.arch=vit_small_patch16_224", "teachers.natural.pretrained=false", "teachers.robust.arch=vit_small_patch16_224",
-         f"stage1.batch_size={batch}", f"stage2.batch_size={batch}", "distributed.mixed_precision=no", f"stage2.sa.chunk_size={batch}"],
+        [
+            "teachers.natural.arch=vit_small_patch16_224",
+            "teachers.natural.pretrained=false",
+            "teachers.robust.arch=vit_small_patch16_224",
+            f"stage1.batch_size={batch}",
+            f"stage2.batch_size={batch}",
+            "distributed.mixed_precision=no",
+            f"stage2.sa.chunk_size={batch}",
+        ],
     )
     models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True))
     return cfg, models, scheds, par
@@ -127,7 +134,9 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, wrt_input: b
 def memory_table(models, gpus: int, per_gpu_batch: int, sa_chunk: int) -> dict:
     n = sum(p.numel() for p in models.student.parameters())
     ng = sum(p.numel() for p in models.generator.parameters())
-    nt = sum(p.numel() for p in models.natural_teacher.parameters()) + sum(p.numel() for p in models.robust_teacher.parameters())
+    nt = sum(p.numel() for p in models.natural_teacher.parameters()) + sum(
+        p.numel() for p in models.robust_teacher.parameters()
+    )
     # bf16 mixed precision, AdamW: params 2 B, grads 2 B, fp32 master 4 B + 2 moments 8 B.
     # GA/SGA keeps the two task gradients (g1, g2) of this rank's shard: 2 × 4 B (fp32 copies).
     p, g, o, task = 2 * n, 2 * n, 12 * n, 8 * n
@@ -143,13 +152,22 @@ def memory_table(models, gpus: int, per_gpu_batch: int, sa_chunk: int) -> dict:
     x = torch.rand(1, 3, 224, 224)
     student_act = saved_activation_bytes(models.student.train(), x)
     teacher_act = saved_activation_bytes(models.natural_teacher, x, wrt_input=True)
-    gen_act = saved_activation_bytes(models.generator.train(), models.generator.sample(2, torch.Generator().manual_seed(0))[0][:2]) / 2
+    gen_act = (
+        saved_activation_bytes(
+            models.generator.train(), models.generator.sample(2, torch.Generator().manual_seed(0))[0][:2]
+        )
+        / 2
+    )
     return {
         "params": {"student": n, "generator": ng, "teachers": nt},
         "student_state_bytes_per_gpu": layouts,
         "frozen_teachers_bf16_bytes": 2 * nt,
         "generator_state_bytes": 16 * ng,
-        "activation_bytes_per_image_fp32": {"student": student_act, "teacher_input_grad": teacher_act, "generator": gen_act},
+        "activation_bytes_per_image_fp32": {
+            "student": student_act,
+            "teacher_input_grad": teacher_act,
+            "generator": gen_act,
+        },
         "activation_bytes_per_gpu": {
             "student_fwd": student_act * per_gpu_batch,
             "sa_crafting_chunk_two_teachers": 2 * teacher_act * min(sa_chunk, per_gpu_batch),
@@ -174,17 +192,34 @@ def main() -> None:
     cfg, models, *_ = build(2)
     from derd_scale.config import load_config
 
-    real = load_config(Path(__file__).resolve().parent.parent / "configs" / "imnet100_vit.yaml", ["teachers.natural.pretrained=false"])
+    real = load_config(
+        Path(__file__).resolve().parent.parent / "configs" / "imnet100_vit.yaml", ["teachers.natural.pretrained=false"]
+    )
     per_gpu = real.stage2.batch_size // args.gpus
     mem = memory_table(models, args.gpus, per_gpu, real.stage2.sa.chunk_size or per_gpu)
-    total_flops = flops["stage1"] * real.stage1.batch_size * real.stage1.steps + flops["stage2"] * real.stage2.batch_size * real.stage2.steps
+    total_flops = (
+        flops["stage1"] * real.stage1.batch_size * real.stage1.steps
+        + flops["stage2"] * real.stage2.batch_size * real.stage2.steps
+    )
     seconds = total_flops / (args.gpus * H100_BF16_DENSE * args.mfu)
     result = {
         "flops_per_image": flops,
-        "flops_per_step": {"stage1": flops["stage1"] * real.stage1.batch_size, "stage2": flops["stage2"] * real.stage2.batch_size},
-        "schedule": {"stage1_steps": real.stage1.steps, "stage2_steps": real.stage2.steps, "global_batch": real.stage2.batch_size},
+        "flops_per_step": {
+            "stage1": flops["stage1"] * real.stage1.batch_size,
+            "stage2": flops["stage2"] * real.stage2.batch_size,
+        },
+        "schedule": {
+            "stage1_steps": real.stage1.steps,
+            "stage2_steps": real.stage2.steps,
+            "global_batch": real.stage2.batch_size,
+        },
         "total_flops": total_flops,
-        "projection": {"gpus": args.gpus, "mfu": args.mfu, "peak_flops_per_gpu": H100_BF16_DENSE, "hours": seconds / 3600},
+        "projection": {
+            "gpus": args.gpus,
+            "mfu": args.mfu,
+            "peak_flops_per_gpu": H100_BF16_DENSE,
+            "hours": seconds / 3600,
+        },
         "cpu_stage2_step": timing,
         "memory": mem,
         "torch": torch.__version__,

@@ -39,11 +39,25 @@ def main() -> None:
     from derd_scale.state import Models, TrainState
     from derd_scale.trainer import build_training, stage1_step, stage2_step
 
-    cfg = config_from_dict({"data": {"name": "cifar10"}}, [f"stage1.batch_size={args.batch}", f"stage2.batch_size={args.batch}"])
+    cfg = config_from_dict(
+        {"data": {"name": "cifar10"}}, [f"stage1.batch_size={args.batch}", f"stage2.batch_size={args.batch}"]
+    )
     info = dataset_info("cifar10")
-    models = Models(freeze(create_model(args.arch, 10)), freeze(create_model(args.arch, 10)), create_model(args.arch, 10), PseudoImageGenerator(32, 3), info)
+    models = Models(
+        freeze(create_model(args.arch, 10)),
+        freeze(create_model(args.arch, 10)),
+        create_model(args.arch, 10),
+        PseudoImageGenerator(32, 3),
+        info,
+    )
     models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
-    results = {"batch": args.batch, "arch": args.arch, "threads": args.threads, "sa_steps": cfg.stage2.sa.steps, "torch": torch.__version__}
+    results = {
+        "batch": args.batch,
+        "arch": args.arch,
+        "threads": args.threads,
+        "sa_steps": cfg.stage2.sa.steps,
+        "torch": torch.__version__,
+    }
     for stage in ("stage1", "stage2"):
         times = []
         state = TrainState(stage=stage)

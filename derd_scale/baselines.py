@@ -38,12 +38,16 @@ def _optimizer(student, lr: float, steps: int):
     return opt, sched
 
 
-def train_natural_student(student, x_all, y_all, steps: int, batch_size: int, lr: float = 0.05, seed: int = 0, progress: bool = True):
+def train_natural_student(
+    student, x_all, y_all, steps: int, batch_size: int, lr: float = 0.05, seed: int = 0, progress: bool = True
+):
     from tqdm.auto import tqdm
 
     opt, sched = _optimizer(student, lr, steps)
     student.train()
-    for x, y in tqdm(_batches(x_all, y_all, steps, batch_size, seed), total=steps, desc="natural student", disable=not progress):
+    for x, y in tqdm(
+        _batches(x_all, y_all, steps, batch_size, seed), total=steps, desc="natural student", disable=not progress
+    ):
         loss = F.cross_entropy(student(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -52,19 +56,42 @@ def train_natural_student(student, x_all, y_all, steps: int, batch_size: int, lr
     return student
 
 
-def rslad_inner_max(student, teacher_probs_log: torch.Tensor, x: torch.Tensor, eps: float, alpha: float, steps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def rslad_inner_max(
+    student,
+    teacher_probs_log: torch.Tensor,
+    x: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """PGD maximising KL(T_rob(x) ‖ S(x')) from x + 0.001·N(0, 1) (the RSLAD reference code)."""
     noise = torch.randn(x.shape, generator=generator)
     return student_inner_max(student, teacher_probs_log, x, eps, alpha, steps, noise=noise.to(x.device))
 
 
-def train_rslad_student(student, robust_teacher, x_all, y_all, steps: int, batch_size: int, eps: float, alpha: float, attack_steps: int = 10, lr: float = 0.05, seed: int = 0, progress: bool = True):
+def train_rslad_student(
+    student,
+    robust_teacher,
+    x_all,
+    y_all,
+    steps: int,
+    batch_size: int,
+    eps: float,
+    alpha: float,
+    attack_steps: int = 10,
+    lr: float = 0.05,
+    seed: int = 0,
+    progress: bool = True,
+):
     from tqdm.auto import tqdm
 
     opt, sched = _optimizer(student, lr, steps)
     robust_teacher.eval()
     gen = torch.Generator().manual_seed(seed + 1)
-    for x, _ in tqdm(_batches(x_all, y_all, steps, batch_size, seed), total=steps, desc="RSLAD student", disable=not progress):
+    for x, _ in tqdm(
+        _batches(x_all, y_all, steps, batch_size, seed), total=steps, desc="RSLAD student", disable=not progress
+    ):
         with torch.no_grad():
             t_log = F.log_softmax(robust_teacher(x), dim=1)
         student.eval()

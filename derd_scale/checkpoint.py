@@ -96,13 +96,17 @@ def read_checkpoint_state(path: Path) -> dict:
     return blob
 
 
-def load_checkpoint(path: Path, state: TrainState, models: Models, scheds: dict, par: Parallel, blob: Optional[dict] = None) -> None:
+def load_checkpoint(
+    path: Path, state: TrainState, models: Models, scheds: dict, par: Parallel, blob: Optional[dict] = None
+) -> None:
     """Every rank calls it; the layout (backend, process count) must match the saved one."""
     blob = blob if blob is not None else read_checkpoint_state(path)
     saved = (blob.get("backend", "none"), blob.get("world_size", 1))
     sharded = any(a.sharded for a in par.adapters.values())
     if sharded and saved != (par.backend, par.world_size):
-        raise ResumeError(f"{path}: saved by backend {saved[0]} with {saved[1]} processes; a sharded checkpoint resumes only on the same layout ({par.backend}, {par.world_size})")
+        raise ResumeError(
+            f"{path}: saved by backend {saved[0]} with {saved[1]} processes; a sharded checkpoint resumes only on the same layout ({par.backend}, {par.world_size})"
+        )
     state.stage, state.step = blob["stage"], blob["step"]
     state.train_seconds = float(blob.get("train_seconds", 0.0))
     for name, adapter in par.adapters.items():
@@ -111,7 +115,9 @@ def load_checkpoint(path: Path, state: TrainState, models: Models, scheds: dict,
         if k in blob["schedulers"]:
             s.load_state_dict(blob["schedulers"][k])
     # Checkpoints written before NaturalExpert keep the copy under "ema" / "natural_expert".
-    par.natural_expert.load_state_dict(blob["expert"] if "expert" in blob else par.natural_expert.legacy_entry(blob), par.student)
+    par.natural_expert.load_state_dict(
+        blob["expert"] if "expert" in blob else par.natural_expert.legacy_entry(blob), par.student
+    )
     torch.set_rng_state(blob["torch_rng"])
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
@@ -133,11 +139,16 @@ def resume(run: RunDir, candidates: list[Path], state: TrainState, models: Model
         break
     if chosen is None:
         first = unreadable[0][1] if unreadable else "none found"
-        raise ResumeError(f"no readable checkpoint in {run.checkpoints}: {first}; move the folder away, or set "
-                          f"output.resume=false output.overwrite=true to start over")
+        raise ResumeError(
+            f"no readable checkpoint in {run.checkpoints}: {first}; move the folder away, or set "
+            f"output.resume=false output.overwrite=true to start over"
+        )
     for path, reason in unreadable:
-        warnings.warn(f"checkpoint {path / 'state.pt'} is unreadable ({reason.split(': ', 1)[-1]}); resuming from {chosen.name} instead "
-                      f"(the folder is kept as {path.name}.unreadable)", stacklevel=2)
+        warnings.warn(
+            f"checkpoint {path / 'state.pt'} is unreadable ({reason.split(': ', 1)[-1]}); resuming from {chosen.name} instead "
+            f"(the folder is kept as {path.name}.unreadable)",
+            stacklevel=2,
+        )
     load_checkpoint(chosen, state, models, scheds, par, blob)
     par.accelerator.wait_for_everyone()
     if par.accelerator.is_main_process:

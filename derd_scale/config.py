@@ -328,8 +328,17 @@ def _evaluate_eval() -> EvalConfig:
 
 
 # With a run folder as `model`, these keys default to the run's config.yaml (then YAML, then --set).
-EVALUATE_RUN_DEFAULTS = ("data", "eval.protocol", "eval.eps", "eval.alpha", "eval.steps", "eval.batch_size",
-                         "eval.restarts", "eval.cw_kappa", "eval.square_queries")
+EVALUATE_RUN_DEFAULTS = (
+    "data",
+    "eval.protocol",
+    "eval.eps",
+    "eval.alpha",
+    "eval.steps",
+    "eval.batch_size",
+    "eval.restarts",
+    "eval.cw_kappa",
+    "eval.square_queries",
+)
 
 
 @dataclass
@@ -386,7 +395,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         allowed = get_args(tp)
         if isinstance(value, bool):
             # YAML 1.1 reads a bare `no`/`off` as false: map it back to the option's spelling.
-            value = next((a for a in allowed if isinstance(a, str) and a in (("yes", "on", "true") if value else ("no", "off", "false"))), value)
+            value = next(
+                (
+                    a
+                    for a in allowed
+                    if isinstance(a, str) and a in (("yes", "on", "true") if value else ("no", "off", "false"))
+                ),
+                value,
+            )
         if value not in allowed:
             raise ConfigError(f"{key}: invalid value {value!r}; allowed: {', '.join(map(str, allowed))}")
         return value
@@ -404,7 +420,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0]) if len(errors) == 1 else ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise (
+            ConfigError(errors[0])
+            if len(errors) == 1
+            else ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
@@ -508,8 +528,12 @@ PRESETS: dict[str, list[str]] = {
     # structure kept (Stage I, SA discrepancy data, both experts, SGA), with targets on the clean
     # anchor and the student's own inner maximisation started from x_d.
     "derd_recommended": [
-        "stage2.sa.ball=true", "stage2.eg.natural_data=gz", "stage2.eg.robust_target=anchor",
-        "stage2.eg.robust_data=x_adv", "stage2.eg.robust_clean_weight=0.16666666666666666", "stage2.adv.start=x_d",
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.eg.robust_clean_weight=0.16666666666666666",
+        "stage2.adv.start=x_d",
     ],
 }
 
@@ -586,8 +610,9 @@ def is_run_folder(path: str | Path) -> bool:
     return (Path(path) / "config.yaml").is_file() and (Path(path) / "student").is_dir()
 
 
-def load_evaluate_config(path: str | Path | None, overrides: list[str] | None = None,
-                         values: dict | None = None) -> tuple[EvaluateConfig, Optional[RunConfig]]:
+def load_evaluate_config(
+    path: str | Path | None, overrides: list[str] | None = None, values: dict | None = None
+) -> tuple[EvaluateConfig, Optional[RunConfig]]:
     """``launch/evaluate.py``'s config: the YAML, then ``--set``, then ``values`` (top-level keys
     from the CLI's aliases, e.g. ``{"out": ...}``). With a run folder as ``model``, the keys in
     ``EVALUATE_RUN_DEFAULTS`` start from the run's config.yaml. Returns (config, the run's config or None).
@@ -656,7 +681,9 @@ def validate(cfg: RunConfig) -> None:
     for stage in ("stage1", "stage2"):
         bs, acc = getattr(cfg, stage).batch_size, cfg.distributed.gradient_accumulation_steps
         if bs % acc:
-            raise ConfigError(f"{stage}.batch_size: {bs} is not divisible by distributed.gradient_accumulation_steps={acc}")
+            raise ConfigError(
+                f"{stage}.batch_size: {bs} is not divisible by distributed.gradient_accumulation_steps={acc}"
+            )
     if cfg.distributed.fsdp_min_params is not None:
         positive("distributed.fsdp_min_params", cfg.distributed.fsdp_min_params)
     if cfg.distributed.expected_world_size is not None:
@@ -668,7 +695,11 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.stage1.enabled and not cfg.stage2.enabled:
         raise ConfigError("stage1.enabled / stage2.enabled: at least one stage must run")
     validate_eval(cfg.eval)
-    for key, ref in (("teachers.natural", cfg.teachers.natural), ("teachers.robust", cfg.teachers.robust), ("student", cfg.student)):
+    for key, ref in (
+        ("teachers.natural", cfg.teachers.natural),
+        ("teachers.robust", cfg.teachers.robust),
+        ("student", cfg.student),
+    ):
         if (ref.mean is None) != (ref.std is None):
             raise ConfigError(f"{key}.mean / {key}.std: give both or neither")
         if ref.std is not None and any(s <= 0 for s in ref.std):

@@ -48,7 +48,18 @@ class DatasetInfo:
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-FASHION_MNIST_CLASSES = ("T - shirt / top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T - shirt / top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def _imagenet100_wnids() -> tuple[str, ...]:
@@ -57,12 +68,38 @@ def _imagenet100_wnids() -> tuple[str, ...]:
 
 
 KNOWN_DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo("cifar10", "uoft-cs/cifar10", "plain_text", "cifar10/plain_text", "img", "label", CIFAR10_CLASSES, 32, 3),
-    "cifar100": DatasetInfo("cifar100", "uoft-cs/cifar100", "cifar100", "cifar100/cifar100", "img", "fine_label", tuple(f"class_{i}" for i in range(100)), 32, 3),
-    "fashion_mnist": DatasetInfo("fashion_mnist", "zalando-datasets/fashion_mnist", "fashion_mnist", "fashion_mnist/fashion_mnist", "image", "label", FASHION_MNIST_CLASSES, 28, 1),
-    "mnist": DatasetInfo("mnist", "ylecun/mnist", "mnist", "mnist/mnist", "image", "label", tuple(str(i) for i in range(10)), 28, 1),
+    "cifar10": DatasetInfo(
+        "cifar10", "uoft-cs/cifar10", "plain_text", "cifar10/plain_text", "img", "label", CIFAR10_CLASSES, 32, 3
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100",
+        "uoft-cs/cifar100",
+        "cifar100",
+        "cifar100/cifar100",
+        "img",
+        "fine_label",
+        tuple(f"class_{i}" for i in range(100)),
+        32,
+        3,
+    ),
+    "fashion_mnist": DatasetInfo(
+        "fashion_mnist",
+        "zalando-datasets/fashion_mnist",
+        "fashion_mnist",
+        "fashion_mnist/fashion_mnist",
+        "image",
+        "label",
+        FASHION_MNIST_CLASSES,
+        28,
+        1,
+    ),
+    "mnist": DatasetInfo(
+        "mnist", "ylecun/mnist", "mnist", "mnist/mnist", "image", "label", tuple(str(i) for i in range(10)), 28, 1
+    ),
     # clane9/imagenet-100 is a public Hub copy of the CMC ImageNet-100 split (labels follow its own order).
-    "imagenet100": DatasetInfo("imagenet100", "clane9/imagenet-100", None, "imagenet100", "image", "label", _imagenet100_wnids(), 224, 3),
+    "imagenet100": DatasetInfo(
+        "imagenet100", "clane9/imagenet-100", None, "imagenet100", "image", "label", _imagenet100_wnids(), 224, 3
+    ),
 }
 _ALIASES = {info.hub_id: key for key, info in KNOWN_DATASETS.items()}
 
@@ -77,7 +114,14 @@ def dataset_info(name: str) -> DatasetInfo:
 class ImageDataset(Dataset):
     """(image in [0, 1] CHW float32, label) pairs over encoded images or a uint8 tensor."""
 
-    def __init__(self, images: Sequence, labels: Sequence[int], channels: int, resize: Optional[int] = None, crop: Optional[int] = None):
+    def __init__(
+        self,
+        images: Sequence,
+        labels: Sequence[int],
+        channels: int,
+        resize: Optional[int] = None,
+        crop: Optional[int] = None,
+    ):
         self.images = images
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.channels = channels
@@ -144,7 +188,10 @@ def _find_parquet(root: Path, info: Optional[DatasetInfo], split: str) -> list[s
     files = sorted(glob.glob(str(root / "**" / f"{split}-*.parquet"), recursive=True))
     if files:
         return files
-    raise FileNotFoundError(f"data.path: no parquet files for split {split!r} under {root}" + (f" (looked in {root / info.parquet_dir})" if info else ""))
+    raise FileNotFoundError(
+        f"data.path: no parquet files for split {split!r} under {root}"
+        + (f" (looked in {root / info.parquet_dir})" if info else "")
+    )
 
 
 def _read_parquet(files: list[str], info: DatasetInfo) -> tuple[list, list[int]]:
@@ -166,7 +213,9 @@ def _read_imagefolder(root: Path, split: str, class_names: Sequence[str]) -> tup
         raise FileNotFoundError(f"data.path: no class folders in {split_dir}")
     missing = [c for c in class_names if c not in present]
     if class_names and missing:
-        raise FileNotFoundError(f"data.path: {split_dir} lacks class folders {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        raise FileNotFoundError(
+            f"data.path: {split_dir} lacks class folders {missing[:5]}{' …' if len(missing) > 5 else ''}"
+        )
     images, labels = [], []
     for label, cls in enumerate(order):
         for p in sorted((split_dir / cls).iterdir()):

@@ -47,7 +47,18 @@ from .natural_expert import NaturalExpert
 from .parallel.adapters import GradientAdapter, ReplicatedGradients, ShardView, unwrap, world
 from .parallel.batchnorm import convert_batchnorm, global_mean
 
-__all__ = ["build_accelerator", "prepare", "Parallel", "GradientAdapter", "ReplicatedGradients", "ShardView", "unwrap", "world", "shutdown", "resolve_backend"]
+__all__ = [
+    "build_accelerator",
+    "prepare",
+    "Parallel",
+    "GradientAdapter",
+    "ReplicatedGradients",
+    "ShardView",
+    "unwrap",
+    "world",
+    "shutdown",
+    "resolve_backend",
+]
 
 
 def build_accelerator(cfg: DistributedConfig, cpu: Optional[bool] = None):
@@ -81,19 +92,32 @@ def resolve_backend(cfg: DistributedConfig, accelerator) -> str:
     from accelerate.utils import DistributedType
 
     launched = {
-        DistributedType.NO: "none", DistributedType.MULTI_CPU: "ddp", DistributedType.MULTI_GPU: "ddp",
-        DistributedType.DEEPSPEED: "deepspeed", DistributedType.FSDP: "fsdp",
+        DistributedType.NO: "none",
+        DistributedType.MULTI_CPU: "ddp",
+        DistributedType.MULTI_GPU: "ddp",
+        DistributedType.DEEPSPEED: "deepspeed",
+        DistributedType.FSDP: "fsdp",
     }.get(accelerator.distributed_type, "ddp")
     # Launched with a DeepSpeed/FSDP accelerate config but Accelerate set up something else
     # (FSDP on CPU silently becomes DDP, docs/platform.md): stop rather than train another layout.
-    for flag, wanted, hint in (("ACCELERATE_USE_DEEPSPEED", "deepspeed", "build the Accelerator with derd_scale.distributed.build_accelerator, "
-                                "and on a CPU machine do not set ACCELERATE_USE_CPU for DeepSpeed launches"),
-                               ("ACCELERATE_USE_FSDP", "fsdp", "on CPU run FSDP2 with torchrun ... --set distributed.backend=fsdp")):
+    for flag, wanted, hint in (
+        (
+            "ACCELERATE_USE_DEEPSPEED",
+            "deepspeed",
+            "build the Accelerator with derd_scale.distributed.build_accelerator, "
+            "and on a CPU machine do not set ACCELERATE_USE_CPU for DeepSpeed launches",
+        ),
+        ("ACCELERATE_USE_FSDP", "fsdp", "on CPU run FSDP2 with torchrun ... --set distributed.backend=fsdp"),
+    ):
         if _env_flag(flag) and launched != wanted:
-            raise RuntimeError(f"launched with a {wanted} accelerate config but Accelerate set up {accelerator.distributed_type}: {hint}")
+            raise RuntimeError(
+                f"launched with a {wanted} accelerate config but Accelerate set up {accelerator.distributed_type}: {hint}"
+            )
     backend = launched if cfg.backend == "auto" else cfg.backend
     if launched in ("deepspeed", "fsdp") and backend != launched:
-        raise ValueError(f"distributed.backend={cfg.backend}: the launcher set up {launched}; use backend=auto or {launched}")
+        raise ValueError(
+            f"distributed.backend={cfg.backend}: the launcher set up {launched}; use backend=auto or {launched}"
+        )
     _, size = world()
     if backend == "ddp" and size == 1:
         backend = "none"  # one process: nothing to replicate
@@ -109,11 +133,13 @@ def check_launch(cfg: DistributedConfig) -> int:
     if env != size:
         raise RuntimeError(
             f"the launcher started {env} processes but this one sees a world of {size}: the processes are not "
-            f"synchronised (on a CPU machine `accelerate launch --multi_gpu` needs ACCELERATE_USE_CPU=true)")
+            f"synchronised (on a CPU machine `accelerate launch --multi_gpu` needs ACCELERATE_USE_CPU=true)"
+        )
     if cfg.expected_world_size is not None and size != cfg.expected_world_size:
         raise RuntimeError(
             f"distributed.expected_world_size={cfg.expected_world_size} but {size} process(es) started "
-            f"(`accelerate launch --cpu --num_processes N` starts one; see docs/distributed.md)")
+            f"(`accelerate launch --cpu --num_processes N` starts one; see docs/distributed.md)"
+        )
     return size
 
 
@@ -183,7 +209,10 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     cpu = getattr(torch, "cpu", None)
-    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)() or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return bool(
+        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+    )
 
 
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:
@@ -218,7 +247,11 @@ def prepare(models, cfg, accelerator) -> Parallel:
 
     # Unsharded copies to rebuild full models from (snapshots, evaluation, the
     # student-as-natural-teacher variants) — only the sharded backends need them.
-    templates = {k: copy.deepcopy(getattr(models, k)) for k in ("student", "generator")} if backend in ("deepspeed", "fsdp") else {}
+    templates = (
+        {k: copy.deepcopy(getattr(models, k)) for k in ("student", "generator")}
+        if backend in ("deepspeed", "fsdp")
+        else {}
+    )
     batch_mean = None
     if size > 1 and dc.global_batch_statistics:
         # Its own group: these collectives run inside forward/backward, interleaved with the
@@ -250,13 +283,23 @@ def prepare(models, cfg, accelerator) -> Parallel:
 
                 # With global batch statistics the BN buffers are identical on every rank,
                 # so DDP's per-forward buffer broadcast is skipped; otherwise rank 0's wins.
-                module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=batch_mean is None)
+                module = DistributedDataParallel(
+                    module,
+                    device_ids=[device.index] if device.type == "cuda" else None,
+                    forward_sync_buffers=batch_mean is None,
+                )
             adapter: GradientAdapter = ReplicatedGradients(module, make_optimizer(module.parameters(), oc), **kw)
         elif backend == "deepspeed":
             from .parallel.zero import DeepSpeedGradients, build_engine, engine_config
 
             stage_batch = cfg.stage2.batch_size if cfg.stage2.enabled else cfg.stage1.batch_size
-            conf = engine_config(ds_base, micro_batch=max(1, stage_batch // (size * accumulation)), world_size=size, grad_clip=oc.grad_clip, bf16=bf16)
+            conf = engine_config(
+                ds_base,
+                micro_batch=max(1, stage_batch // (size * accumulation)),
+                world_size=size,
+                grad_clip=oc.grad_clip,
+                bf16=bf16,
+            )
             optimizer = make_optimizer(module.parameters(), oc)
             adapter = DeepSpeedGradients(build_engine(module, optimizer, conf), optimizer, **{**kw, "max_norm": None})
         elif backend == "fsdp":
@@ -270,7 +313,18 @@ def prepare(models, cfg, accelerator) -> Parallel:
         setattr(models, name, adapter.module)
         adapters[name] = adapter
     expert = NaturalExpert(cfg.stage2.eg.natural_teacher, models.natural_teacher, cfg.stage2.eg.ema_decay)
-    return Parallel(accelerator, backend, adapters["student"], adapters["generator"], rank, size, accumulation, precision, batch_mean, expert)
+    return Parallel(
+        accelerator,
+        backend,
+        adapters["student"],
+        adapters["generator"],
+        rank,
+        size,
+        accumulation,
+        precision,
+        batch_mean,
+        expert,
+    )
 
 
 def _fsdp_options(accelerator, dc: DistributedConfig) -> tuple[bool, Optional[int]]:

@@ -30,7 +30,23 @@ from .models.factory import NormalizedModel, create_model, unwrap_normalized
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's save_for_hf writes either
 # Keys of a timm pretrained_cfg that describe where the *source* weights came from; an
 # export is its own source, so they are dropped (as timm's own save_for_hf does).
-_SOURCE_KEYS = ("architecture", "license", "url", "hf_hub_id", "hf_hub_filename", "file", "state_dict", "tag", "source", "label_offset", "label_names", "label_descriptions", "test_input_size", "test_crop_pct", "pool_size")
+_SOURCE_KEYS = (
+    "architecture",
+    "license",
+    "url",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "file",
+    "state_dict",
+    "tag",
+    "source",
+    "label_offset",
+    "label_names",
+    "label_descriptions",
+    "test_input_size",
+    "test_crop_pct",
+    "pool_size",
+)
 
 
 def export_model(
@@ -60,7 +76,7 @@ def export_model(
     if state_dict is None:
         state_dict = backbone.state_dict()
     state_dict = dict(state_dict)
-    arch_name = arch[len("timm:"):] if arch.startswith("timm:") else arch
+    arch_name = arch[len("timm:") :] if arch.startswith("timm:") else arch
     if arch_name.startswith(("hf-hub:", "local-dir:")):
         # A model loaded from a Hub repo / folder: record the architecture it was built as.
         arch_name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture") or ""
@@ -78,7 +94,16 @@ def export_model(
     std = norm.std.flatten().tolist() if norm.has_norm else [1.0] * in_chans
     size = norm.input_size or img_size  # what the backbone itself is fed (after any resize)
     pretrained_cfg = _timm_pretrained_cfg(backbone) if library == "timm" else {}
-    pretrained_cfg.update({"input_size": [in_chans, size, size], "mean": mean, "std": std, "num_classes": num_classes, "interpolation": "bilinear", "crop_pct": 1.0})
+    pretrained_cfg.update(
+        {
+            "input_size": [in_chans, size, size],
+            "mean": mean,
+            "std": std,
+            "num_classes": num_classes,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+        }
+    )
     config = {
         "architecture": arch_name,
         "num_classes": num_classes,
@@ -120,7 +145,9 @@ def _head_rows(backbone: nn.Module, state_dict: dict) -> Optional[int]:
 def _slice_head(backbone: nn.Module, state_dict: dict, rows: list[int]) -> dict:
     name = _head_module_name(backbone)
     if name is None or f"{name}.weight" not in state_dict:
-        raise ValueError(f"export_model: a class-subset model needs an nn.Linear classifier to slice; {type(backbone).__name__} has none")
+        raise ValueError(
+            f"export_model: a class-subset model needs an nn.Linear classifier to slice; {type(backbone).__name__} has none"
+        )
     sd = dict(state_dict)
     idx = torch.as_tensor(rows, dtype=torch.long)
     for key in (f"{name}.weight", f"{name}.bias"):
@@ -138,7 +165,9 @@ def _timm_pretrained_cfg(backbone: nn.Module) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if v is not None}
 
 
-def _model_args(backbone: nn.Module, library: str, model_kwargs: Optional[dict], in_chans: int, num_classes: int) -> dict:
+def _model_args(
+    backbone: nn.Module, library: str, model_kwargs: Optional[dict], in_chans: int, num_classes: int
+) -> dict:
     """Arguments that rebuild the architecture. For timm, the ones timm recorded at creation
     (img_size, patch_size, depth … even when the caller forgot to pass them) win over ours."""
     args = dict(model_kwargs or {})
@@ -155,7 +184,9 @@ def _model_args(backbone: nn.Module, library: str, model_kwargs: Optional[dict],
             json.dumps(value)
         except TypeError:
             if key not in args:
-                raise ValueError(f"export_model: timm model arg {key!r}={value!r} is not JSON-serialisable; pass a replacement in model_kwargs") from None
+                raise ValueError(
+                    f"export_model: timm model arg {key!r}={value!r} is not JSON-serialisable; pass a replacement in model_kwargs"
+                ) from None
             continue
         args[key] = list(value) if isinstance(value, tuple) else value
     args["in_chans"] = in_chans  # timm's local-dir loader builds with model_args, so a 1-channel net must say so
@@ -166,18 +197,24 @@ def _model_args(backbone: nn.Module, library: str, model_kwargs: Optional[dict],
 def _readme(arch: str, config: dict) -> str:
     c, h, w = config["pretrained_cfg"]["input_size"]
     labels = config.get("label_names") or []
-    facts = (f"- architecture: `{arch}`, {config['num_classes']} classes"
-             + (f" ({', '.join(map(str, labels[:10]))}{', …' if len(labels) > 10 else ''})" if labels else "")
-             + f"\n- input: {c}×{h}×{w} pixels in [0, 1], normalised with mean {_fmt(config['pretrained_cfg']['mean'])}, std {_fmt(config['pretrained_cfg']['std'])}\n")
+    facts = (
+        f"- architecture: `{arch}`, {config['num_classes']} classes"
+        + (f" ({', '.join(map(str, labels[:10]))}{', …' if len(labels) > 10 else ''})" if labels else "")
+        + f"\n- input: {c}×{h}×{w} pixels in [0, 1], normalised with mean {_fmt(config['pretrained_cfg']['mean'])}, std {_fmt(config['pretrained_cfg']['std'])}\n"
+    )
     if config["derd_scale"]["library"] == "timm":
-        how = ("```python\nimport timm\nmodel = timm.create_model(\"local-dir:THIS_FOLDER\", pretrained=True).eval()  # or \"hf-hub:ORG/REPO\"\n"
-               "cfg = timm.data.resolve_data_config({}, model=model)  # mean/std/input size from config.json\n```\n\n"
-               "timm's model does **not** normalise: apply `pretrained_cfg` mean/std to [0, 1] pixels (timm's transforms do). "
-               "`derd_scale.export.load_exported(\"THIS_FOLDER\")` gives the same network with the normalisation built in.")
+        how = (
+            '```python\nimport timm\nmodel = timm.create_model("local-dir:THIS_FOLDER", pretrained=True).eval()  # or "hf-hub:ORG/REPO"\n'
+            "cfg = timm.data.resolve_data_config({}, model=model)  # mean/std/input size from config.json\n```\n\n"
+            "timm's model does **not** normalise: apply `pretrained_cfg` mean/std to [0, 1] pixels (timm's transforms do). "
+            '`derd_scale.export.load_exported("THIS_FOLDER")` gives the same network with the normalisation built in.'
+        )
     else:
-        how = ("```python\nfrom derd_scale.export import load_exported\nmodel = load_exported(\"THIS_FOLDER\").eval()  # normalisation included: feed [0, 1] pixels\n```\n\n"
-               f"`{arch}` is a derd_scale architecture that timm does not ship, so `timm.create_model(\"local-dir:…\")` cannot build it; "
-               "the weights are a plain state_dict in `model.safetensors`.")
+        how = (
+            '```python\nfrom derd_scale.export import load_exported\nmodel = load_exported("THIS_FOLDER").eval()  # normalisation included: feed [0, 1] pixels\n```\n\n'
+            f'`{arch}` is a derd_scale architecture that timm does not ship, so `timm.create_model("local-dir:…")` cannot build it; '
+            "the weights are a plain state_dict in `model.safetensors`."
+        )
     return f"# {arch} exported by derd_scale\n\n{facts}\n## How to load\n\n{how}\n"
 
 
@@ -190,7 +227,9 @@ def load_exported(folder: str | Path) -> NormalizedModel:
     ``save_for_hf``, with its normalisation; offline."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (expected a timm-format folder: config.json + model.safetensors)")
+        raise FileNotFoundError(
+            f"{folder}: no config.json (expected a timm-format folder: config.json + model.safetensors)"
+        )
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
@@ -205,6 +244,12 @@ def load_exported(folder: str | Path) -> NormalizedModel:
     num_classes = config.get("num_classes", pc.get("num_classes"))
     kwargs = {k: v for k, v in args.items() if k not in ("in_chans", "num_classes")}
     return create_model(
-        arch, num_classes, in_chans=in_chans, checkpoint=weights,
-        mean=pc.get("mean"), std=pc.get("std"), input_size=ours.get("input_size"), **kwargs,
+        arch,
+        num_classes,
+        in_chans=in_chans,
+        checkpoint=weights,
+        mean=pc.get("mean"),
+        std=pc.get("std"),
+        input_size=ours.get("input_size"),
+        **kwargs,
     )

@@ -28,10 +28,17 @@ from typing import Any, Optional
 import yaml
 
 ATTACK_NAMES = {
-    "clean": "Clean accuracy", "fgsm": "FGSM", "pgd_s": "PGD_S (Madry, CE)", "pgd_t": "PGD_T (TRADES, KL)",
-    "cw": "CW (L∞ margin PGD)", "aa": "AutoAttack (standard)", "square": "Square (black-box)",
+    "clean": "Clean accuracy",
+    "fgsm": "FGSM",
+    "pgd_s": "PGD_S (Madry, CE)",
+    "pgd_t": "PGD_T (TRADES, KL)",
+    "cw": "CW (L∞ margin PGD)",
+    "aa": "AutoAttack (standard)",
+    "square": "Square (black-box)",
     "aa_fast": "aa_fast (torchattacks AutoAttack defaults, 10 iterations; not the standard AutoAttack)",
-    "transfer_pgd": "Transfer PGD", "transfer_cw": "Transfer CW", "pgd_s_2x": "PGD_S (2× steps)",
+    "transfer_pgd": "Transfer PGD",
+    "transfer_cw": "Transfer CW",
+    "pgd_s_2x": "PGD_S (2× steps)",
 }
 # Which budget fields of an eval/report.json entry describe each attack (the report copies
 # the whole protocol into every entry; FGSM's "steps" or Square's "alpha" would mislead).
@@ -50,10 +57,25 @@ ATTACK_ARGS = {
 }
 DEFAULT_ATTACK_ARGS = ("eps", "alpha", "steps", "n")
 # AutoAttack budgets copied from an entry's "autoattack" record into its metric args.
-AUTOATTACK_ARGS = ("version", "apgd_steps", "apgd_restarts", "apgd_rho", "apgdt_steps", "apgdt_restarts", "apgdt_target_classes",
-                   "fab_steps", "fab_restarts", "fab_target_classes", "square_queries", "square_restarts", "square_p_init")
-UNRECORDED_AA = ("AutoAttack version not recorded in the report (reports written before the evaluator recorded it ran "
-                 "torchattacks' 10-iteration default under the name aa, i.e. what is now aa_fast)")
+AUTOATTACK_ARGS = (
+    "version",
+    "apgd_steps",
+    "apgd_restarts",
+    "apgd_rho",
+    "apgdt_steps",
+    "apgdt_restarts",
+    "apgdt_target_classes",
+    "fab_steps",
+    "fab_restarts",
+    "fab_target_classes",
+    "square_queries",
+    "square_restarts",
+    "square_p_init",
+)
+UNRECORDED_AA = (
+    "AutoAttack version not recorded in the report (reports written before the evaluator recorded it ran "
+    "torchattacks' 10-iteration default under the name aa, i.e. what is now aa_fast)"
+)
 
 
 class RunFolderError(RuntimeError):
@@ -101,7 +123,13 @@ def metric_args(name: str, entry: dict, protocol_steps: Optional[int] = None) ->
     if name in ("aa", "aa_fast"):
         budgets = entry.get("autoattack")
         if isinstance(budgets, dict):
-            args.update({f"aa_{k}" if k != "version" else "aa_version": budgets[k] for k in AUTOATTACK_ARGS if budgets.get(k) is not None})
+            args.update(
+                {
+                    f"aa_{k}" if k != "version" else "aa_version": budgets[k]
+                    for k in AUTOATTACK_ARGS
+                    if budgets.get(k) is not None
+                }
+            )
     return args
 
 
@@ -117,10 +145,12 @@ def describe_autoattack(entry: dict) -> str:
     b = entry.get("autoattack")
     if not isinstance(b, dict):
         return UNRECORDED_AA
-    return (f"version `{b.get('version')}` — APGD-CE {b.get('apgd_steps')} iterations × {b.get('apgd_restarts')} restart (ρ = {b.get('apgd_rho')}), "
-            f"APGD-T {b.get('apgdt_steps')} iterations × {b.get('apgdt_target_classes')} target classes, "
-            f"FAB-T {b.get('fab_steps')} iterations × {b.get('fab_target_classes')} target classes, "
-            f"Square {b.get('square_queries')} queries (p_init {b.get('square_p_init')}); {b.get('implementation', '')}").rstrip("; ")
+    return (
+        f"version `{b.get('version')}` — APGD-CE {b.get('apgd_steps')} iterations × {b.get('apgd_restarts')} restart (ρ = {b.get('apgd_rho')}), "
+        f"APGD-T {b.get('apgdt_steps')} iterations × {b.get('apgdt_target_classes')} target classes, "
+        f"FAB-T {b.get('fab_steps')} iterations × {b.get('fab_target_classes')} target classes, "
+        f"Square {b.get('square_queries')} queries (p_init {b.get('square_p_init')}); {b.get('implementation', '')}"
+    ).rstrip("; ")
 
 
 def _wilson(correct, n) -> Optional[tuple]:
@@ -137,17 +167,19 @@ def describe_protocol(protocol: dict, n: Optional[int]) -> str:
     if not protocol:
         return "Protocol: not recorded in the report."
     fmt = lambda v: f"{v:.5g}" if isinstance(v, float) else str(v)  # noqa: E731
-    return (f"Protocol `{protocol.get('name', '?')}`: L∞ ε = {fmt(protocol.get('eps'))} (pixels in [0, 1]), step = {fmt(protocol.get('alpha'))}, "
-            f"{protocol.get('steps')} steps, {protocol.get('restarts', 1)} restart(s) (PGD_S, CW), CW κ = {protocol.get('cw_kappa', 0.0)}, "
-            f"Square {protocol.get('square_queries', '?')} queries, on the first {n} examples of the split.")
+    return (
+        f"Protocol `{protocol.get('name', '?')}`: L∞ ε = {fmt(protocol.get('eps'))} (pixels in [0, 1]), step = {fmt(protocol.get('alpha'))}, "
+        f"{protocol.get('steps')} steps, {protocol.get('restarts', 1)} restart(s) (PGD_S, CW), CW κ = {protocol.get('cw_kappa', 0.0)}, "
+        f"Square {protocol.get('square_queries', '?')} queries, on the first {n} examples of the split."
+    )
 
 
 def _hub_base_model(mcfg: dict) -> Optional[str]:
     """The Hub repo a teacher's weights came from, else None (local files, RobustBench)."""
     arch = str(mcfg.get("arch", ""))
     if arch.startswith("hf-hub:"):
-        return arch[len("hf-hub:"):]
-    name = arch[len("timm:"):] if arch.startswith("timm:") else arch
+        return arch[len("hf-hub:") :]
+    name = arch[len("timm:") :] if arch.startswith("timm:") else arch
     if (arch.startswith("timm:") or mcfg.get("pretrained")) and not mcfg.get("checkpoint"):
         try:
             from timm.models import get_pretrained_cfg
@@ -163,13 +195,13 @@ def _hub_base_model(mcfg: dict) -> Optional[str]:
 def _describe_teacher(mcfg: dict) -> str:
     """One line: the source string, plus what a derd_scale-trained teacher folder says about itself."""
     arch = str(mcfg.get("arch", "?"))
-    text = f"`{arch}`" if not arch.startswith("local-dir:") else f"`local-dir:…/{Path(arch[len('local-dir:'):]).name}`"
+    text = f"`{arch}`" if not arch.startswith("local-dir:") else f"`local-dir:…/{Path(arch[len('local-dir:') :]).name}`"
     if mcfg.get("checkpoint"):
         text += f" with weights `{Path(str(mcfg['checkpoint'])).name}`"
     if mcfg.get("class_subset"):
         text += f", logits restricted to `{mcfg['class_subset']}`"
     if arch.startswith("local-dir:"):
-        cfg_path = Path(arch[len("local-dir:"):]) / "config.json"
+        cfg_path = Path(arch[len("local-dir:") :]) / "config.json"
         try:
             meta = json.loads(cfg_path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -222,9 +254,15 @@ def build_model_card(run_dir: Path, repo_id: str, license: str = "apache-2.0") -
     budgets = {name: metric_args(name, entry, protocol_steps) for name, entry in attacks.items()}
     results = [
         EvalResult(
-            task_type="image-classification", dataset_type=dataset_id, dataset_name=dataset, dataset_split=split,
-            metric_type="accuracy", metric_name=metric_name(name, entry), metric_config=name,
-            metric_value=round(100 * float(entry["accuracy"]), 2), metric_args=budgets[name],
+            task_type="image-classification",
+            dataset_type=dataset_id,
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type="accuracy",
+            metric_name=metric_name(name, entry),
+            metric_config=name,
+            metric_value=round(100 * float(entry["accuracy"]), 2),
+            metric_args=budgets[name],
         )
         for name, entry in attacks.items()
     ]
@@ -238,22 +276,48 @@ def build_model_card(run_dir: Path, repo_id: str, license: str = "apache-2.0") -
         # the Hub's "use this model" snippet fail, so they say derd_scale.
         library_name="timm" if library == "timm" else "derd_scale",
         license=license,
-        tags=["image-classification", "adversarial-robustness", "knowledge-distillation", "data-free", "derd", "derd_scale", arch, dataset],
-        datasets=[dataset_id], base_model=base or None, model_name=repo_id.split("/")[-1], eval_results=results or None,
+        tags=[
+            "image-classification",
+            "adversarial-robustness",
+            "knowledge-distillation",
+            "data-free",
+            "derd",
+            "derd_scale",
+            arch,
+            dataset,
+        ],
+        datasets=[dataset_id],
+        base_model=base or None,
+        model_name=repo_id.split("/")[-1],
+        eval_results=results or None,
     )
-    card_text = "---\n{{ card_data }}\n---\n" + _card_body(repo_id, arch, library, export, config, summary, attacks, budgets, report, nat, rob, dataset, split)
+    card_text = "---\n{{ card_data }}\n---\n" + _card_body(
+        repo_id, arch, library, export, config, summary, attacks, budgets, report, nat, rob, dataset, split
+    )
     return ModelCard.from_template(data, template_str=card_text).content
 
 
-def _card_body(repo_id, arch, library, export, config, summary, attacks, budgets, report, nat, rob, dataset, split) -> str:
+def _card_body(
+    repo_id, arch, library, export, config, summary, attacks, budgets, report, nat, rob, dataset, split
+) -> str:
     s1, s2 = config.get("stage1", {}), config.get("stage2", {})
     sa, eg, agg = s2.get("sa", {}), s2.get("eg", {}), s2.get("aggregation", {})
     opt = config.get("optim", {}).get("student", {})
-    stage2 = (f"Stage II: {s2.get('steps')} steps × batch {s2.get('batch_size')} — self-adversary K={sa.get('steps')} α={sa.get('alpha')}"
-              f"{'' if sa.get('enabled', True) else ' (off)'}, λ_rob={eg.get('lambda_rob')}"
-              f"{', natural teacher off' if not eg.get('enabled', True) else ''}, gradient aggregation `{agg.get('method')}`"
-              + (f" (σ_r={agg.get('sigma_r')}, λ_SGA={agg.get('lambda_sga')})" if agg.get("method") == "sga" else "")) if s2.get("enabled", True) else "Stage II: off"
-    stage1 = f"Stage I: {s1.get('steps')} steps × batch {s1.get('batch_size')}" if s1.get("enabled", True) else "Stage I: off"
+    stage2 = (
+        (
+            f"Stage II: {s2.get('steps')} steps × batch {s2.get('batch_size')} — self-adversary K={sa.get('steps')} α={sa.get('alpha')}"
+            f"{'' if sa.get('enabled', True) else ' (off)'}, λ_rob={eg.get('lambda_rob')}"
+            f"{', natural teacher off' if not eg.get('enabled', True) else ''}, gradient aggregation `{agg.get('method')}`"
+            + (f" (σ_r={agg.get('sigma_r')}, λ_SGA={agg.get('lambda_sga')})" if agg.get("method") == "sga" else "")
+        )
+        if s2.get("enabled", True)
+        else "Stage II: off"
+    )
+    stage1 = (
+        f"Stage I: {s1.get('steps')} steps × batch {s1.get('batch_size')}"
+        if s1.get("enabled", True)
+        else "Stage I: off"
+    )
     seconds = summary.get("train_seconds")
     hardware = summary.get("hardware") or "not recorded by the run"
     c, h, w = export["pretrained_cfg"]["input_size"]
@@ -264,27 +328,41 @@ def _card_body(repo_id, arch, library, export, config, summary, attacks, budgets
             b = budgets[name]
             cell = lambda key: f"{b[key]:.4g}" if isinstance(b.get(key), float) else str(b.get(key, "—"))  # noqa: E731
             ci = e.get("ci95") if "ci95" in e else _wilson(e.get("correct"), e.get("n"))
-            ci_text = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else "—"
-            rows.append(f"| {metric_name(name, e)} | {100 * e['accuracy']:.2f} | {ci_text} | {cell('eps')} | {cell('alpha')} | {cell('steps')} | {cell('restarts')} | {cell('n')} |")
-        table = (describe_protocol(report.get("protocol") or {}, report.get("n")) + "\n\n"
-                 + "| evaluation | accuracy (%) | 95 % CI (Wilson) | ε (L∞) | step | steps | restarts | n |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
-                 + "\n\nRobust accuracy counts an example only if it is also classified correctly without attack.")
+            ci_text = (
+                f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+                if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
+                else "—"
+            )
+            rows.append(
+                f"| {metric_name(name, e)} | {100 * e['accuracy']:.2f} | {ci_text} | {cell('eps')} | {cell('alpha')} | {cell('steps')} | {cell('restarts')} | {cell('n')} |"
+            )
+        table = (
+            describe_protocol(report.get("protocol") or {}, report.get("n"))
+            + "\n\n"
+            + "| evaluation | accuracy (%) | 95 % CI (Wilson) | ε (L∞) | step | steps | restarts | n |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows)
+            + "\n\nRobust accuracy counts an example only if it is also classified correctly without attack."
+        )
         for name in ("aa", "aa_fast"):
             if name in attacks:
                 table += f"\n\n{metric_name(name, attacks[name])}: {describe_autoattack(attacks[name])}."
         if report.get("warnings"):
             table += "\n\nEvaluator warnings:\n" + "\n".join(f"- {w}" for w in report["warnings"])
     if library == "timm":
-        load = (f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()\n'
-                f'cfg = timm.data.resolve_data_config({{}}, model=model)  # {c}×{h}×{w}, mean/std from config.json\n```\n\n'
-                "timm's model expects normalised inputs (timm's transforms apply the mean/std). With derd_scale, "
-                f'`derd_scale.export.load_exported(snapshot_download("{repo_id}"))` includes the normalisation and takes [0, 1] pixels.')
+        load = (
+            f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()\n'
+            f"cfg = timm.data.resolve_data_config({{}}, model=model)  # {c}×{h}×{w}, mean/std from config.json\n```\n\n"
+            "timm's model expects normalised inputs (timm's transforms apply the mean/std). With derd_scale, "
+            f'`derd_scale.export.load_exported(snapshot_download("{repo_id}"))` includes the normalisation and takes [0, 1] pixels.'
+        )
     else:
-        load = (f"`{arch}` is a derd_scale architecture (timm does not ship it), so load it with derd_scale:\n\n"
-                f'```python\nfrom huggingface_hub import snapshot_download\nfrom derd_scale.export import load_exported\n'
-                f'model = load_exported(snapshot_download("{repo_id}")).eval()  # normalisation included: feed [0, 1] pixels, {c}×{h}×{w}\n```')
+        load = (
+            f"`{arch}` is a derd_scale architecture (timm does not ship it), so load it with derd_scale:\n\n"
+            f"```python\nfrom huggingface_hub import snapshot_download\nfrom derd_scale.export import load_exported\n"
+            f'model = load_exported(snapshot_download("{repo_id}")).eval()  # normalisation included: feed [0, 1] pixels, {c}×{h}×{w}\n```'
+        )
     return f"""
-# {repo_id.split('/')[-1]}
+# {repo_id.split("/")[-1]}
 
 A `{arch}` image classifier for {dataset}, distilled **without any training data** by DERD
 (data-free experts-guided robustness distillation) with derd_scale. A generator turns
@@ -300,8 +378,8 @@ was used only to evaluate.
 - Robust teacher: {_describe_teacher(rob)}
 - {stage1}
 - {stage2}
-- Student optimiser: {opt.get('name')} lr={opt.get('lr')} ({opt.get('schedule')}), seed {config.get('seed')}
-- Hardware: {hardware}; {summary.get('world_size', 1)} process(es); training time {f'{seconds / 60:.1f} min' if isinstance(seconds, (int, float)) else 'not recorded'}
+- Student optimiser: {opt.get("name")} lr={opt.get("lr")} ({opt.get("schedule")}), seed {config.get("seed")}
+- Hardware: {hardware}; {summary.get("world_size", 1)} process(es); training time {f"{seconds / 60:.1f} min" if isinstance(seconds, (int, float)) else "not recorded"}
 - The full resolved configuration is `derd_config.yaml` in this repository; the evaluation report is `eval_report.json`.
 
 ## Robustness (real {dataset} `{split}` split, white-box unless noted)
@@ -325,7 +403,9 @@ def check_finite_weights(path: Path) -> None:
                 t = fh.get_tensor(name)
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-                    raise RunFolderError(f"{path}: tensor {name} holds {kind} values (a diverged model); refusing to publish it")
+                    raise RunFolderError(
+                        f"{path}: tensor {name} holds {kind} values (a diverged model); refusing to publish it"
+                    )
     except RunFolderError:
         raise
     except Exception as err:  # noqa: BLE001 — safetensors raises its own types for a bad file
@@ -352,7 +432,14 @@ def stage_upload(run_dir: Path, repo_id: str, target: Path, license: str = "apac
     return sorted(p.name for p in target.iterdir())
 
 
-def push_to_hub(run_dir: Path, repo_id: str, private: bool = False, revision: Optional[str] = None, license: str = "apache-2.0", commit_message: Optional[str] = None) -> str:
+def push_to_hub(
+    run_dir: Path,
+    repo_id: str,
+    private: bool = False,
+    revision: Optional[str] = None,
+    license: str = "apache-2.0",
+    commit_message: Optional[str] = None,
+) -> str:
     """Create the repo (if needed), the branch ``revision`` (if given), and upload the staged
     files in one commit; returns the commit URL.
 
@@ -372,8 +459,10 @@ def push_to_hub(run_dir: Path, repo_id: str, private: bool = False, revision: Op
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         info = api.create_commit(
-            repo_id, [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(staged / name)) for name in files],
+            repo_id,
+            [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(staged / name)) for name in files],
             commit_message=commit_message or f"derd_scale: upload distilled student ({', '.join(files)})",
-            repo_type="model", revision=revision,
+            repo_type="model",
+            revision=revision,
         )
     return str(getattr(info, "commit_url", info))

@@ -1,7 +1,7 @@
 """Optimisers and learning-rate schedules: the one builder the trainers, benchmarks and tests call.
 
-    optimizer = build_optimizer(model.parameters(), cfg.optim.student)
-    scheduler = build_two_stage_scheduler(optimizer, stage1_steps, stage2_steps, cfg.optim.student)
+optimizer = build_optimizer(model.parameters(), cfg.optim.student)
+scheduler = build_two_stage_scheduler(optimizer, stage1_steps, stage2_steps, cfg.optim.student)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Plots (PNG, matplotlib, no display needed): training curves and results bars.
 
-    plot_training_curves("runs/x/metrics.jsonl", "runs/x/curves.png")
-    plot_results_bars({"full DERD": {"clean": .8, "pgd_s": .5}, ...}, "bench/out/x/results.png")
+plot_training_curves("runs/x/metrics.jsonl", "runs/x/curves.png")
+plot_results_bars({"full DERD": {"clean": .8, "pgd_s": .5}, ...}, "bench/out/x/results.png")
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def _plt():
     return plt
 
 
-def plot_training_curves(metrics_path: str | Path, out_png: str | Path, stage1_metrics: str | Path | None = None) -> Path:
+def plot_training_curves(
+    metrics_path: str | Path, out_png: str | Path, stage1_metrics: str | Path | None = None
+) -> Path:
     """Per stage: losses; Stage II also τ1/τ2, cos(g1, g2) (the paper's Fig. 5), ‖g1‖/‖g2‖;
     and the robust-accuracy probe on real test images over steps.
 
@@ -45,12 +47,22 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, stage1_m
     for key in ("l_g", "l_oh", "l_a", "l_bn", "l_ie", "l_s"):
         ax.plot(*series(s1, key), label=key)
     # symlog: L_BN starts in the hundreds for deep CNN teachers, the others are O(1) and L_a, L_ie < 0
-    ax.set_yscale("symlog", linthresh=1e-1), ax.set_title("Stage I losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    (
+        ax.set_yscale("symlog", linthresh=1e-1),
+        ax.set_title("Stage I losses"),
+        ax.set_xlabel("step"),
+        ax.legend(fontsize=8),
+    )
     ax = axes[0, 1]
     for key in ("l_1", "l_2", "l_dis", "l_g"):
         ax.plot(*series(s2, key), label=key)
     # symlog: the generator's L_G (≈ L_BN, tens on CIFAR teachers) would flatten the O(1) KD terms
-    ax.set_yscale("symlog", linthresh=1e-1), ax.set_title("Stage II losses"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    (
+        ax.set_yscale("symlog", linthresh=1e-1),
+        ax.set_title("Stage II losses"),
+        ax.set_xlabel("step"),
+        ax.legend(fontsize=8),
+    )
     ax = axes[0, 2]
     ax.plot(*series(s2, "cos_g1_g2"), label="cos(g1, g2)")
     ax.axhline(0, color="grey", lw=0.5)
@@ -65,7 +77,12 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, stage1_m
     ax.plot(*series(s2, "sga_norm"), label="‖SGA term‖")
     ax.plot(*series(s2, "flip_rate"), label="T_nat flip rate")
     # log (zeros masked: GA without SGA logs ‖SGA‖ = 0); norms span ~1e-2…1e1
-    ax.set_yscale("log", nonpositive="mask"), ax.set_title("Which teacher dominates"), ax.set_xlabel("step"), ax.legend(fontsize=8)
+    (
+        ax.set_yscale("log", nonpositive="mask"),
+        ax.set_title("Which teacher dominates"),
+        ax.set_xlabel("step"),
+        ax.legend(fontsize=8),
+    )
     ax = axes[1, 2]
     offset = max([r["step"] for r in s1], default=0)
     for key in ("probe_clean", "probe_pgd_s"):
@@ -74,12 +91,20 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, stage1_m
         ax.plot(x1 + [offset + x for x in x2], y1 + y2, marker="o", label=key)
     if offset:
         ax.axvline(offset, color="grey", ls="--", lw=0.8)
-    ax.set_title("Probe accuracy on real test images"), ax.set_xlabel("student step (Stage I | Stage II)"), ax.legend(fontsize=8)
+    (
+        ax.set_title("Probe accuracy on real test images"),
+        ax.set_xlabel("student step (Stage I | Stage II)"),
+        ax.legend(fontsize=8),
+    )
     empty = {(0, 0): "no Stage I in this run", (1, 2): "no probe (eval.every_steps = 0)"}
     empty.update({pos: "no Stage II in this run" for pos in ((0, 1), (0, 2), (1, 0), (1, 1))} if not s2 else {})
-    empty.update({pos: "no aggregation (SA only)" for pos in ((0, 2), (1, 0))} if s2 and not series(s2, "cos_g1_g2")[0] else {})
+    empty.update(
+        {pos: "no aggregation (SA only)" for pos in ((0, 2), (1, 0))} if s2 and not series(s2, "cos_g1_g2")[0] else {}
+    )
     for (i, j), note in empty.items():
-        if not any(len(line.get_xdata()) for line in axes[i, j].get_lines() if not line.get_label().startswith("_")):  # "_…": axhline/axvline
+        if not any(
+            len(line.get_xdata()) for line in axes[i, j].get_lines() if not line.get_label().startswith("_")
+        ):  # "_…": axhline/axvline
             ax = axes[i, j]
             if ax.get_legend() is not None:
                 ax.get_legend().remove()

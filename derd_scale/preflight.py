@@ -26,7 +26,11 @@ from .errors import InputError, one_line
 
 
 def _model_specs(cfg: RunConfig) -> list[tuple[str, ModelConfig]]:
-    return [("teachers.natural", cfg.teachers.natural), ("teachers.robust", cfg.teachers.robust), ("student", cfg.student)]
+    return [
+        ("teachers.natural", cfg.teachers.natural),
+        ("teachers.robust", cfg.teachers.robust),
+        ("student", cfg.student),
+    ]
 
 
 def check_weights_file(path: str | Path, key: str) -> None:
@@ -49,7 +53,9 @@ def check_weights_file(path: str | Path, key: str) -> None:
         elif zipfile.is_zipfile(path):
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         elif head == b"PK\x03\x04":
-            raise InputError(f"{key}: {path}: not a readable checkpoint (a truncated or damaged zip archive, torch.save's format)")
+            raise InputError(
+                f"{key}: {path}: not a readable checkpoint (a truncated or damaged zip archive, torch.save's format)"
+            )
         else:
             torch.load(path, map_location="cpu", weights_only=True)
     except InputError:
@@ -61,7 +67,9 @@ def check_weights_file(path: str | Path, key: str) -> None:
             # refuses means a pickle that needs code, anything else a file that is not one.
             reason = text.split("WeightsUnpickler error:", 1)[-1].split(" Check the documentation")[0].strip()
             if "GLOBAL" in reason or "global" in reason:
-                raise InputError(f"{key}: {path}: refused — not a weights-only checkpoint ({reason[:150]}); re-save its state_dict") from None
+                raise InputError(
+                    f"{key}: {path}: refused — not a weights-only checkpoint ({reason[:150]}); re-save its state_dict"
+                ) from None
             raise InputError(f"{key}: {path}: not a readable checkpoint (UnpicklingError: {reason[:150]})") from None
         raise InputError(f"{key}: {path}: not a readable checkpoint ({type(err).__name__}: {text[:200]})") from None
 
@@ -70,7 +78,7 @@ def _check_model_spec(key: str, m: ModelConfig) -> None:
     if m.checkpoint:
         check_weights_file(m.checkpoint, f"{key}.checkpoint")
     if m.arch.startswith("local-dir:"):
-        folder = Path(m.arch[len("local-dir:"):])
+        folder = Path(m.arch[len("local-dir:") :])
         if not folder.is_dir():
             raise InputError(f"{key}.arch: {m.arch}: folder not found")
         if not (folder / "config.json").is_file():
@@ -120,7 +128,9 @@ def check_data(cfg: RunConfig, info) -> None:
     if d.source == "hub":
         return
     if d.path is None:
-        raise InputError(f"data.path: required when data.source is {d.source} (the run evaluates on real data; eval.final=false and eval.probe_attacks=[] skip it)")
+        raise InputError(
+            f"data.path: required when data.source is {d.source} (the run evaluates on real data; eval.final=false and eval.probe_attacks=[] skip it)"
+        )
     root = Path(d.path)
     if not root.is_dir():
         raise InputError(f"data.path: {root}: folder not found")
@@ -137,7 +147,9 @@ def check_data(cfg: RunConfig, info) -> None:
     if rows == 0:
         raise InputError(f"data.eval_split: split {d.eval_split!r} under {root} holds no examples")
     if cfg.eval.final and cfg.eval.n_examples is not None and cfg.eval.n_examples > rows:
-        raise InputError(f"eval.n_examples: {cfg.eval.n_examples} exceeds the {rows} examples of split {d.eval_split!r}")
+        raise InputError(
+            f"eval.n_examples: {cfg.eval.n_examples} exceeds the {rows} examples of split {d.eval_split!r}"
+        )
 
 
 def _check_parquet(root: Path, info, split: str) -> int:
@@ -157,7 +169,9 @@ def _check_parquet(root: Path, info, split: str) -> int:
             raise InputError(f"data: {f}: not a readable parquet file ({one_line(err, 200)})") from None
         missing = [c for c in (info.image_column, info.label_column) if c not in names]
         if missing:
-            raise InputError(f"data: {f}: no column {', '.join(repr(c) for c in missing)} ({info.name} reads {info.image_column!r} and {info.label_column!r}; the file has {', '.join(names)})")
+            raise InputError(
+                f"data: {f}: no column {', '.join(repr(c) for c in missing)} ({info.name} reads {info.image_column!r} and {info.label_column!r}; the file has {', '.join(names)})"
+            )
         labels = pq.read_table(f, columns=[info.label_column]).column(info.label_column)
         values = [v for v in labels.to_pylist()]
         if any(v is None or not isinstance(v, int) for v in values):
@@ -188,18 +202,24 @@ def check_models(models, par) -> None:
             norm = None
         if norm is not None and norm.has_norm and norm.mean.shape[1] not in (1, info.channels):
             # (x - mean) would silently broadcast the data's channels to the model's.
-            raise InputError(f"{key}: normalises {norm.mean.shape[1]} input channels, {info.name} images have {info.channels}: a model for other data?")
+            raise InputError(
+                f"{key}: normalises {norm.mean.shape[1]} input channels, {info.name} images have {info.channels}: a model for other data?"
+            )
         was = model.training
         model.eval()
         try:
             with par.autocast():
                 out = model(x)
         except Exception as err:  # noqa: BLE001 — shape errors come as RuntimeError/AssertionError/ValueError
-            raise InputError(f"{key}: fails on a batch of {info.name}'s shape {'x'.join(map(str, shape[1:]))} ({type(err).__name__}: {one_line(err, 300)})") from None
+            raise InputError(
+                f"{key}: fails on a batch of {info.name}'s shape {'x'.join(map(str, shape[1:]))} ({type(err).__name__}: {one_line(err, 300)})"
+            ) from None
         finally:
             model.train(was)
         if not torch.is_tensor(out) or tuple(out.shape) != (2, info.num_classes):
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise InputError(f"{key}: outputs {got} on a batch of 2 {info.name} images; expected (2, {info.num_classes}): {info.num_classes} classes")
+            raise InputError(
+                f"{key}: outputs {got} on a batch of 2 {info.name} images; expected (2, {info.num_classes}): {info.num_classes} classes"
+            )
         if not torch.isfinite(out).all():
             raise InputError(f"{key}: non-finite logits on a zero batch (corrupt weights?)")

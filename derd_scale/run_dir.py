@@ -33,7 +33,17 @@ from typing import Any, Optional
 from .config import ConfigError, RunConfig, check_run_name, config_from_dict, save_config, to_dict
 from .errors import ResumeError, RunExistsError
 
-__all__ = ["RunDir", "RunExistsError", "RunPlan", "plan_run_dir", "open_run_dir", "read_jsonl", "config_changes", "is_derd_run_folder", "IGNORED_ON_RESUME"]
+__all__ = [
+    "RunDir",
+    "RunExistsError",
+    "RunPlan",
+    "plan_run_dir",
+    "open_run_dir",
+    "read_jsonl",
+    "config_changes",
+    "is_derd_run_folder",
+    "IGNORED_ON_RESUME",
+]
 
 STAGE_NAMES = ("stage1", "stage2")  # = state.STAGES (not imported: state imports the models)
 _CHECKPOINT_NAME = re.compile(r"^(stage1|stage2)-(\d{8})$")
@@ -105,7 +115,11 @@ class RunDir:
             except json.JSONDecodeError:
                 dropped += 1
                 continue
-            at = (STAGE_NAMES.index(record["stage"]), record.get("step", 0)) if record.get("stage") in STAGE_NAMES else None
+            at = (
+                (STAGE_NAMES.index(record["stage"]), record.get("step", 0))
+                if record.get("stage") in STAGE_NAMES
+                else None
+            )
             if limit is None or (at is not None and at > limit):
                 dropped += 1
                 continue
@@ -162,10 +176,28 @@ IGNORED_ON_RESUME = (
     "preset",  # its values are compared where they land
     "logging.",
     "output.",  # root/name pick the folder; resume/overwrite/allow_config_change/checkpoint_every do not touch the math
-    "data.source", "data.path", "data.eval_split", "data.train_split", "data.resize", "data.crop",  # distillation reads no data
-    "eval.attacks", "eval.alpha", "eval.steps", "eval.batch_size", "eval.n_examples", "eval.every_steps", "eval.probe_examples",
-    "eval.probe_attacks", "eval.final", "eval.restarts", "eval.cw_kappa", "eval.square_queries", "eval.surrogate",
-    "eval.surrogate_checkpoint", "eval.masking_threshold", "eval.masking_check",  # evaluation only (probes run on a forked RNG)
+    "data.source",
+    "data.path",
+    "data.eval_split",
+    "data.train_split",
+    "data.resize",
+    "data.crop",  # distillation reads no data
+    "eval.attacks",
+    "eval.alpha",
+    "eval.steps",
+    "eval.batch_size",
+    "eval.n_examples",
+    "eval.every_steps",
+    "eval.probe_examples",
+    "eval.probe_attacks",
+    "eval.final",
+    "eval.restarts",
+    "eval.cw_kappa",
+    "eval.square_queries",
+    "eval.surrogate",
+    "eval.surrogate_checkpoint",
+    "eval.masking_threshold",
+    "eval.masking_check",  # evaluation only (probes run on a forked RNG)
     "distributed.expected_world_size",  # a launch guard
 )
 
@@ -199,11 +231,15 @@ def config_changes(saved_path: str | Path, cfg: RunConfig) -> list[str]:
     try:
         raw = yaml.safe_load(Path(saved_path).read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise ResumeError(f"{saved_path}: unreadable ({type(err).__name__}); cannot tell whether the config changed — set output.allow_config_change=true to resume anyway") from None
+        raise ResumeError(
+            f"{saved_path}: unreadable ({type(err).__name__}); cannot tell whether the config changed — set output.allow_config_change=true to resume anyway"
+        ) from None
     try:
         saved = to_dict(config_from_dict(raw if isinstance(raw, dict) else {}))
     except ConfigError as err:
-        raise ResumeError(f"{saved_path}: {err} (written by another version?) — set output.allow_config_change=true to resume anyway") from None
+        raise ResumeError(
+            f"{saved_path}: {err} (written by another version?) — set output.allow_config_change=true to resume anyway"
+        ) from None
     old, new = _flatten(saved), _flatten(to_dict(cfg))
     changes = []
     for key in sorted(set(old) | set(new), key=lambda k: list(new).index(k) if k in new else len(new)):
@@ -247,7 +283,9 @@ def plan_run_dir(cfg: RunConfig, config_stem: str = "run") -> RunPlan:
     run = RunDir(root / name)
     real_root, real_run = os.path.realpath(root), os.path.realpath(run.path)
     if os.path.commonpath([real_root, real_run]) != real_root or real_run == real_root:
-        raise RunExistsError(f"output.name: {run.path} resolves to {real_run}, outside output.root {real_root} (a symbolic link?)")
+        raise RunExistsError(
+            f"output.name: {run.path} resolves to {real_run}, outside output.root {real_root} (a symbolic link?)"
+        )
     out = cfg.output
     if not run.path.exists():
         if run.path.is_symlink():
@@ -257,24 +295,32 @@ def plan_run_dir(cfg: RunConfig, config_stem: str = "run") -> RunPlan:
         raise RunExistsError(f"{run.path} exists and is not a folder; pick another output.name")
     if not is_derd_run_folder(run.path):
         if any(run.path.iterdir()):
-            raise RunExistsError(f"{run.path} exists and is not a derd_scale run folder (no run config.yaml or checkpoints); "
-                                 f"it is never written into or deleted — pick another output.name")
+            raise RunExistsError(
+                f"{run.path} exists and is not a derd_scale run folder (no run config.yaml or checkpoints); "
+                f"it is never written into or deleted — pick another output.name"
+            )
         return RunPlan(run, "new", name)
     if run.is_finished():
         if not out.overwrite:
-            raise RunExistsError(f"{run.path} holds a finished run; pick another output.name or set output.overwrite=true")
+            raise RunExistsError(
+                f"{run.path} holds a finished run; pick another output.name or set output.overwrite=true"
+            )
         return RunPlan(run, "restart", name)
     if not out.resume:
         if not out.overwrite:
-            raise RunExistsError(f"{run.path} exists (unfinished) and output.resume=false; set output.overwrite=true to start over")
+            raise RunExistsError(
+                f"{run.path} exists (unfinished) and output.resume=false; set output.overwrite=true to start over"
+            )
         return RunPlan(run, "restart", name)
     checkpoints = run.checkpoint_dirs()
     if not checkpoints:
         return RunPlan(run, "fresh", name)
     changes = config_changes(run.config_path, cfg) if run.config_path.is_file() else []
     if changes and not out.allow_config_change:
-        raise ResumeError(f"{run.path}: the config changed since the run started: {', '.join(changes)}; "
-                          f"resume with the same config, set output.allow_config_change=true, or pick another output.name")
+        raise ResumeError(
+            f"{run.path}: the config changed since the run started: {', '.join(changes)}; "
+            f"resume with the same config, set output.allow_config_change=true, or pick another output.name"
+        )
     return RunPlan(run, "resume", name, checkpoints, changes)
 
 
@@ -297,7 +343,10 @@ def open_run_dir(plan: RunPlan, cfg: RunConfig, is_main: bool = True) -> RunDir:
         if plan.config_changes and run.config_path.is_file():
             kept = run.path / f"config.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.yaml"
             shutil.copy2(run.config_path, kept)
-            warnings.warn(f"resuming {run.path} with a changed config ({', '.join(plan.config_changes)}); the previous one is kept as {kept.name}", stacklevel=2)
+            warnings.warn(
+                f"resuming {run.path} with a changed config ({', '.join(plan.config_changes)}); the previous one is kept as {kept.name}",
+                stacklevel=2,
+            )
         import dataclasses
 
         resolved = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=plan.name))
@@ -305,7 +354,9 @@ def open_run_dir(plan: RunPlan, cfg: RunConfig, is_main: bool = True) -> RunDir:
         save_config(resolved, tmp)
         tmp.replace(run.config_path)
     except OSError as err:
-        raise RunExistsError(f"{run.path}: cannot write the run folder ({type(err).__name__}: {err.strerror or err})") from None
+        raise RunExistsError(
+            f"{run.path}: cannot write the run folder ({type(err).__name__}: {err.strerror or err})"
+        ) from None
     return run
 
 

@@ -124,9 +124,13 @@ class TeacherTrainConfig:
         if self.workers < 0:
             raise TeacherTrainError(f"workers: must be >= 0, got {self.workers}")
         if self.eval_examples is not None and self.eval_examples <= 0:
-            raise TeacherTrainError(f"eval_examples: must be > 0, or null for the whole split, got {self.eval_examples}")
+            raise TeacherTrainError(
+                f"eval_examples: must be > 0, or null for the whole split, got {self.eval_examples}"
+            )
         if self.max_train_examples is not None and self.max_train_examples <= 0:
-            raise TeacherTrainError(f"max_train_examples: must be > 0, or null for the whole split, got {self.max_train_examples}")
+            raise TeacherTrainError(
+                f"max_train_examples: must be > 0, or null for the whole split, got {self.max_train_examples}"
+            )
         if self.optim.lr <= 0:
             raise TeacherTrainError(f"optim.lr: must be > 0, got {self.optim.lr}")
         if self.optim.weight_decay < 0:
@@ -135,12 +139,27 @@ class TeacherTrainConfig:
             raise TeacherTrainError("model.mean / model.std: give both or neither")
         empty = [k for k, v in self.model.kwargs.items() if v is None]
         if empty:  # '{width:16}' is YAML for {"width:16": None}
-            raise TeacherTrainError(f"model.kwargs: {empty[0]!r} has no value; YAML needs a space after the colon, e.g. '{{width: 16}}'")
+            raise TeacherTrainError(
+                f"model.kwargs: {empty[0]!r} has no value; YAML needs a space after the colon, e.g. '{{width: 16}}'"
+            )
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint (others — the
 # data path, evaluation size, progress bar — may change between attempts).
-_RESUME_KEYS = ("model", "method", "eps", "alpha", "attack_steps", "beta", "epochs", "batch_size", "optim", "augment", "max_train_examples", "seed")
+_RESUME_KEYS = (
+    "model",
+    "method",
+    "eps",
+    "alpha",
+    "attack_steps",
+    "beta",
+    "epochs",
+    "batch_size",
+    "optim",
+    "augment",
+    "max_train_examples",
+    "seed",
+)
 
 
 def _check_resume_compatible(out: Path, cfg: "TeacherTrainConfig") -> None:
@@ -153,7 +172,9 @@ def _check_resume_compatible(out: Path, cfg: "TeacherTrainConfig") -> None:
     if saved.get("data", {}).get("name") != now["data"]["name"]:
         changed.append("data.name")
     if changed:
-        raise TeacherTrainError(f"{out}: has a checkpoint trained with different {', '.join(changed)}; use another out or delete {out / 'checkpoints'}")
+        raise TeacherTrainError(
+            f"{out}: has a checkpoint trained with different {', '.join(changed)}; use another out or delete {out / 'checkpoints'}"
+        )
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -170,7 +191,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.gather(3, cols)
 
 
-def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor, size: int, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True
+) -> torch.Tensor:
     """Inception crop of a CHW image in [0, 1] resized to size×size (+ horizontal flip), drawn from ``gen``."""
     _, h, w = x.shape
     area = h * w
@@ -198,7 +221,9 @@ def center_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     _, h, w = x.shape
     s = min(h, w)
     crop = x[:, (h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s][None]
-    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=s > size)[0].clamp_(0.0, 1.0)
+    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=s > size)[0].clamp_(
+        0.0, 1.0
+    )
 
 
 class _StreamedEpoch(torch.utils.data.Dataset):
@@ -222,7 +247,9 @@ class _StreamedEpoch(torch.utils.data.Dataset):
         return x, y
 
 
-def teacher_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: TeacherTrainConfig, gen: torch.Generator) -> torch.Tensor:
+def teacher_loss(
+    model, x: torch.Tensor, y: torch.Tensor, cfg: TeacherTrainConfig, gen: torch.Generator
+) -> torch.Tensor:
     if cfg.method == "ce":
         return F.cross_entropy(model(x), y)
     model.eval()
@@ -256,13 +283,19 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     info = dataset_info(cfg.data.name)
     stream = info.image_size > STREAM_ABOVE
     if stream and cfg.augment == "flip_crop":
-        raise TeacherTrainError(f"augment: flip_crop is the small-image recipe; {info.name} ({info.image_size} px) takes resized_crop or none")
+        raise TeacherTrainError(
+            f"augment: flip_crop is the small-image recipe; {info.name} ({info.image_size} px) takes resized_crop or none"
+        )
     if not stream and cfg.augment == "resized_crop":
-        raise TeacherTrainError(f"augment: resized_crop is for streamed large images; {info.name} ({info.image_size} px) takes flip_crop or none")
+        raise TeacherTrainError(
+            f"augment: resized_crop is for streamed large images; {info.name} ({info.image_size} px) takes flip_crop or none"
+        )
     if cfg.batch_size % size:
         raise TeacherTrainError(f"batch_size: {cfg.batch_size} is not divisible by the {size} processes")
     # Streamed training images are decoded raw (the eval resize/crop is not a training transform).
-    train_set, _ = load_dataset_split(dataclasses.replace(cfg.data, resize=None, crop=None) if stream else cfg.data, cfg.data.train_split)
+    train_set, _ = load_dataset_split(
+        dataclasses.replace(cfg.data, resize=None, crop=None) if stream else cfg.data, cfg.data.train_split
+    )
     train_set = train_set.subset(cfg.max_train_examples)
     if stream:
         x_all, y_all = None, train_set.labels
@@ -296,19 +329,33 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "teacher_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-        save_config(cfg, out / "teacher_config.yaml")  # the resolved config: `--config OUT/teacher_config.yaml` re-runs it
+        save_config(
+            cfg, out / "teacher_config.yaml"
+        )  # the resolved config: `--config OUT/teacher_config.yaml` re-runs it
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.time()
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
         order = torch.randperm(len(y_all), generator=gen)
         local = cfg.batch_size // size
-        bar = tqdm(range(steps_per_epoch), desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and accelerator.is_main_process),
+            dynamic_ncols=True,
+        )
         total, seen = 0.0, 0
         if stream:
             mine = order[: steps_per_epoch * cfg.batch_size].view(steps_per_epoch, size, local)[:, rank].reshape(-1)
-            loader = iter(torch.utils.data.DataLoader(_StreamedEpoch(train_set, mine, info.image_size, augment, cfg.seed, epoch), batch_size=local,
-                                                      num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda", persistent_workers=False))
+            loader = iter(
+                torch.utils.data.DataLoader(
+                    _StreamedEpoch(train_set, mine, info.image_size, augment, cfg.seed, epoch),
+                    batch_size=local,
+                    num_workers=cfg.workers,
+                    pin_memory=accelerator.device.type == "cuda",
+                    persistent_workers=False,
+                )
+            )
         for step in bar:
             if stream:
                 x, y = next(loader)
@@ -330,11 +377,30 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
         if accelerator.is_main_process:
             (out / "checkpoints").mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1, "rng": torch.get_rng_state(), "train_seconds": trained_seconds}, tmp)
+            torch.save(
+                {
+                    "model": accelerator.unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "rng": torch.get_rng_state(),
+                    "train_seconds": trained_seconds,
+                },
+                tmp,
+            )
             tmp.replace(ckpt)  # atomic: a kill mid-save leaves the previous epoch's checkpoint
             with open(log_path, "a") as fh:
-                fh.write(json.dumps({"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": scheduler.get_last_lr()[0], "train_seconds": trained_seconds}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "epoch": epoch + 1,
+                            "loss": total / max(seen, 1),
+                            "lr": scheduler.get_last_lr()[0],
+                            "train_seconds": trained_seconds,
+                        }
+                    )
+                    + "\n"
+                )
         accelerator.wait_for_everyone()
         maybe_simulate_preemption("teacher", epoch + 1)
 
@@ -344,9 +410,17 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     metrics["train_seconds"] = trained_seconds
     metrics["eval_seconds"] = time.time() - t_eval
     if accelerator.is_main_process:
-        export_model(plain, out, arch=cfg.model.arch, num_classes=info.num_classes, in_chans=info.channels, img_size=info.image_size,
-                     class_names=list(info.class_names), model_kwargs=dict(cfg.model.kwargs),
-                     metadata={"training": _recipe(cfg, len(y_all)), "dataset": cfg.data.name, "metrics": metrics})
+        export_model(
+            plain,
+            out,
+            arch=cfg.model.arch,
+            num_classes=info.num_classes,
+            in_chans=info.channels,
+            img_size=info.image_size,
+            class_names=list(info.class_names),
+            model_kwargs=dict(cfg.model.kwargs),
+            metadata={"training": _recipe(cfg, len(y_all)), "dataset": cfg.data.name, "metrics": metrics},
+        )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     return metrics
@@ -354,9 +428,19 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
 
 def _recipe(cfg: TeacherTrainConfig, train_examples: int) -> dict:
     """How the teacher was trained, for the export's config.json (only the fields that applied)."""
-    recipe = {"method": cfg.method, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_examples": train_examples,
-              "optimizer": cfg.optim.name, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "schedule": cfg.optim.schedule,
-              "pretrained": cfg.model.pretrained, "init_checkpoint": cfg.model.checkpoint, "seed": cfg.seed}
+    recipe = {
+        "method": cfg.method,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "train_examples": train_examples,
+        "optimizer": cfg.optim.name,
+        "lr": cfg.optim.lr,
+        "weight_decay": cfg.optim.weight_decay,
+        "schedule": cfg.optim.schedule,
+        "pretrained": cfg.model.pretrained,
+        "init_checkpoint": cfg.model.checkpoint,
+        "seed": cfg.seed,
+    }
     if cfg.method != "ce":
         recipe.update(eps=cfg.eps, alpha=cfg.alpha, attack_steps=cfg.attack_steps)
     if cfg.method == "trades":
@@ -375,5 +459,21 @@ def evaluate_teacher(model, cfg: TeacherTrainConfig, accelerator) -> dict:
     test_set, _ = load_dataset_split(data, data.eval_split)
     eps = cfg.eps if cfg.eps > 0 else 8 / 255
     alpha = cfg.eval_alpha if cfg.eval_alpha is not None else cfg.alpha
-    report = evaluate(model, test_set, ["clean", "pgd_s"], Protocol("teacher", eps, alpha, cfg.eval_steps, 500), n_examples=cfg.eval_examples, accelerator=accelerator, seed=cfg.seed, progress=False)
-    return {"clean": report.accuracy("clean"), "pgd_s": report.accuracy("pgd_s"), "eps": eps, "alpha": alpha, "eval_steps": cfg.eval_steps, "n": report.n}
+    report = evaluate(
+        model,
+        test_set,
+        ["clean", "pgd_s"],
+        Protocol("teacher", eps, alpha, cfg.eval_steps, 500),
+        n_examples=cfg.eval_examples,
+        accelerator=accelerator,
+        seed=cfg.seed,
+        progress=False,
+    )
+    return {
+        "clean": report.accuracy("clean"),
+        "pgd_s": report.accuracy("pgd_s"),
+        "eps": eps,
+        "alpha": alpha,
+        "eval_steps": cfg.eval_steps,
+        "n": report.n,
+    }

@@ -54,9 +54,17 @@ def model_from_config(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
         class_indices, backbone_classes = _class_indices(mcfg, info)
         num_classes = mcfg.num_classes or (len(class_indices) if class_indices is not None else info.num_classes)
         model = create_model(
-            arch, num_classes, in_chans=info.channels, checkpoint=mcfg.checkpoint, pretrained=mcfg.pretrained,
-            mean=mcfg.mean, std=mcfg.std, class_indices=class_indices, backbone_classes=backbone_classes,
-            input_size=mcfg.input_size, **mcfg.kwargs,
+            arch,
+            num_classes,
+            in_chans=info.channels,
+            checkpoint=mcfg.checkpoint,
+            pretrained=mcfg.pretrained,
+            mean=mcfg.mean,
+            std=mcfg.std,
+            class_indices=class_indices,
+            backbone_classes=backbone_classes,
+            input_size=mcfg.input_size,
+            **mcfg.kwargs,
         )
         _warn_if_head_reset(model, mcfg, backbone_classes or num_classes)
     return model
@@ -70,12 +78,16 @@ def _class_indices(mcfg: ModelConfig, info: DatasetInfo) -> tuple[Optional[list[
     # The dataset's class order is authoritative; the subset file must cover its ids.
     missing = [c for c in info.class_names if c not in set(wanted)]
     if missing:
-        raise ValueError(f"class_subset: {mcfg.class_subset} lacks {len(missing)} of {info.name}'s classes, e.g. {missing[:3]}")
+        raise ValueError(
+            f"class_subset: {mcfg.class_subset} lacks {len(missing)} of {info.name}'s classes, e.g. {missing[:3]}"
+        )
     head_ids = _imagenet1k_wnids()
     index = {w: i for i, w in enumerate(head_ids)}
     unknown = [w for w in info.class_names if w not in index]
     if unknown:
-        raise ValueError(f"class_subset: {len(unknown)} of {info.name}'s class ids are not ImageNet-1k wnids, e.g. {unknown[:3]}")
+        raise ValueError(
+            f"class_subset: {len(unknown)} of {info.name}'s class ids are not ImageNet-1k wnids, e.g. {unknown[:3]}"
+        )
     return [index[w] for w in info.class_names], len(head_ids)
 
 
@@ -93,20 +105,25 @@ def _warn_if_head_reset(model: NormalizedModel, mcfg: ModelConfig, num_classes: 
         return
     source_classes = (getattr(model.model, "pretrained_cfg", None) or {}).get("num_classes")
     if source_classes and source_classes != num_classes:
-        warnings.warn(f"{mcfg.arch}: pretrained head has {source_classes} classes, the model needs {num_classes}: "
-                      f"the classifier is freshly initialised (fine-tuning); a teacher needs class_subset or matching weights", stacklevel=3)
+        warnings.warn(
+            f"{mcfg.arch}: pretrained head has {source_classes} classes, the model needs {num_classes}: "
+            f"the classifier is freshly initialised (fine-tuning); a teacher needs class_subset or matching weights",
+            stacklevel=3,
+        )
 
 
 def _from_local_dir(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     from .export import load_exported
 
-    folder = Path(mcfg.arch[len("local-dir:"):])
+    folder = Path(mcfg.arch[len("local-dir:") :])
     if not folder.is_dir():
         raise FileNotFoundError(f"{mcfg.arch}: folder not found")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{mcfg.arch}: no config.json in {folder} (expected a timm-format export folder)")
     if mcfg.checkpoint:
-        raise ValueError(f"{mcfg.arch}: a local-dir folder carries its own weights; remove checkpoint: {mcfg.checkpoint}")
+        raise ValueError(
+            f"{mcfg.arch}: a local-dir folder carries its own weights; remove checkpoint: {mcfg.checkpoint}"
+        )
     if mcfg.pretrained:
         raise ValueError(f"{mcfg.arch}: pretrained: true has no meaning for a local-dir folder; remove it")
     if mcfg.kwargs:
@@ -116,10 +133,14 @@ def _from_local_dir(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     head = loaded.model.get_classifier() if hasattr(loaded.model, "get_classifier") else None
     outputs = head.out_features if isinstance(head, nn.Linear) else None
     if backbone_classes is not None and outputs is not None and outputs != backbone_classes:
-        raise ValueError(f"{mcfg.arch}: class_subset needs a {backbone_classes}-class head, the folder's model has {outputs}")
+        raise ValueError(
+            f"{mcfg.arch}: class_subset needs a {backbone_classes}-class head, the folder's model has {outputs}"
+        )
     expected = mcfg.num_classes or (len(class_indices) if class_indices is not None else info.num_classes)
     if class_indices is None and outputs is not None and outputs != expected:
-        raise ValueError(f"{mcfg.arch}: the folder's model has {outputs} classes, {info.name} needs {expected}; set class_subset or use a matching model")
+        raise ValueError(
+            f"{mcfg.arch}: the folder's model has {outputs} classes, {info.name} needs {expected}; set class_subset or use a matching model"
+        )
     mean = mcfg.mean if mcfg.mean is not None else (loaded.mean.flatten().tolist() if loaded.has_norm else None)
     std = mcfg.std if mcfg.std is not None else (loaded.std.flatten().tolist() if loaded.has_norm else None)
     input_size = mcfg.input_size if mcfg.input_size is not None else loaded.input_size
@@ -130,13 +151,15 @@ def _hub_repo_library(mcfg: ModelConfig) -> str:
     """Which library builds an ``hf-hub:`` repo, from its config.json (one small download)."""
     from huggingface_hub import hf_hub_download
 
-    repo = mcfg.arch[len("hf-hub:"):]
+    repo = mcfg.arch[len("hf-hub:") :]
     try:
         path = hf_hub_download(repo, "config.json")
     except Exception as err:  # huggingface_hub raises a different type per failure mode
         if _looks_offline(err):
-            raise RuntimeError(f"{mcfg.arch}: the Hugging Face Hub is unreachable here ({type(err).__name__}); "
-                               f"use a local copy (local-dir:DIR) or a checkpoint file") from None
+            raise RuntimeError(
+                f"{mcfg.arch}: the Hugging Face Hub is unreachable here ({type(err).__name__}); "
+                f"use a local copy (local-dir:DIR) or a checkpoint file"
+            ) from None
         raise
     return json.loads(Path(path).read_text()).get("derd_scale", {}).get("library", "timm")
 
@@ -145,7 +168,7 @@ def _from_derd_hub_repo(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel
     """A student pushed by launch/push_to_hub.py with a derd_scale architecture timm cannot build."""
     from huggingface_hub import snapshot_download
 
-    folder = snapshot_download(mcfg.arch[len("hf-hub:"):], allow_patterns=["config.json", "model.safetensors"])
+    folder = snapshot_download(mcfg.arch[len("hf-hub:") :], allow_patterns=["config.json", "model.safetensors"])
     return _from_local_dir(dataclasses.replace(mcfg, arch=f"local-dir:{folder}", pretrained=False), info)
 
 
@@ -158,7 +181,9 @@ def _robustbench(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     _, rest = mcfg.arch.split(":", 1)
     parts = rest.split("/")
     if len(parts) != 3 or not all(parts):
-        raise ValueError(f"{mcfg.arch}: expected robustbench:<dataset>/<threat>/<name>, e.g. robustbench:cifar10/Linf/Carmon2019Unlabeled")
+        raise ValueError(
+            f"{mcfg.arch}: expected robustbench:<dataset>/<threat>/<name>, e.g. robustbench:cifar10/Linf/Carmon2019Unlabeled"
+        )
     dataset, threat, name = parts
     if dataset not in ROBUSTBENCH_DATASETS:
         raise ValueError(f"{mcfg.arch}: RobustBench dataset {dataset!r}; allowed: {', '.join(ROBUSTBENCH_DATASETS)}")
@@ -167,14 +192,18 @@ def _robustbench(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     try:
         from robustbench.utils import load_model  # type: ignore
     except ImportError:
-        raise RuntimeError(f"{mcfg.arch}: needs the robustbench package: pip install git+https://github.com/RobustBench/robustbench.git") from None
+        raise RuntimeError(
+            f"{mcfg.arch}: needs the robustbench package: pip install git+https://github.com/RobustBench/robustbench.git"
+        ) from None
     try:
         # Weights are cached under ROBUSTBENCH_MODEL_DIR (default ~/.cache/robustbench), not the cwd.
         model = load_model(model_name=name, model_dir=str(_robustbench_cache()), dataset=dataset, threat_model=threat)
     except Exception as err:  # robustbench raises requests/gdown errors of many kinds
         if _looks_offline(err):
-            raise RuntimeError(f"{mcfg.arch}: RobustBench weights need the network, which is unreachable here ({type(err).__name__}); "
-                               f"download once online (cached in {_robustbench_cache()})") from err
+            raise RuntimeError(
+                f"{mcfg.arch}: RobustBench weights need the network, which is unreachable here ({type(err).__name__}); "
+                f"download once online (cached in {_robustbench_cache()})"
+            ) from err
         raise
     # RobustBench models normalise inside and take [0, 1] inputs; ImageNet ones have 1000 logits.
     class_indices, _ = _class_indices(mcfg, info)

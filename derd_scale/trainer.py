@@ -71,8 +71,21 @@ def build_models(cfg: RunConfig) -> Models:
     robust = freeze(model_from_config(cfg.teachers.robust, info))
     student = model_from_config(cfg.student, info)
     g = cfg.generator
-    generator = build_generator(g.kind, info.image_size, info.channels, info.num_classes, g.latent_dim, g.base_channels, g.pseudo_labels, g.implicit_bank_size, cfg.seed)
-    for key, module, wanted in (("student.grad_checkpointing", student.model, cfg.student.grad_checkpointing), ("generator.grad_checkpointing", generator, g.grad_checkpointing)):
+    generator = build_generator(
+        g.kind,
+        info.image_size,
+        info.channels,
+        info.num_classes,
+        g.latent_dim,
+        g.base_channels,
+        g.pseudo_labels,
+        g.implicit_bank_size,
+        cfg.seed,
+    )
+    for key, module, wanted in (
+        ("student.grad_checkpointing", student.model, cfg.student.grad_checkpointing),
+        ("generator.grad_checkpointing", generator, g.grad_checkpointing),
+    ):
         if wanted:
             if not hasattr(module, "set_grad_checkpointing"):
                 raise ValueError(f"{key}: {type(module).__name__} does not support activation checkpointing")
@@ -90,10 +103,15 @@ def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None)
     prepared for the backend, with the schedules ``train`` steps. Returns (models, par, scheds, steps)."""
     models = models or build_models(cfg)
     par = prepare(models, cfg, accelerator)  # wraps student + generator; places the teachers
-    steps = {"stage1": cfg.stage1.steps if cfg.stage1.enabled else 0, "stage2": cfg.stage2.steps if cfg.stage2.enabled else 0}
+    steps = {
+        "stage1": cfg.stage1.steps if cfg.stage1.enabled else 0,
+        "stage2": cfg.stage2.steps if cfg.stage2.enabled else 0,
+    }
     scheds = {
         # The student's schedule restarts (warm-up, cosine/step) at the start of Stage II.
-        "student": build_two_stage_scheduler(par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student),
+        "student": build_two_stage_scheduler(
+            par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student
+        ),
         "generator": build_scheduler(par.generator.optimizer, steps["stage1"] + steps["stage2"], cfg.optim.generator),
     }
     return models, par, scheds, steps
@@ -104,7 +122,9 @@ def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None)
 # --------------------------------------------------------------------------------------
 
 
-def sample_latents(models: Models, cfg: RunConfig, stage: str, step: int, batch_size: int, par: Parallel) -> list[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+def sample_latents(
+    models: Models, cfg: RunConfig, stage: str, step: int, batch_size: int, par: Parallel
+) -> list[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """This rank's slices of the step's global latent batch, one per micro-batch.
 
     The global batch is cut into micro-batches first and each micro-batch is then sliced by
@@ -112,12 +132,17 @@ def sample_latents(models: Models, cfg: RunConfig, stage: str, step: int, batch_
     latent, labels = unwrap(models.generator).sample(batch_size, step_noise(cfg.seed, stage, step))
     a = par.accumulation
     return [
-        (local_slice(local_slice(latent, k, a), par.rank, par.world_size), local_slice(local_slice(labels, k, a), par.rank, par.world_size))
+        (
+            local_slice(local_slice(latent, k, a), par.rank, par.world_size),
+            local_slice(local_slice(labels, k, a), par.rank, par.world_size),
+        )
         for k in range(a)
     ]
 
 
-def generator_update(models: Models, teacher: nn.Module, latents: list, cfg: RunConfig, sched, par: Parallel) -> tuple[list, list, dict]:
+def generator_update(
+    models: Models, teacher: nn.Module, latents: list, cfg: RunConfig, sched, par: Parallel
+) -> tuple[list, list, dict]:
     """Eq. 11 on ``teacher`` (frozen), one optimiser step for G.
 
     Returns, per micro-batch, G(z) before the update (detached, fp32 pixels) and the
@@ -128,7 +153,17 @@ def generator_update(models: Models, teacher: nn.Module, latents: list, cfg: Run
         with par.generator.micro_batch(m):
             with par.autocast():
                 x = models.generator(z, y)
-                loss, t_logits, p = generator_loss(teacher, x, s1.lambda_oh, s1.lambda_a, s1.lambda_bn, s1.lambda_ie, s1.lambda_tv, targets=y, batch_mean=par.batch_mean)
+                loss, t_logits, p = generator_loss(
+                    teacher,
+                    x,
+                    s1.lambda_oh,
+                    s1.lambda_a,
+                    s1.lambda_bn,
+                    s1.lambda_ie,
+                    s1.lambda_tv,
+                    targets=y,
+                    batch_mean=par.batch_mean,
+                )
             par.generator.backward(loss)
         images.append(x.detach().float())
         logits.append(t_logits.detach())
@@ -145,7 +180,9 @@ def _mean_dicts(items: list[dict]) -> dict:
 def stage1_step(models: Models, cfg: RunConfig, step: int, scheds: dict, par: Parallel) -> dict:
     """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12."""
     latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par)
-    images, teacher_logits, metrics = generator_update(models, models.natural_teacher, latents, cfg, scheds["generator"], par)
+    images, teacher_logits, metrics = generator_update(
+        models, models.natural_teacher, latents, cfg, scheds["generator"], par
+    )
     for _ in range(cfg.stage1.student_steps):
         losses = []
         for m, (x, t) in enumerate(zip(images, teacher_logits)):
@@ -182,13 +219,39 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
     sa_steps = s2.sa.steps if s2.sa.enabled else 0  # no ascent: x_d = G(z)
     eps = training_eps(cfg)
     with par.autocast():
-        dds = [craft_discrepancy_data(expert, models.robust_teacher, x, sa_steps, s2.sa.alpha, s2.sa.lambda_d, s2.sa.discrepancy_on, s2.sa.chunk_size, eps if s2.sa.ball else None) for x in anchors]
-    metrics.update({k: sum(getattr(dd, a) for dd in dds) / len(dds) for k, a in (("d_before", "discrepancy_before"), ("d_after", "discrepancy_after"), ("flip_rate", "flip_rate"), ("teacher_agreement", "teacher_agreement"))})
+        dds = [
+            craft_discrepancy_data(
+                expert,
+                models.robust_teacher,
+                x,
+                sa_steps,
+                s2.sa.alpha,
+                s2.sa.lambda_d,
+                s2.sa.discrepancy_on,
+                s2.sa.chunk_size,
+                eps if s2.sa.ball else None,
+            )
+            for x in anchors
+        ]
+    metrics.update(
+        {
+            k: sum(getattr(dd, a) for dd in dds) / len(dds)
+            for k, a in (
+                ("d_before", "discrepancy_before"),
+                ("d_after", "discrepancy_after"),
+                ("flip_rate", "flip_rate"),
+                ("teacher_agreement", "teacher_agreement"),
+            )
+        }
+    )
 
     # 2. What the student learns from: inputs and targets per micro-batch (the student's own
     #    inner maximisation x_adv runs here when robust_data=x_adv).
     with par.autocast():
-        batches = [student_batch(s2.eg, s2.adv, x, dd, par.student.unwrapped, _adv_noise(cfg, state.step, m, x, par), eps) for m, (x, dd) in enumerate(zip(anchors, dds))]
+        batches = [
+            student_batch(s2.eg, s2.adv, x, dd, par.student.unwrapped, _adv_noise(cfg, state.step, m, x, par), eps)
+            for m, (x, dd) in enumerate(zip(anchors, dds))
+        ]
 
     # 3. The student's update: SA only (one loss) or expert guiding with GA/SGA.
     if s2.eg.enabled:
@@ -200,8 +263,12 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
 
     with torch.no_grad():
         pred = torch.cat([losses[m].prediction for m in range(len(batches))])
-        metrics["student_agree_rob"] = (pred == torch.cat([b.robust_target for b in batches]).argmax(1)).float().mean().item()
-        metrics["student_agree_nat"] = (pred == torch.cat([dd.natural_logits for dd in dds]).argmax(1)).float().mean().item()
+        metrics["student_agree_rob"] = (
+            (pred == torch.cat([b.robust_target for b in batches]).argmax(1)).float().mean().item()
+        )
+        metrics["student_agree_nat"] = (
+            (pred == torch.cat([dd.natural_logits for dd in dds]).argmax(1)).float().mean().item()
+        )
     par.natural_expert.update(par.student)  # the EMA follows the student (a collective when sharded)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
@@ -215,12 +282,14 @@ def training_eps(cfg: RunConfig) -> float:
 
 
 def _robust_only_update(models: Models, cfg: RunConfig, batches: list, par: Parallel, metrics: dict) -> dict:
-    """"SA only": the student distils the robust target alone (Eq. 12 with T_rob), one backward."""
+    """ "SA only": the student distils the robust target alone (Eq. 12 with T_rob), one backward."""
     grads, out, values = par.student, {}, []
     for m, batch in enumerate(batches):
         with grads.micro_batch(m):
             with par.autocast():
-                out[m] = student_losses(par.student.module, batch, cfg.stage2.eg, cfg.stage2.kd_temperature, natural_term=False)
+                out[m] = student_losses(
+                    par.student.module, batch, cfg.stage2.eg, cfg.stage2.kd_temperature, natural_term=False
+                )
             grads.backward(out[m].robust)
         values.append(out[m].robust.detach())
     loss = sum(values) / len(values)
@@ -228,7 +297,9 @@ def _robust_only_update(models: Models, cfg: RunConfig, batches: list, par: Para
     return out
 
 
-def _expert_guided_update(models: Models, cfg: RunConfig, state: TrainState, batches: list, par: Parallel, metrics: dict) -> dict:
+def _expert_guided_update(
+    models: Models, cfg: RunConfig, state: TrainState, batches: list, par: Parallel, metrics: dict
+) -> dict:
     """Eq. 17's two tasks → this rank's shard of g1 = ∇(λ_nat L_1), g2 = ∇(λ_rob L_2) after the
     data-parallel reduction → GA/SGA (Eqs. 18–26) → written back as the student's gradient."""
     s2, grads, out = cfg.stage2, par.student, {}
@@ -240,12 +311,30 @@ def _expert_guided_update(models: Models, cfg: RunConfig, state: TrainState, bat
 
     g1, g2, l_1, l_2w = grads.task_gradients(losses)  # the adapter may call losses(m) once per task
     agg = s2.aggregation
-    combined, stats = aggregate(g1, g2, grads.shards(), agg.method, granularity=agg.granularity, seed=cfg.seed, step=state.step,
-                                sigma_r=agg.sigma_r, lambda_sga=agg.lambda_sga, tau_mode=agg.tau, all_reduce=grads.all_reduce)
+    combined, stats = aggregate(
+        g1,
+        g2,
+        grads.shards(),
+        agg.method,
+        granularity=agg.granularity,
+        seed=cfg.seed,
+        step=state.step,
+        sigma_r=agg.sigma_r,
+        lambda_sga=agg.lambda_sga,
+        tau_mode=agg.tau,
+        all_reduce=grads.all_reduce,
+    )
     grads.write_gradients(combined)
     metrics.update(
-        l_1=l_1, l_2=sum(o.robust_kl for o in out.values()) / len(out), l_dis=l_1 + l_2w,
-        g1_norm=stats.norm1, g2_norm=stats.norm2, cos_g1_g2=stats.cos, tau1=stats.tau1, tau2=stats.tau2, sga_norm=stats.sga_norm,
+        l_1=l_1,
+        l_2=sum(o.robust_kl for o in out.values()) / len(out),
+        l_dis=l_1 + l_2w,
+        g1_norm=stats.norm1,
+        g2_norm=stats.norm2,
+        cos_g1_g2=stats.cos,
+        tau1=stats.tau1,
+        tau2=stats.tau2,
+        sga_norm=stats.sga_norm,
     )
     return out
 
@@ -285,7 +374,9 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     for stage in STAGES:
         bs, parts = getattr(cfg, stage).batch_size, size * cfg.distributed.gradient_accumulation_steps
         if bs % parts:
-            raise ConfigError(f"{stage}.batch_size: {bs} is not divisible by {size} processes × {cfg.distributed.gradient_accumulation_steps} micro-batches (it is the global batch)")
+            raise ConfigError(
+                f"{stage}.batch_size: {bs} is not divisible by {size} processes × {cfg.distributed.gradient_accumulation_steps} micro-batches (it is the global batch)"
+            )
     plan = plan_run_dir(cfg, config_stem)  # read-only: a refused folder stops before anything is built
     check_inputs(cfg)
     torch.manual_seed(cfg.seed)
@@ -316,7 +407,13 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             par.natural_expert.start(par.student)  # who plays T_nat (a snapshot is a collective when sharded)
         par.student.module.train()
         models.generator.train()
-        bar = tqdm(total=steps[stage], initial=state.step, desc=stage, disable=not (accelerator.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
+        bar = tqdm(
+            total=steps[stage],
+            initial=state.step,
+            desc=stage,
+            disable=not (accelerator.is_main_process and cfg.logging.progress_bar),
+            dynamic_ncols=True,
+        )
         window_start, window_steps = time.time(), 0
         while state.step < steps[stage]:
             maybe_inject_nan(stage, state.step + 1, "before", models)
@@ -330,20 +427,35 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             bad = _nonfinite_terms(metrics, par)  # every step: one small sync (and all-reduce)
             probe_due = _probe_due(cfg, state.step, steps[stage]) and not bad
             if state.step % cfg.logging.every_steps == 0 or state.step == steps[stage] or probe_due or bad:
-                record = {"stage": stage, "step": state.step, **par.mean_metrics(metrics), **_throughput(window_steps, time.time() - window_start, getattr(cfg, stage).batch_size, par)}
+                record = {
+                    "stage": stage,
+                    "step": state.step,
+                    **par.mean_metrics(metrics),
+                    **_throughput(window_steps, time.time() - window_start, getattr(cfg, stage).batch_size, par),
+                }
                 if probe_due:
                     record.update(_probe(models, cfg, par))
                 if bad:
                     record["diverged"] = bad[0][0]
                 if accelerator.is_main_process:
                     run.log(record)
-                    bar.set_postfix({k: f"{record[k]:.3g}" for k in ("l_s", "l_dis", "cos_g1_g2", "probe_pgd_s") if isinstance(record.get(k), float)})
+                    bar.set_postfix(
+                        {
+                            k: f"{record[k]:.3g}"
+                            for k in ("l_s", "l_dis", "cos_g1_g2", "probe_pgd_s")
+                            if isinstance(record.get(k), float)
+                        }
+                    )
                 window_start, window_steps = time.time(), 0
             if bad:
                 bar.close()
                 raise DivergenceError(_divergence_line(stage, state.step, bad))
             maybe_inject_nan(stage, state.step, "after", models)
-            if cfg.output.checkpoint_every and state.step % cfg.output.checkpoint_every == 0 and state.step < steps[stage]:
+            if (
+                cfg.output.checkpoint_every
+                and state.step % cfg.output.checkpoint_every == 0
+                and state.step < steps[stage]
+            ):
                 checkpoint(stage)
             maybe_simulate_preemption(stage, state.step)
         bar.close()
@@ -352,7 +464,12 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             state.stage, state.step = "stage2", 0
 
     state.train_seconds = seconds_before + time.time() - start_time
-    summary = {"train_seconds": state.train_seconds, "world_size": par.world_size, "backend": par.backend, "student_digest": check_ranks_in_sync(par.student)}
+    summary = {
+        "train_seconds": state.train_seconds,
+        "world_size": par.world_size,
+        "backend": par.backend,
+        "student_digest": check_ranks_in_sync(par.student),
+    }
     last = "stage2" if steps["stage2"] else "stage1"
     _export_student(run, models, cfg, par, where=f"{last} step {steps[last]}")
     if cfg.eval.final:
@@ -406,7 +523,11 @@ def _any_rank(par: Parallel, flag: bool) -> bool:
 def _nonfinite_terms(metrics: dict, par: Parallel) -> list[tuple[str, str]]:
     """(name, "nan" | "inf") of each non-finite scalar of a step's metrics (losses, gradient
     norms, …), in the step's order and agreed across ranks: one small tensor, one sync."""
-    scalars = [k for k, v in metrics.items() if (torch.is_tensor(v) and v.numel() == 1) or (isinstance(v, (int, float)) and not isinstance(v, bool))]
+    scalars = [
+        k
+        for k, v in metrics.items()
+        if (torch.is_tensor(v) and v.numel() == 1) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    ]
     if not scalars:
         return []
     device = par.accelerator.device
@@ -430,7 +551,11 @@ def _nonfinite_terms(metrics: dict, par: Parallel) -> list[tuple[str, str]]:
 
 def _divergence_line(stage: str, step: int, bad: list[tuple[str, str]]) -> str:
     name, kind = bad[0]
-    also = f" (also non-finite: {', '.join(k for k, _ in bad[1:8])}{', …' if len(bad) > 8 else ''})" if len(bad) > 1 else ""
+    also = (
+        f" (also non-finite: {', '.join(k for k, _ in bad[1:8])}{', …' if len(bad) > 8 else ''})"
+        if len(bad) > 1
+        else ""
+    )
     return f"divergence: {stage} step {step}: {name} is {kind}{also}"
 
 
@@ -467,7 +592,9 @@ def _check_finite_weights(models: Models, state: TrainState, par: Parallel, stag
             found = (f"EMA weight {hit[0]}", hit[1])
     if _any_rank(par, found is not None):
         name, kind = found or ("a weight on another rank", "non-finite")
-        raise DivergenceError(f"divergence: {stage} step {state.step}: {name} is {kind}; the checkpoint was not written (the last good one is kept)")
+        raise DivergenceError(
+            f"divergence: {stage} step {state.step}: {name} is {kind}; the checkpoint was not written (the last good one is kept)"
+        )
 
 
 def _throughput(steps: int, seconds: float, global_batch: int, par: Parallel) -> dict:
@@ -494,7 +621,9 @@ def check_ranks_in_sync(student) -> str:
     the gather, not independent replicas."""
     import hashlib
 
-    named = student.local_parameters() if hasattr(student, "local_parameters") else list(unwrap(student).named_parameters())
+    named = (
+        student.local_parameters() if hasattr(student, "local_parameters") else list(unwrap(student).named_parameters())
+    )
     digest = hashlib.sha256()
     for name, t in sorted(named, key=lambda item: item[0]):
         digest.update(name.encode())
@@ -535,7 +664,15 @@ def _probe(models: Models, cfg: RunConfig, par: Parallel) -> dict:
     device = par.accelerator.device
     # The evaluation seeds the global RNG: fork it, so probes never change what training draws.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        report = evaluate(student, dataset, cfg.eval.probe_attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=par.accelerator, seed=cfg.seed, progress=False)
+        report = evaluate(
+            student,
+            dataset,
+            cfg.eval.probe_attacks,
+            protocol_from_config(cfg.eval, cfg.data.name),
+            accelerator=par.accelerator,
+            seed=cfg.seed,
+            progress=False,
+        )
     student.train(was)
     return {f"probe_{name}": r["accuracy"] for name, r in report.results.items()}
 
@@ -566,9 +703,18 @@ def _export_student(run: RunDir, models: Models, cfg: RunConfig, par: Parallel, 
     if accelerator.is_main_process:
         info = models.info
         export_model(
-            par.student.unsharded, run.student_dir, arch=cfg.student.arch, num_classes=info.num_classes, in_chans=info.channels,
-            img_size=info.image_size, class_names=list(info.class_names), model_kwargs=dict(cfg.student.kwargs),
-            metadata={"teachers": {"natural": cfg.teachers.natural.arch, "robust": cfg.teachers.robust.arch}, "dataset": cfg.data.name},
+            par.student.unsharded,
+            run.student_dir,
+            arch=cfg.student.arch,
+            num_classes=info.num_classes,
+            in_chans=info.channels,
+            img_size=info.image_size,
+            class_names=list(info.class_names),
+            model_kwargs=dict(cfg.student.kwargs),
+            metadata={
+                "teachers": {"natural": cfg.teachers.natural.arch, "robust": cfg.teachers.robust.arch},
+                "dataset": cfg.data.name,
+            },
             state_dict=_strip_norm_prefix(state_dict),
         )
     accelerator.wait_for_everyone()
@@ -576,7 +722,7 @@ def _export_student(run: RunDir, models: Models, cfg: RunConfig, par: Parallel, 
 
 def _strip_norm_prefix(sd: dict) -> dict:
     """The NormalizedModel's backbone lives under `model.`; export writes the bare backbone."""
-    return {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")} or sd
+    return {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")} or sd
 
 
 def _final_eval(run: RunDir, models: Models, cfg: RunConfig, par: Parallel) -> dict:
@@ -594,10 +740,20 @@ def _final_eval(run: RunDir, models: Models, cfg: RunConfig, par: Parallel) -> d
         from .config import ModelConfig
         from .teachers import model_from_config
 
-        surrogate = model_from_config(ModelConfig(arch=cfg.eval.surrogate, checkpoint=cfg.eval.surrogate_checkpoint), models.info).to(accelerator.device)
+        surrogate = model_from_config(
+            ModelConfig(arch=cfg.eval.surrogate, checkpoint=cfg.eval.surrogate_checkpoint), models.info
+        ).to(accelerator.device)
     report = evaluate(
-        student, dataset, cfg.eval.attacks, protocol_from_config(cfg.eval, cfg.data.name), accelerator=accelerator, seed=cfg.seed,
-        progress=cfg.logging.progress_bar, surrogate=surrogate, masking_check=cfg.eval.masking_check, masking_threshold=cfg.eval.masking_threshold,
+        student,
+        dataset,
+        cfg.eval.attacks,
+        protocol_from_config(cfg.eval, cfg.data.name),
+        accelerator=accelerator,
+        seed=cfg.seed,
+        progress=cfg.logging.progress_bar,
+        surrogate=surrogate,
+        masking_check=cfg.eval.masking_check,
+        masking_threshold=cfg.eval.masking_threshold,
     )
     out = run.path / "eval"
     if accelerator.is_main_process:

@@ -47,9 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__ + "\nOptions (use with --set KEY=VALUE):\n" + "\n".join(schema_lines(EvaluateConfig)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="evaluation YAML with any of the options below; omitted = all defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable (e.g. eval.eps=0.03, eval.attacks=[clean,pgd_s])")
-    p.add_argument("--model", default=None, help="run folder, export folder, or checkpoint file (with arch): the same as --set model=MODEL")
+    p.add_argument(
+        "--config", default=None, help="evaluation YAML with any of the options below; omitted = all defaults"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, repeatable (e.g. eval.eps=0.03, eval.attacks=[clean,pgd_s])",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="run folder, export folder, or checkpoint file (with arch): the same as --set model=MODEL",
+    )
     p.add_argument("--out", default=None, help="output folder: the same as --set out=OUT")
     p.add_argument("--overwrite", action="store_true", default=None, help="the same as --set overwrite=true")
     p.add_argument("--print-schema", action="store_true", help="print every option with type and default, then exit")
@@ -58,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _aliases(args: argparse.Namespace) -> dict:
-    return {key: value for key, value in (("model", args.model), ("out", args.out), ("overwrite", args.overwrite)) if value is not None}
+    return {
+        key: value
+        for key, value in (("model", args.model), ("out", args.out), ("overwrite", args.overwrite))
+        if value is not None
+    }
 
 
 def main(argv=None) -> int:
@@ -74,7 +91,10 @@ def main(argv=None) -> int:
 
     target = Path(cfg.model)
     if run_cfg is not None:
-        model_dir, default_out = target / "student", target / "eval"  # + /<protocol>-<time>: never the published eval/report.json
+        model_dir, default_out = (
+            target / "student",
+            target / "eval",
+        )  # + /<protocol>-<time>: never the published eval/report.json
     elif (target / "config.json").exists():
         model_dir, default_out = target, Path(f"eval-{target.name}")
     elif target.is_file():
@@ -113,7 +133,10 @@ def main(argv=None) -> int:
         print(yaml.safe_dump(to_dict(dataclasses.replace(cfg, out=str(out))), sort_keys=False))
         return 0
     if (out / "report.json").exists() and not cfg.overwrite:
-        print(f"config error: out: {out / 'report.json'} exists; pass --overwrite (overwrite=true) to replace it, or choose another out", file=sys.stderr)
+        print(
+            f"config error: out: {out / 'report.json'} exists; pass --overwrite (overwrite=true) to replace it, or choose another out",
+            file=sys.stderr,
+        )
         return 2
 
     accelerator = build_accelerator(run_cfg.distributed if run_cfg else DistributedConfig())
@@ -124,15 +147,30 @@ def main(argv=None) -> int:
     model.to(accelerator.device)
     surrogate = None
     if ev.surrogate:
-        surrogate = model_from_config(ModelConfig(arch=ev.surrogate, checkpoint=ev.surrogate_checkpoint), info).to(accelerator.device)
+        surrogate = model_from_config(ModelConfig(arch=ev.surrogate, checkpoint=ev.surrogate_checkpoint), info).to(
+            accelerator.device
+        )
     dataset, _ = load_dataset_split(data, data.eval_split)
     if ev.n_examples is not None and ev.n_examples > len(dataset):
-        print(f"config error: eval.n_examples: {ev.n_examples} is more than the {len(dataset)} examples of {data.name}/{data.eval_split}", file=sys.stderr)
+        print(
+            f"config error: eval.n_examples: {ev.n_examples} is more than the {len(dataset)} examples of {data.name}/{data.eval_split}",
+            file=sys.stderr,
+        )
         return 2
     torch.manual_seed(cfg.seed)
     try:
-        report = evaluate(model, dataset, ev.attacks, protocol, n_examples=ev.n_examples, accelerator=accelerator, seed=cfg.seed,
-                          surrogate=surrogate, masking_check=ev.masking_check, masking_threshold=ev.masking_threshold)
+        report = evaluate(
+            model,
+            dataset,
+            ev.attacks,
+            protocol,
+            n_examples=ev.n_examples,
+            accelerator=accelerator,
+            seed=cfg.seed,
+            surrogate=surrogate,
+            masking_check=ev.masking_check,
+            masking_threshold=ev.masking_threshold,
+        )
     except EvaluationInputError as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -143,7 +181,9 @@ def main(argv=None) -> int:
             print(f"{out / 'report.json'} appeared during the evaluation; writing to {moved} instead", file=sys.stderr)
             out = moved
         report.save(out)
-        save_config(dataclasses.replace(cfg, out=str(out)), out / "eval_config.yaml")  # the resolved settings, beside the report
+        save_config(
+            dataclasses.replace(cfg, out=str(out)), out / "eval_config.yaml"
+        )  # the resolved settings, beside the report
         print(report.markdown(f"{target.name} on {data.name}/{data.eval_split}"))
         print(f"wrote {out}/report.json")
     accelerator.wait_for_everyone()

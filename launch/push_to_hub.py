@@ -21,13 +21,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="finished run folder (config.yaml, student/, and eval/report.json if evaluated)")
+    p.add_argument(
+        "--model", required=True, help="finished run folder (config.yaml, student/, and eval/report.json if evaluated)"
+    )
     p.add_argument("--repo-id", required=True, help="ORG/NAME of the model repository on the Hub (created if missing)")
-    p.add_argument("--private", action="store_true", help="create the repository as private (no effect on an existing one)")
+    p.add_argument(
+        "--private", action="store_true", help="create the repository as private (no effect on an existing one)"
+    )
     p.add_argument("--revision", default=None, help="branch to push to (created from main if missing); default: main")
-    p.add_argument("--license", default="apache-2.0", help="license identifier in the model card (check your teachers' and data's licenses)")
+    p.add_argument(
+        "--license",
+        default="apache-2.0",
+        help="license identifier in the model card (check your teachers' and data's licenses)",
+    )
     p.add_argument("--commit-message", default=None, help="commit message (default: names the uploaded files)")
-    p.add_argument("--dry-run", metavar="DIR", default=None, help="write exactly the files that would be uploaded to DIR (new or empty) and stop")
+    p.add_argument(
+        "--dry-run",
+        metavar="DIR",
+        default=None,
+        help="write exactly the files that would be uploaded to DIR (new or empty) and stop",
+    )
     return p
 
 
@@ -44,7 +57,9 @@ def main(argv=None) -> int:
             files = stage_upload(Path(args.model), args.repo_id, Path(args.dry_run), args.license)
             print(f"dry run: wrote {', '.join(files)} to {args.dry_run}")
             return 0
-        url = push_to_hub(Path(args.model), args.repo_id, args.private, args.revision, args.license, args.commit_message)
+        url = push_to_hub(
+            Path(args.model), args.repo_id, args.private, args.revision, args.license, args.commit_message
+        )
     except RunFolderError as err:
         print(str(err), file=sys.stderr)
         return 2

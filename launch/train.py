@@ -42,14 +42,26 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="train.py",
-        description="Data-free robustness distillation (DERD). Options (use with --set KEY=VALUE):\n" + "\n".join(schema_lines()),
+        description="Data-free robustness distillation (DERD). Options (use with --set KEY=VALUE):\n"
+        + "\n".join(schema_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=str, default=None, help="run YAML (configs/*.yaml); omitted = all defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable (e.g. stage2.sa.steps=5)")
-    parser.add_argument("--print-schema", action="store_true", help="print every option with type and default, then exit")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, repeatable (e.g. stage2.sa.steps=5)",
+    )
+    parser.add_argument(
+        "--print-schema", action="store_true", help="print every option with type and default, then exit"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error instead of its one line")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an expected error instead of its one line"
+    )
     return parser
 
 
@@ -85,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
         if args.debug:
             raise
-        print(describe(err) if not isinstance(err, EvaluationInputError) else f"evaluation error: {one_line(err)}", file=sys.stderr)
+        print(
+            describe(err) if not isinstance(err, EvaluationInputError) else f"evaluation error: {one_line(err)}",
+            file=sys.stderr,
+        )
         return getattr(err, "exit_code", 2)
     except OSError as err:  # the machine, not the code: disk full, permissions, a vanished file
         if args.debug:

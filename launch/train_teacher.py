@@ -40,8 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__ + "\nOptions (use with --set KEY=VALUE):\n" + "\n".join(schema_lines(TeacherTrainConfig)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="teacher YAML (e.g. configs/teachers/fmnist_pgd.yaml); omitted = all defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable (e.g. method=pgd, model.kwargs.width=16)")
+    p.add_argument(
+        "--config", default=None, help="teacher YAML (e.g. configs/teachers/fmnist_pgd.yaml); omitted = all defaults"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, repeatable (e.g. method=pgd, model.kwargs.width=16)",
+    )
     p.add_argument("--out", default=None, help="output (export) folder: the same as --set out=OUT")
     p.add_argument("--print-schema", action="store_true", help="print every option with type and default, then exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")

@@ -20,7 +20,10 @@ def test_defaults_follow_method_decisions():
 
 
 def test_dotted_overrides_and_nested_defaults():
-    cfg = config_from_dict({"teachers": {"natural": {"checkpoint": "a.th"}}}, ["stage2.sa.steps=5", "stage2.sa.alpha=0.01", "student.kwargs.width=8"])
+    cfg = config_from_dict(
+        {"teachers": {"natural": {"checkpoint": "a.th"}}},
+        ["stage2.sa.steps=5", "stage2.sa.alpha=0.01", "student.kwargs.width=8"],
+    )
     assert cfg.stage2.sa.steps == 5 and cfg.stage2.sa.alpha == 0.01
     assert cfg.teachers.natural.arch == "resnet56" and cfg.teachers.natural.checkpoint == "a.th"
     assert cfg.teachers.robust.arch == "resnet4b"  # untouched sibling keeps its default
@@ -90,7 +93,9 @@ def test_presets_sit_under_the_yaml_and_the_overrides():
     assert paper.stage2 == RunConfig().stage2  # the paper's method is the defaults
     rec = config_from_dict({}, ["preset=derd_recommended"])
     assert rec.stage2.eg.robust_data == "x_adv" and rec.stage2.eg.robust_target == "anchor" and rec.stage2.sa.ball
-    mine = config_from_dict({"preset": "derd_recommended", "stage2": {"eg": {"robust_data": "x_d"}}}, ["stage2.eg.lambda_nat=0.5"])
+    mine = config_from_dict(
+        {"preset": "derd_recommended", "stage2": {"eg": {"robust_data": "x_d"}}}, ["stage2.eg.lambda_nat=0.5"]
+    )
     assert mine.stage2.eg.robust_data == "x_d" and mine.stage2.eg.lambda_nat == 0.5 and mine.stage2.sa.ball
     with pytest.raises(ConfigError, match=r"^preset: unknown 'derd_best'; allowed: derd_paper, derd_recommended$"):
         config_from_dict({}, ["preset=derd_best"])
@@ -116,15 +121,24 @@ def test_the_loader_is_generic_over_the_root_dataclass(tmp_path):
 
     (tmp_path / "e.yaml").write_text("model: runs/x\neval: {eps: 0.1, attacks: [clean]}\n")
     cfg = load_config(tmp_path / "e.yaml", ["eval.steps=20", "data.name=fashion_mnist"], cls=EvaluateConfig)
-    assert isinstance(cfg, EvaluateConfig) and cfg.eval.eps == 0.1 and cfg.eval.steps == 20 and cfg.data.name == "fashion_mnist"
+    assert (
+        isinstance(cfg, EvaluateConfig)
+        and cfg.eval.eps == 0.1
+        and cfg.eval.steps == 20
+        and cfg.data.name == "fashion_mnist"
+    )
     assert cfg.eval.n_examples is None  # evaluate's own default: the whole split
     save_config(cfg, tmp_path / "again.yaml")
     assert load_config(tmp_path / "again.yaml", cls=EvaluateConfig) == cfg
     with pytest.raises(ConfigError, match=r"^eval\.stepz: unknown key; allowed: protocol, attacks"):
         load_config(None, ["model=x", "eval.stepz=1"], cls=EvaluateConfig)
-    with pytest.raises(ConfigError, match=r"^stage2: unknown key; allowed: model, arch, data, eval, seed, out, overwrite$"):
+    with pytest.raises(
+        ConfigError, match=r"^stage2: unknown key; allowed: model, arch, data, eval, seed, out, overwrite$"
+    ):
         config_from_dict({"model": "x", "stage2": {}}, cls=EvaluateConfig)
-    with pytest.raises(ConfigError, match=r"^eval\.eps: must be in \(0, 1\]"):  # the section's validation (validate_eval) runs
+    with pytest.raises(
+        ConfigError, match=r"^eval\.eps: must be in \(0, 1\]"
+    ):  # the section's validation (validate_eval) runs
         config_from_dict({"model": "x"}, ["eval.eps=3"], cls=EvaluateConfig)
     keys = [line.split()[0] for line in schema_lines(EvaluateConfig)]
     assert keys[:3] == ["model", "arch", "data.name"] and "eval.eps" in keys and "stage2.sa.steps" not in keys

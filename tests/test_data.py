@@ -17,7 +17,9 @@ def test_cifar10_parquet_split(cifar10_test):
 
 
 def test_fashion_mnist_parquet(shared_data):
-    ds, info = load_dataset_split(DataConfig(name="zalando-datasets/fashion_mnist", source="parquet", path=str(shared_data)), "test")
+    ds, info = load_dataset_split(
+        DataConfig(name="zalando-datasets/fashion_mnist", source="parquet", path=str(shared_data)), "test"
+    )
     assert info.channels == 1 and len(ds) == 10_000
     assert ds.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
     assert ds[0][0].shape == (1, 28, 28)

@@ -15,10 +15,23 @@ from derd_scale.trainer import check_ranks_in_sync
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "data.name=fashion_mnist", "teachers.natural.arch=small_cnn", "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn", "teachers.robust.kwargs={width: 4}", "student.arch=small_cnn", "student.kwargs={width: 4}",
-    "generator.latent_dim=16", "generator.base_channels=4", "stage1.steps=3", "stage1.batch_size=8", "stage2.steps=3",
-    "stage2.batch_size=8", "stage2.sa.steps=2", "eval.final=false", "eval.probe_attacks=[]", "logging.progress_bar=false",
+    "data.name=fashion_mnist",
+    "teachers.natural.arch=small_cnn",
+    "teachers.natural.kwargs={width: 4}",
+    "teachers.robust.arch=small_cnn",
+    "teachers.robust.kwargs={width: 4}",
+    "student.arch=small_cnn",
+    "student.kwargs={width: 4}",
+    "generator.latent_dim=16",
+    "generator.base_channels=4",
+    "stage1.steps=3",
+    "stage1.batch_size=8",
+    "stage2.steps=3",
+    "stage2.batch_size=8",
+    "stage2.sa.steps=2",
+    "eval.final=false",
+    "eval.probe_attacks=[]",
+    "logging.progress_bar=false",
 ]
 
 
@@ -35,8 +48,22 @@ def test_digest_changes_with_any_parameter():
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(REPO / "launch" / "train.py")]
+    cmd = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        free_port(),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "launch" / "train.py"),
+    ]
     for item in TINY + [f"output.root={tmp_path}", "output.name=ddp"]:
         cmd += ["--set", item]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
@@ -52,8 +79,22 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
 @pytest.mark.slow
 def test_the_sync_check_catches_an_unreduced_second_backward(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(REPO / "tests" / "workers" / "silent_trap.py")]
+    cmd = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        free_port(),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "tests" / "workers" / "silent_trap.py"),
+    ]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
@@ -84,10 +125,23 @@ def test_channels_last_changes_memory_format_not_the_step():
 
     def step(channels_last: bool) -> dict:
         torch.manual_seed(0)
-        models = Models(freeze(create_model("small_cnn", 10, in_chans=1, width=4)), freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
-                        create_model("small_cnn", 10, in_chans=1, width=4), PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4), dataset_info("fashion_mnist"))
-        cfg = config_from_dict({}, ["data.name=fashion_mnist", "stage2.batch_size=8", "stage2.sa.steps=2", "stage2.sa.alpha=0.05",
-                                    f"distributed.channels_last={str(channels_last).lower()}"])
+        models = Models(
+            freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
+            freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
+            create_model("small_cnn", 10, in_chans=1, width=4),
+            PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4),
+            dataset_info("fashion_mnist"),
+        )
+        cfg = config_from_dict(
+            {},
+            [
+                "data.name=fashion_mnist",
+                "stage2.batch_size=8",
+                "stage2.sa.steps=2",
+                "stage2.sa.alpha=0.05",
+                f"distributed.channels_last={str(channels_last).lower()}",
+            ],
+        )
         models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
         assert models.student.model.features[3].weight.is_contiguous(memory_format=torch.channels_last) == channels_last
         stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)

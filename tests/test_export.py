@@ -15,7 +15,9 @@ def test_timm_vit_roundtrip_through_timm_local_dir(tmp_path):
 
     torch.manual_seed(0)
     model = create_model("vit_tiny_patch16_224", 10, **VIT).eval()
-    export_model(model, tmp_path, "vit_tiny_patch16_224", 10, 3, 32, class_names=[f"c{i}" for i in range(10)], model_kwargs=VIT)
+    export_model(
+        model, tmp_path, "vit_tiny_patch16_224", 10, 3, 32, class_names=[f"c{i}" for i in range(10)], model_kwargs=VIT
+    )
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224" and config["num_classes"] == 10
     assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5] and config["label_names"][3] == "c3"
@@ -70,7 +72,9 @@ def test_class_subset_model_exports_as_a_plain_subset_classifier(tmp_path):
     with torch.no_grad():
         want = model(x)
         assert want.shape == (2, 3)
-        assert torch.allclose(reloaded(model.normalize(x)), want, atol=1e-6) and torch.allclose(again(x), want, atol=1e-6)
+        assert torch.allclose(reloaded(model.normalize(x)), want, atol=1e-6) and torch.allclose(
+            again(x), want, atol=1e-6
+        )
 
 
 def test_export_checks_class_count_and_takes_a_consolidated_state_dict(tmp_path):

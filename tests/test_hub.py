@@ -9,7 +9,15 @@ from derd_scale.export import export_model
 from derd_scale.hub import ATTACK_ARGS, RunFolderError, build_model_card, push_to_hub, stage_upload
 from derd_scale.models import create_model
 
-P = {"eps": 0.0314, "alpha": 0.0078, "steps": 10, "restarts": 1, "cw_kappa": 0.0, "square_queries": 5000, "batch_size": 512}
+P = {
+    "eps": 0.0314,
+    "alpha": 0.0078,
+    "steps": 10,
+    "restarts": 1,
+    "cw_kappa": 0.0,
+    "square_queries": 5000,
+    "batch_size": 512,
+}
 REPORT = {
     "protocol": {"name": "cifar", **P},
     "n": 1000,
@@ -50,7 +58,9 @@ def test_model_card_eval_results_equal_the_evaluation_json(finished_run, tmp_pat
     for r in results:
         entry = REPORT["attacks"][r.metric_config]
         assert r.metric_value == round(100 * entry["accuracy"], 2)
-        assert r.task_type == "image-classification" and r.dataset_type == "uoft-cs/cifar10" and r.dataset_split == "test"
+        assert (
+            r.task_type == "image-classification" and r.dataset_type == "uoft-cs/cifar10" and r.dataset_split == "test"
+        )
         want = {k: entry[k] for k in ATTACK_ARGS[r.metric_config]}
         if r.metric_config == "pgd_s_2x":
             want["steps"] = 20  # the evaluator runs 2× the protocol's steps
@@ -82,7 +92,15 @@ def test_timm_student_card_says_timm_and_how_to_load(finished_run):
     from huggingface_hub import ModelCard
 
     vit = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 48, "num_heads": 3}
-    export_model(create_model("vit_tiny_patch16_224", 10, **vit), finished_run / "student", "vit_tiny_patch16_224", 10, 3, 32, model_kwargs=vit)
+    export_model(
+        create_model("vit_tiny_patch16_224", 10, **vit),
+        finished_run / "student",
+        "vit_tiny_patch16_224",
+        10,
+        3,
+        32,
+        model_kwargs=vit,
+    )
     card = ModelCard(build_model_card(finished_run, "me/derd-vit"))
     assert card.data.library_name == "timm"
     assert 'timm.create_model("hf-hub:me/derd-vit", pretrained=True)' in card.text
@@ -117,9 +135,13 @@ def test_dry_run_writes_exactly_the_upload(finished_run, tmp_path, capsys):
     assert files == ["README.md", "config.json", "derd_config.yaml", "eval_report.json", "model.safetensors"]
     with pytest.raises(RunFolderError, match="not empty"):
         stage_upload(finished_run, "me/x", tmp_path / "up")
-    code, out, err = _push_cli(["--model", str(finished_run), "--repo-id", "me/x", "--dry-run", str(tmp_path / "cli")], capsys)
+    code, out, err = _push_cli(
+        ["--model", str(finished_run), "--repo-id", "me/x", "--dry-run", str(tmp_path / "cli")], capsys
+    )
     assert code == 0 and "dry run: wrote README.md" in out
-    code, out, err = _push_cli(["--model", str(finished_run), "--repo-id", "justaname", "--dry-run", str(tmp_path / "cli2")], capsys)
+    code, out, err = _push_cli(
+        ["--model", str(finished_run), "--repo-id", "justaname", "--dry-run", str(tmp_path / "cli2")], capsys
+    )
     assert code == 2 and "expected ORG/NAME" in err
 
 
@@ -161,7 +183,10 @@ def test_push_sends_the_dry_run_files_in_one_commit(finished_run, tmp_path, monk
     name, repo, sent, message, rev, repo_type = calls[-1]
     assert name == "create_commit" and repo == "me/derd-resnet20" and rev == revision and repo_type == "model"
     assert [c[0] for c in calls] == ["create_repo"] + (["create_branch"] if revision else []) + ["create_commit"]
-    assert message == "derd_scale: upload distilled student (README.md, config.json, derd_config.yaml, eval_report.json, model.safetensors)"
+    assert (
+        message
+        == "derd_scale: upload distilled student (README.md, config.json, derd_config.yaml, eval_report.json, model.safetensors)"
+    )
     # Exactly what --dry-run writes, byte for byte.
     stage_upload(finished_run, "me/derd-resnet20", tmp_path / "dry")
     assert sent == {p.name: p.read_bytes() for p in (tmp_path / "dry").iterdir()}
@@ -188,8 +213,15 @@ def test_card_names_the_protocol_and_the_autoattack_budgets(finished_run):
     card = ModelCard(build_model_card(finished_run, "me/x"))
     text = card.text
     assert "| AutoAttack (standard) | 36.03 | [33.1, 39.1] |" in text
-    assert "APGD-CE 100 iterations × 1 restart (ρ = 0.75), APGD-T 100 iterations × 9 target classes, FAB-T 100 iterations × 9 target classes, Square 5000 queries" in text
+    assert (
+        "APGD-CE 100 iterations × 1 restart (ρ = 0.75), APGD-T 100 iterations × 9 target classes, FAB-T 100 iterations × 9 target classes, Square 5000 queries"
+        in text
+    )
     assert "aa_fast (torchattacks AutoAttack defaults, 10 iterations; not the standard AutoAttack)" in text
     args = {r.metric_config: r.metric_args for r in card.data.eval_results}
-    assert args["aa"]["aa_version"] == "standard" and args["aa"]["aa_apgd_steps"] == 100 and args["aa"]["aa_square_queries"] == 5000
+    assert (
+        args["aa"]["aa_version"] == "standard"
+        and args["aa"]["aa_apgd_steps"] == 100
+        and args["aa"]["aa_square_queries"] == 5000
+    )
     assert args["aa_fast"]["aa_apgd_steps"] == 10

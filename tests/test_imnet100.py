@@ -17,7 +17,8 @@ from derd_scale.teachers import model_from_config
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_TEACHERS = [
     # the real config's hub teachers, as random-init timm models of the same size
-    "teachers.natural.arch=vit_small_patch16_224", "teachers.natural.pretrained=false",
+    "teachers.natural.arch=vit_small_patch16_224",
+    "teachers.natural.pretrained=false",
     "teachers.robust.arch=vit_small_patch16_224",
 ]
 
@@ -46,7 +47,9 @@ def test_class_subset_gives_exactly_those_logits_in_dataset_order():
     from derd_scale.config import ModelConfig
 
     info = dataset_info("imagenet100")
-    mcfg = ModelConfig(arch="vit_tiny_patch16_224", class_subset="imagenet100", kwargs={"img_size": 32, "patch_size": 16, "depth": 1})
+    mcfg = ModelConfig(
+        arch="vit_tiny_patch16_224", class_subset="imagenet100", kwargs={"img_size": 32, "patch_size": 16, "depth": 1}
+    )
     teacher = model_from_config(mcfg, info).eval()
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
@@ -65,9 +68,25 @@ def test_tiny_twin_runs_both_stages_under_accelerate_launch(tmp_path, shared_dat
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     assert accelerate, "accelerate CLI not installed"
     cmd = [
-        accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO / "launch" / "train.py"), "--config", str(REPO / "configs" / "imnet100_vit_tiny.yaml"),
-        "--set", f"output.root={tmp_path}", "--set", f"data.path={shared_data}", "--set", "logging.progress_bar=false",
+        accelerate,
+        "launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "launch" / "train.py"),
+        "--config",
+        str(REPO / "configs" / "imnet100_vit_tiny.yaml"),
+        "--set",
+        f"output.root={tmp_path}",
+        "--set",
+        f"data.path={shared_data}",
+        "--set",
+        "logging.progress_bar=false",
     ]
     env = dict(os.environ, ACCELERATE_USE_CPU="true")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
@@ -91,7 +110,10 @@ def test_one_real_size_stage2_step_at_batch_2():
     from derd_scale.state import TrainState
     from derd_scale.trainer import build_training, stage2_step
 
-    cfg = load_config(REPO / "configs" / "imnet100_vit.yaml", OFFLINE_TEACHERS + ["stage2.batch_size=2", "stage2.sa.chunk_size=2", "distributed.mixed_precision=no"])
+    cfg = load_config(
+        REPO / "configs" / "imnet100_vit.yaml",
+        OFFLINE_TEACHERS + ["stage2.batch_size=2", "stage2.sa.chunk_size=2", "distributed.mixed_precision=no"],
+    )
     models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True))
     before = [p.detach().clone() for p in models.student.parameters()]
     metrics = stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)

@@ -13,7 +13,17 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_quickstart_tiny_budget_beats_an_untrained_network(tmp_path, shared_data):
     out = tmp_path / "qs"
-    cmd = [sys.executable, str(REPO / "launch" / "quickstart.py"), "--data-path", str(shared_data), "--budget", "tiny", "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(REPO / "launch" / "quickstart.py"),
+        "--data-path",
+        str(shared_data),
+        "--budget",
+        "tiny",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -17,16 +17,38 @@ def _row(tmp_path: Path, shared_data: Path, name: str, *extra: str) -> dict:
     from derd_scale.config import config_from_dict
     from derd_scale.trainer import train
 
-    cfg = config_from_dict({}, [
-        "data.name=fashion_mnist", "data.source=parquet", f"data.path={shared_data}",
-        f"teachers.natural.arch=local-dir:{TEACHERS / 'natural'}", f"teachers.robust.arch=local-dir:{TEACHERS / 'pgd_at'}",
-        "student.arch=small_cnn", "student.kwargs={width: 8}", "generator.latent_dim=128", "generator.base_channels=32",
-        "stage1.steps=150", "stage1.batch_size=64", "stage2.steps=80", "stage2.batch_size=64",
-        "stage2.sa.steps=5", "stage2.sa.alpha=0.02", "optim.student.lr=0.05",
-        "eval.protocol=fashion_mnist", "eval.n_examples=500", "eval.attacks=[clean,pgd_s]", "eval.probe_attacks=[]", "eval.masking_check=false",
-        "logging.progress_bar=false", "logging.every_steps=50", "output.checkpoint_every=0",
-        f"output.root={tmp_path}", f"output.name={name}", *extra,
-    ])
+    cfg = config_from_dict(
+        {},
+        [
+            "data.name=fashion_mnist",
+            "data.source=parquet",
+            f"data.path={shared_data}",
+            f"teachers.natural.arch=local-dir:{TEACHERS / 'natural'}",
+            f"teachers.robust.arch=local-dir:{TEACHERS / 'pgd_at'}",
+            "student.arch=small_cnn",
+            "student.kwargs={width: 8}",
+            "generator.latent_dim=128",
+            "generator.base_channels=32",
+            "stage1.steps=150",
+            "stage1.batch_size=64",
+            "stage2.steps=80",
+            "stage2.batch_size=64",
+            "stage2.sa.steps=5",
+            "stage2.sa.alpha=0.02",
+            "optim.student.lr=0.05",
+            "eval.protocol=fashion_mnist",
+            "eval.n_examples=500",
+            "eval.attacks=[clean,pgd_s]",
+            "eval.probe_attacks=[]",
+            "eval.masking_check=false",
+            "logging.progress_bar=false",
+            "logging.every_steps=50",
+            "output.checkpoint_every=0",
+            f"output.root={tmp_path}",
+            f"output.name={name}",
+            *extra,
+        ],
+    )
     run = train(cfg, name)
     return {k: v["accuracy"] for k, v in json.loads((run.path / "eval" / "report.json").read_text())["attacks"].items()}
 

@@ -28,12 +28,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 TINY = [
     "data.name=fashion_mnist",
-    "teachers.natural.arch=small_cnn", "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn", "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn", "student.kwargs={width: 4}",
-    "generator.latent_dim=16", "generator.base_channels=4", "generator.implicit_bank_size=32",
-    "stage1.steps=4", "stage1.batch_size=8", "stage2.steps=4", "stage2.batch_size=8", "stage2.sa.steps=2",
-    "eval.final=false", "eval.probe_attacks=[]", "logging.every_steps=1", "logging.progress_bar=false",
+    "teachers.natural.arch=small_cnn",
+    "teachers.natural.kwargs={width: 4}",
+    "teachers.robust.arch=small_cnn",
+    "teachers.robust.kwargs={width: 4}",
+    "student.arch=small_cnn",
+    "student.kwargs={width: 4}",
+    "generator.latent_dim=16",
+    "generator.base_channels=4",
+    "generator.implicit_bank_size=32",
+    "stage1.steps=4",
+    "stage1.batch_size=8",
+    "stage2.steps=4",
+    "stage2.batch_size=8",
+    "stage2.sa.steps=2",
+    "eval.final=false",
+    "eval.probe_attacks=[]",
+    "logging.every_steps=1",
+    "logging.progress_bar=false",
     "output.checkpoint_every=2",
 ]
 
@@ -127,7 +139,9 @@ def test_nan_in_stage1_names_its_loss(tmp_path, monkeypatch):
 def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
     # The losses of step 2 are finite; the weights go NaN after it, right before its checkpoint.
     monkeypatch.setenv("DERD_INJECT_NAN", "stage2:2:after")
-    with pytest.raises(DivergenceError, match=r"^divergence: stage2 step 2: student weight \S+ is nan; the checkpoint was not written"):
+    with pytest.raises(
+        DivergenceError, match=r"^divergence: stage2 step 2: student weight \S+ is nan; the checkpoint was not written"
+    ):
         _train(tmp_path)
     assert _checkpoint_names(tmp_path / "run") == ["stage1-00000002", "stage1-00000004"]
     # ... and a resume from the last good checkpoint finishes once the cause is gone.
@@ -141,7 +155,9 @@ def test_a_non_finite_student_is_never_exported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "_check_finite_weights", lambda *a, **k: None)  # let it reach the export
     monkeypatch.setenv("DERD_INJECT_NAN", "stage2:4:after")
-    with pytest.raises(DivergenceError, match=r"^divergence: stage2 step 4: student weight \S+ is nan; nothing exported$"):
+    with pytest.raises(
+        DivergenceError, match=r"^divergence: stage2 step 4: student weight \S+ is nan; nothing exported$"
+    ):
         _train(tmp_path)
     assert not (tmp_path / "run" / "student").exists() and not (tmp_path / "run" / "DONE").exists()
 
@@ -157,7 +173,15 @@ def test_push_to_hub_refuses_a_non_finite_model(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     save_config(RunConfig(), run / "config.yaml")
-    export_model(create_model("small_cnn", 10, in_chans=1, width=4), run / "student", "small_cnn", 10, 1, 28, model_kwargs={"width": 4})
+    export_model(
+        create_model("small_cnn", 10, in_chans=1, width=4),
+        run / "student",
+        "small_cnn",
+        10,
+        1,
+        28,
+        model_kwargs={"width": 4},
+    )
     weights = run / "student" / "model.safetensors"
     sd = load_file(str(weights))
     name = sorted(k for k, v in sd.items() if v.is_floating_point())[0]
@@ -228,7 +252,13 @@ def test_resuming_with_a_changed_config_is_refused_naming_the_keys(tmp_path, mon
     assert "output.allow_config_change=true" in msg and "\n" not in msg
     assert (run_path / "config.yaml").read_text() == before  # nothing touched
     # Keys that cannot change the weights do not count.
-    quiet = ["logging.every_steps=2", "output.checkpoint_every=1", "eval.attacks=[clean]", "data.path=/elsewhere", "eval.n_examples=10"]
+    quiet = [
+        "logging.every_steps=2",
+        "output.checkpoint_every=1",
+        "eval.attacks=[clean]",
+        "data.path=/elsewhere",
+        "eval.n_examples=10",
+    ]
     with pytest.warns(UserWarning, match="changed config") as record:
         run = _train(tmp_path, "stage2.sa.steps=3", "output.allow_config_change=true", *quiet)
     changed = [str(w.message) for w in record if "changed config" in str(w.message)]
@@ -243,10 +273,28 @@ def test_config_changes_ignore_only_keys_that_cannot_change_results(tmp_path):
 
     saved = tmp_path / "config.yaml"
     save_config(config_from_dict({}), saved)
-    assert config_changes(saved, config_from_dict({}, ["logging.every_steps=3", "output.root=x", "eval.probe_attacks=[clean]", "preset=derd_paper", "distributed.expected_world_size=2"])) == []
+    assert (
+        config_changes(
+            saved,
+            config_from_dict(
+                {},
+                [
+                    "logging.every_steps=3",
+                    "output.root=x",
+                    "eval.probe_attacks=[clean]",
+                    "preset=derd_paper",
+                    "distributed.expected_world_size=2",
+                ],
+            ),
+        )
+        == []
+    )
     # eval.eps is Stage II's training radius while stage2.eps is unset ...
     assert config_changes(saved, config_from_dict({}, ["eval.eps=0.01"])) == ["eval.eps (None -> 0.01)"]
-    assert [c.split(" ")[0] for c in config_changes(saved, config_from_dict({}, ["teachers.natural.kwargs={width: 8}", "seed=1"]))] == ["seed", "teachers.natural.kwargs"]
+    assert [
+        c.split(" ")[0]
+        for c in config_changes(saved, config_from_dict({}, ["teachers.natural.kwargs={width: 8}", "seed=1"]))
+    ] == ["seed", "teachers.natural.kwargs"]
     # ... and not once stage2.eps is set on both sides.
     save_config(config_from_dict({}, ["stage2.eps=0.03"]), saved)
     assert config_changes(saved, config_from_dict({}, ["stage2.eps=0.03", "eval.eps=0.01"])) == []
@@ -256,7 +304,10 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, monk
     run_path = _interrupted(tmp_path, monkeypatch, "stage2:2")
     newest = run_path / "checkpoints" / "stage2-00000002" / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated
-    with pytest.warns(UserWarning, match=rf"checkpoint {re.escape(str(newest))} is unreadable \(.*\); resuming from stage1-00000004 instead"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"checkpoint {re.escape(str(newest))} is unreadable \(.*\); resuming from stage1-00000004 instead",
+    ):
         run = _train(tmp_path)
     assert run.is_finished() and (run_path / "checkpoints" / "stage2-00000002.unreadable").is_dir()
     assert _metric_steps(run.path)["stage2"] == [1, 2, 3, 4]
@@ -267,7 +318,9 @@ def test_no_readable_checkpoint_is_one_line_naming_the_file(tmp_path, monkeypatc
     run_path = _interrupted(tmp_path, monkeypatch, "stage2:2")
     for p in run_path.glob("checkpoints/*/state.pt"):
         p.write_bytes(b"garbage")
-    with pytest.raises(ResumeError, match=r"^no readable checkpoint in .*checkpoints: .*stage2-00000002/state.pt: unreadable \(") as err:
+    with pytest.raises(
+        ResumeError, match=r"^no readable checkpoint in .*checkpoints: .*stage2-00000002/state.pt: unreadable \("
+    ) as err:
         _train(tmp_path)
     assert "output.resume=false output.overwrite=true" in str(err.value)
 
@@ -306,7 +359,12 @@ def test_a_symlinked_run_folder_outside_the_root_is_refused(tmp_path):
     with pytest.raises(RunExistsError, match="outside output.root"):
         from derd_scale.trainer import train
 
-        train(config_from_dict({}, TINY + [f"output.root={tmp_path / 'root'}", "output.name=run", "output.overwrite=true"]), "tiny")
+        train(
+            config_from_dict(
+                {}, TINY + [f"output.root={tmp_path / 'root'}", "output.name=run", "output.overwrite=true"]
+            ),
+            "tiny",
+        )
     assert outside.is_dir() and not any(outside.iterdir())
 
 
@@ -319,7 +377,12 @@ def test_metrics_truncation_keeps_records_up_to_the_checkpoint(tmp_path):
     with open(run.metrics_path, "a") as fh:
         fh.write('{"stage": "sta')
     assert run.truncate_metrics("stage2", 2) == 2
-    assert [(r["stage"], r["step"]) for r in run.read_metrics()] == [("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2)]
+    assert [(r["stage"], r["step"]) for r in run.read_metrics()] == [
+        ("stage1", 1),
+        ("stage1", 2),
+        ("stage2", 1),
+        ("stage2", 2),
+    ]
     assert run.truncate_metrics("stage1", 2) == 2 and len(run.read_metrics()) == 2
 
 
@@ -336,8 +399,22 @@ def test_print_schema_shows_the_real_nested_defaults():
 # --------------------------------------------------------------------------------------
 
 
-def _cli(tmp_path, name: str, *extra: str, env_extra: dict | None = None, wait: bool = True, steps=("stage1.steps=4", "stage2.steps=6")):
-    args = [sys.executable, str(REPO / "launch" / "train.py"), "--set", f"output.root={tmp_path}", "--set", f"output.name={name}"]
+def _cli(
+    tmp_path,
+    name: str,
+    *extra: str,
+    env_extra: dict | None = None,
+    wait: bool = True,
+    steps=("stage1.steps=4", "stage2.steps=6"),
+):
+    args = [
+        sys.executable,
+        str(REPO / "launch" / "train.py"),
+        "--set",
+        f"output.root={tmp_path}",
+        "--set",
+        f"output.name={name}",
+    ]
     for item in TINY + list(steps) + list(extra):
         args += ["--set", item]
     env = {k: v for k, v in os.environ.items() if k not in ("DERD_SIMULATE_PREEMPTION", "DERD_INJECT_NAN")}
@@ -357,7 +434,12 @@ def straight_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("straight")
     AcceleratorState._reset_state(reset_partial_state=True)
-    return train(config_from_dict({}, TINY + ["stage1.steps=4", "stage2.steps=6", f"output.root={root}", "output.name=straight"]), "tiny").path
+    return train(
+        config_from_dict(
+            {}, TINY + ["stage1.steps=4", "stage2.steps=6", f"output.root={root}", "output.name=straight"]
+        ),
+        "tiny",
+    ).path
 
 
 @pytest.mark.slow
@@ -380,7 +462,10 @@ def test_cli_corrupt_newest_checkpoint_falls_back_to_identical_weights(tmp_path,
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     resumed = _cli(tmp_path, "run")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"checkpoint {state.relative_to(tmp_path)} is unreadable" in resumed.stderr or f"checkpoint {state} is unreadable" in resumed.stderr
+    assert (
+        f"checkpoint {state.relative_to(tmp_path)} is unreadable" in resumed.stderr
+        or f"checkpoint {state} is unreadable" in resumed.stderr
+    )
     assert "resumed from" in resumed.stdout and "stage2-00000002" in resumed.stdout
     _same_student(straight_run, tmp_path / "run")
     assert _metric_steps(tmp_path / "run") == {"stage1": [1, 2, 3, 4], "stage2": [1, 2, 3, 4, 5, 6]}

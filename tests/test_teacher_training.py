@@ -13,10 +13,31 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _cmd(out, shared_data, method="pgd", epochs=2):
-    settings = ["data.name=fashion_mnist", "data.source=parquet", f"data.path={shared_data}", "model.arch=small_cnn", "model.kwargs={width: 4}",
-                f"method={method}", "eps=0.1", "alpha=0.05", "attack_steps=2", f"epochs={epochs}", "batch_size=64", "max_train_examples=256",
-                "eval_examples=64", "eval_steps=2", "optim.lr=0.05", "progress=false"]
-    return [sys.executable, str(REPO / "launch" / "train_teacher.py"), *(a for s in settings for a in ("--set", s)), "--out", str(out)]
+    settings = [
+        "data.name=fashion_mnist",
+        "data.source=parquet",
+        f"data.path={shared_data}",
+        "model.arch=small_cnn",
+        "model.kwargs={width: 4}",
+        f"method={method}",
+        "eps=0.1",
+        "alpha=0.05",
+        "attack_steps=2",
+        f"epochs={epochs}",
+        "batch_size=64",
+        "max_train_examples=256",
+        "eval_examples=64",
+        "eval_steps=2",
+        "optim.lr=0.05",
+        "progress=false",
+    ]
+    return [
+        sys.executable,
+        str(REPO / "launch" / "train_teacher.py"),
+        *(a for s in settings for a in ("--set", s)),
+        "--out",
+        str(out),
+    ]
 
 
 def _weights(folder):
@@ -47,14 +68,29 @@ def test_objectives_run_and_export_a_teacher_source(tmp_path, shared_data, metho
     from derd_scale.teacher_training import TeacherTrainConfig, train_teacher
     from derd_scale.teachers import model_from_config
 
-    cfg = TeacherTrainConfig(data=DataConfig(name="fashion_mnist", source="parquet", path=str(shared_data)), model=ModelConfig(arch="small_cnn", kwargs={"width": 4}),
-                             method=method, eps=0.1, alpha=0.05, attack_steps=2, epochs=1, batch_size=64, max_train_examples=128, eval_examples=32, eval_steps=2,
-                             optim=OptimizerConfig(lr=0.05), out=str(tmp_path / method), progress=False)
+    cfg = TeacherTrainConfig(
+        data=DataConfig(name="fashion_mnist", source="parquet", path=str(shared_data)),
+        model=ModelConfig(arch="small_cnn", kwargs={"width": 4}),
+        method=method,
+        eps=0.1,
+        alpha=0.05,
+        attack_steps=2,
+        epochs=1,
+        batch_size=64,
+        max_train_examples=128,
+        eval_examples=32,
+        eval_steps=2,
+        optim=OptimizerConfig(lr=0.05),
+        out=str(tmp_path / method),
+        progress=False,
+    )
     metrics = train_teacher(cfg)
     assert 0.0 <= metrics["pgd_s"] <= metrics["clean"] <= 1.0 and metrics["n"] == 32
     from derd_scale.config import load_config
 
-    assert load_config(tmp_path / method / "teacher_config.yaml", cls=TeacherTrainConfig) == cfg  # the resolved config beside the export
+    assert (
+        load_config(tmp_path / method / "teacher_config.yaml", cls=TeacherTrainConfig) == cfg
+    )  # the resolved config beside the export
     teacher = model_from_config(ModelConfig(arch=f"local-dir:{tmp_path / method}"), dataset_info("fashion_mnist"))
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
@@ -71,25 +107,54 @@ def _teacher_cli(argv, capsys):
 
 
 def test_bad_method_and_kwargs_are_rejected():
-    out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--set", "method=madry", "--out", "x"], capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr.strip() == "config error: method: invalid value 'madry'; allowed: ce, pgd, trades"
-    out = subprocess.run([sys.executable, str(REPO / "launch" / "train_teacher.py"), "--set", "model.kwargs={width:16}", "--out", "x"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "train_teacher.py"), "--set", "method=madry", "--out", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        out.returncode == 2
+        and out.stderr.strip() == "config error: method: invalid value 'madry'; allowed: ce, pgd, trades"
+    )
+    out = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "train_teacher.py"), "--set", "model.kwargs={width:16}", "--out", "x"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and out.stderr.strip().startswith("config error: model.kwargs: 'width:16' has no value")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--set", "epochz=1", "--out", "x"], r"^config error: epochz: unknown key; allowed: data, model, method, eps, alpha, attack_steps"),
-    (["--set", "optim.lrr=0.1", "--out", "x"], r"^config error: optim\.lrr: unknown key; allowed: name, lr, momentum"),
-    (["--set", "epochs=0", "--out", "x"], r"^config error: epochs: must be > 0, got 0$"),
-    (["--set", "epochs=two", "--out", "x"], r"^config error: epochs: expected an integer, got 'two'$"),
-    (["--set", "augment=crop", "--out", "x"], r"^config error: augment: invalid value 'crop'; allowed: auto, none, flip_crop, resized_crop$"),
-    (["--set", "method=pgd", "--set", "eps=0", "--out", "x"], r"^config error: eps: must be > 0 for adversarial training"),
-    (["--set", "eps=8", "--out", "x"], r"^config error: eps: must be in \[0, 1\] \(pixel units\), got 8\.0$"),
-    (["--set", "eval_examples=0", "--out", "x"], r"^config error: eval_examples: must be > 0, or null for the whole split, got 0$"),
-    (["--set", "optim.lr=0", "--out", "x"], r"^config error: optim\.lr: must be > 0, got 0\.0$"),
-    (["--set", "method=pgd"], r"^config error: out: required: the output \(export\) folder$"),
-    (["--config", "nowhere.yaml", "--out", "x"], r"^config error: config file not found: nowhere\.yaml$"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--set", "epochz=1", "--out", "x"],
+            r"^config error: epochz: unknown key; allowed: data, model, method, eps, alpha, attack_steps",
+        ),
+        (
+            ["--set", "optim.lrr=0.1", "--out", "x"],
+            r"^config error: optim\.lrr: unknown key; allowed: name, lr, momentum",
+        ),
+        (["--set", "epochs=0", "--out", "x"], r"^config error: epochs: must be > 0, got 0$"),
+        (["--set", "epochs=two", "--out", "x"], r"^config error: epochs: expected an integer, got 'two'$"),
+        (
+            ["--set", "augment=crop", "--out", "x"],
+            r"^config error: augment: invalid value 'crop'; allowed: auto, none, flip_crop, resized_crop$",
+        ),
+        (
+            ["--set", "method=pgd", "--set", "eps=0", "--out", "x"],
+            r"^config error: eps: must be > 0 for adversarial training",
+        ),
+        (["--set", "eps=8", "--out", "x"], r"^config error: eps: must be in \[0, 1\] \(pixel units\), got 8\.0$"),
+        (
+            ["--set", "eval_examples=0", "--out", "x"],
+            r"^config error: eval_examples: must be > 0, or null for the whole split, got 0$",
+        ),
+        (["--set", "optim.lr=0", "--out", "x"], r"^config error: optim\.lr: must be > 0, got 0\.0$"),
+        (["--set", "method=pgd"], r"^config error: out: required: the output \(export\) folder$"),
+        (["--config", "nowhere.yaml", "--out", "x"], r"^config error: config file not found: nowhere\.yaml$"),
+    ],
+)
 def test_cli_errors_are_one_line_naming_the_key(capsys, argv, message):
     import re
 
@@ -105,11 +170,35 @@ def test_cli_print_schema_lists_every_key(capsys):
     assert code == 0
     keys = [line.split()[0] for line in out.splitlines()]
     assert keys == [line.split()[0] for line in schema_lines(TeacherTrainConfig)]
-    for key in ("data.name", "data.path", "model.arch", "model.kwargs", "method", "eps", "alpha", "attack_steps", "beta", "epochs", "batch_size",
-                "optim.name", "optim.lr", "optim.weight_decay", "augment", "max_train_examples", "eval_examples", "eval_steps", "eval_alpha",
-                "workers", "seed", "out", "progress"):
+    for key in (
+        "data.name",
+        "data.path",
+        "model.arch",
+        "model.kwargs",
+        "method",
+        "eps",
+        "alpha",
+        "attack_steps",
+        "beta",
+        "epochs",
+        "batch_size",
+        "optim.name",
+        "optim.lr",
+        "optim.weight_decay",
+        "augment",
+        "max_train_examples",
+        "eval_examples",
+        "eval_steps",
+        "eval_alpha",
+        "workers",
+        "seed",
+        "out",
+        "progress",
+    ):
         assert key in keys, key
-    assert any(line.split()[0] == "model.arch" and "'small_cnn'" in line for line in out.splitlines())  # the field's own default
+    assert any(
+        line.split()[0] == "model.arch" and "'small_cnn'" in line for line in out.splitlines()
+    )  # the field's own default
 
 
 def test_yaml_and_set_round_trip_and_the_shipped_teacher_configs(tmp_path, capsys):
@@ -118,19 +207,51 @@ def test_yaml_and_set_round_trip_and_the_shipped_teacher_configs(tmp_path, capsy
     from derd_scale.config import load_config
     from derd_scale.teacher_training import TeacherTrainConfig
 
-    (tmp_path / "t.yaml").write_text("data: {name: fashion_mnist}\nmodel: {arch: small_cnn, kwargs: {width: 8}}\nmethod: trades\nbeta: 3\noptim: {lr: 0.05}\n")
-    code, out, err = _teacher_cli(["--config", str(tmp_path / "t.yaml"), "--set", "beta=1.5", "--set", "model.kwargs.width=4", "--set", "optim.name=adamw",
-                                   "--out", str(tmp_path / "o"), "--print-config"], capsys)
+    (tmp_path / "t.yaml").write_text(
+        "data: {name: fashion_mnist}\nmodel: {arch: small_cnn, kwargs: {width: 8}}\nmethod: trades\nbeta: 3\noptim: {lr: 0.05}\n"
+    )
+    code, out, err = _teacher_cli(
+        [
+            "--config",
+            str(tmp_path / "t.yaml"),
+            "--set",
+            "beta=1.5",
+            "--set",
+            "model.kwargs.width=4",
+            "--set",
+            "optim.name=adamw",
+            "--out",
+            str(tmp_path / "o"),
+            "--print-config",
+        ],
+        capsys,
+    )
     assert code == 0, err
     resolved = yaml.safe_load(out)
     assert resolved["method"] == "trades" and resolved["beta"] == 1.5 and resolved["model"]["kwargs"] == {"width": 4}
-    assert resolved["optim"] == {**resolved["optim"], "name": "adamw", "lr": 0.05, "momentum": 0.9} and resolved["out"] == str(tmp_path / "o")
-    assert resolved["model"]["arch"] == "small_cnn" and resolved["eps"] == 8 / 255 and resolved["data"]["name"] == "fashion_mnist"
+    assert resolved["optim"] == {**resolved["optim"], "name": "adamw", "lr": 0.05, "momentum": 0.9} and resolved[
+        "out"
+    ] == str(tmp_path / "o")
+    assert (
+        resolved["model"]["arch"] == "small_cnn"
+        and resolved["eps"] == 8 / 255
+        and resolved["data"]["name"] == "fashion_mnist"
+    )
     (tmp_path / "resolved.yaml").write_text(out)
-    assert load_config(tmp_path / "resolved.yaml", cls=TeacherTrainConfig) == load_config(tmp_path / "t.yaml", ["beta=1.5", "model.kwargs.width=4", "optim.name=adamw", f"out={tmp_path / 'o'}"], cls=TeacherTrainConfig)
+    assert load_config(tmp_path / "resolved.yaml", cls=TeacherTrainConfig) == load_config(
+        tmp_path / "t.yaml",
+        ["beta=1.5", "model.kwargs.width=4", "optim.name=adamw", f"out={tmp_path / 'o'}"],
+        cls=TeacherTrainConfig,
+    )
     for name, method in (("fmnist_natural", "ce"), ("fmnist_pgd", "pgd")):  # the committed teachers' recipe
         cfg = load_config(REPO / "configs" / "teachers" / f"{name}.yaml", ["out=x"], cls=TeacherTrainConfig)
-        assert cfg.method == method and cfg.model.kwargs == {"width": 16} and cfg.eps == 0.1 and cfg.alpha == 0.025 and cfg.eval_examples is None
+        assert (
+            cfg.method == method
+            and cfg.model.kwargs == {"width": 16}
+            and cfg.eps == 0.1
+            and cfg.alpha == 0.025
+            and cfg.eval_examples is None
+        )
 
 
 VIT_FM = {"img_size": 28, "patch_size": 7, "depth": 1, "embed_dim": 24, "num_heads": 2, "drop_rate": 0.2}
@@ -144,9 +265,22 @@ def _vit_cfg(shared_data, out, **kw):
     from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
     from derd_scale.teacher_training import TeacherTrainConfig
 
-    base = dict(data=DataConfig(name="fashion_mnist", source="parquet", path=str(shared_data)), model=ModelConfig(arch="vit_tiny_patch16_224", kwargs=VIT_FM),
-                method="pgd", eps=0.1, alpha=0.05, attack_steps=2, epochs=2, batch_size=32, max_train_examples=96, eval_examples=32, eval_steps=2,
-                optim=OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.05), out=str(out), progress=False)
+    base = dict(
+        data=DataConfig(name="fashion_mnist", source="parquet", path=str(shared_data)),
+        model=ModelConfig(arch="vit_tiny_patch16_224", kwargs=VIT_FM),
+        method="pgd",
+        eps=0.1,
+        alpha=0.05,
+        attack_steps=2,
+        epochs=2,
+        batch_size=32,
+        max_train_examples=96,
+        eval_examples=32,
+        eval_steps=2,
+        optim=OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.05),
+        out=str(out),
+        progress=False,
+    )
     return TeacherTrainConfig(**{**base, **kw})
 
 
@@ -202,14 +336,30 @@ def test_streamed_imagenet_size_training_with_a_class_subset_head(tmp_path):
 
     _tiny_imagenet100(tmp_path / "data")
     vit = {"img_size": 224, "patch_size": 32, "depth": 1, "embed_dim": 24, "num_heads": 2}
-    cfg = TeacherTrainConfig(data=DataConfig(name="imagenet100", source="imagefolder", path=str(tmp_path / "data")),
-                             model=ModelConfig(arch="vit_tiny_patch16_224", class_subset="imagenet100", kwargs=vit), method="ce",
-                             epochs=1, batch_size=8, max_train_examples=16, eval_examples=8, eval_steps=1, eps=0.03, alpha=0.03, workers=1,
-                             optim=OptimizerConfig(name="adamw", lr=1e-4, weight_decay=0.05), out=str(tmp_path / "vit"), progress=False)
+    cfg = TeacherTrainConfig(
+        data=DataConfig(name="imagenet100", source="imagefolder", path=str(tmp_path / "data")),
+        model=ModelConfig(arch="vit_tiny_patch16_224", class_subset="imagenet100", kwargs=vit),
+        method="ce",
+        epochs=1,
+        batch_size=8,
+        max_train_examples=16,
+        eval_examples=8,
+        eval_steps=1,
+        eps=0.03,
+        alpha=0.03,
+        workers=1,
+        optim=OptimizerConfig(name="adamw", lr=1e-4, weight_decay=0.05),
+        out=str(tmp_path / "vit"),
+        progress=False,
+    )
     metrics = train_teacher(cfg)
     assert metrics["n"] == 8
     config = json.loads((tmp_path / "vit" / "config.json").read_text())
-    assert config["num_classes"] == 100 and config["model_args"]["num_classes"] == 100 and config["label_names"][0] == "n02869837"
+    assert (
+        config["num_classes"] == 100
+        and config["model_args"]["num_classes"] == 100
+        and config["label_names"][0] == "n02869837"
+    )
     teacher = model_from_config(ModelConfig(arch=f"local-dir:{tmp_path / 'vit'}"), dataset_info("imagenet100"))
     assert teacher(torch.rand(1, 3, 224, 224)).shape == (1, 100)
 
@@ -237,8 +387,21 @@ def test_two_process_ddp_adversarial_training_runs(tmp_path, shared_data, method
     """Under DDP the attacks take input gradients only (no reducer hooks fire) and TRADES makes
     two forwards per backward; both must run through accelerate launch."""
     env = dict(os.environ, ACCELERATE_USE_CPU="true")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", *_cmd(tmp_path / method, shared_data, method=method, epochs=1)[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *_cmd(tmp_path / method, shared_data, method=method, epochs=1)[1:],
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((tmp_path / method / "metrics.json").read_text())["n"] == 64

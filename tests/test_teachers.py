@@ -26,7 +26,9 @@ def _same(a, b, x):
 
 
 def test_local_pth_checkpoint_source(weights_dir):
-    m = model_from_config(ModelConfig(arch="resnet4b", checkpoint=str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth")), CIFAR)
+    m = model_from_config(
+        ModelConfig(arch="resnet4b", checkpoint=str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth")), CIFAR
+    )
     assert m(torch.rand(1, 3, 32, 32)).shape == (1, 10)
 
 
@@ -36,7 +38,9 @@ def test_local_safetensors_source_defaults_to_the_dataset(tmp_path):
     torch.manual_seed(0)
     src = create_model("small_cnn", 10, in_chans=1, width=4)
     save_file(src.model.state_dict(), str(tmp_path / "w.safetensors"))
-    m = model_from_config(ModelConfig(arch="small_cnn", checkpoint=str(tmp_path / "w.safetensors"), kwargs={"width": 4}), FMNIST)
+    m = model_from_config(
+        ModelConfig(arch="small_cnn", checkpoint=str(tmp_path / "w.safetensors"), kwargs={"width": 4}), FMNIST
+    )
     assert _same(m, src, torch.rand(2, 1, 28, 28))  # in_chans and num_classes came from the dataset
 
 

@@ -66,9 +66,16 @@ def aggregate_gradients(
     if len(g1) != len(g2):
         raise ValueError("g1 and g2 must have one tensor per parameter")
     # Per-tensor partial sums in fp32 (bf16 shards would lose the sums' precision).
-    sums = torch.stack(
-        [torch.stack([(a.float() * b.float()).sum(), a.float().pow(2).sum(), b.float().pow(2).sum()]) for a, b in zip(g1, g2)]
-    ) if g1 else torch.zeros(0, 3)
+    sums = (
+        torch.stack(
+            [
+                torch.stack([(a.float() * b.float()).sum(), a.float().pow(2).sum(), b.float().pow(2).sum()])
+                for a, b in zip(g1, g2)
+            ]
+        )
+        if g1
+        else torch.zeros(0, 3)
+    )
     sums = all_reduce(sums)  # one collective: [n_tensors, 3]
     total = sums.sum(dim=0)
     dot, sq1, sq2 = total[0], total[1], total[2]
@@ -150,7 +157,11 @@ def sga_gradient(
     Returns the per-tensor gradients and ‖r⊙θ‖₂.
     """
     all_reduce = all_reduce or _identity
-    sq = torch.stack([(r * p.detach().float()).pow(2).sum() for p, r in zip(params, noise)]).sum() if params else torch.zeros(())
+    sq = (
+        torch.stack([(r * p.detach().float()).pow(2).sum() for p, r in zip(params, noise)]).sum()
+        if params
+        else torch.zeros(())
+    )
     norm = all_reduce(sq.reshape(1)).squeeze(0).sqrt()
     scale = tau / norm.clamp_min(1e-30)
     grads = [(scale * r * r * p.detach().float()).to(p.dtype) for p, r in zip(params, noise)]

@@ -61,12 +61,22 @@ class StudentLosses:
     """argmax S(x_r), detached."""
 
 
-def student_batch(eg, adv, anchor: torch.Tensor, dd: DiscrepancyData, attack_student=None, noise: Optional[torch.Tensor] = None, eps: float = 0.0) -> StudentBatch:
+def student_batch(
+    eg,
+    adv,
+    anchor: torch.Tensor,
+    dd: DiscrepancyData,
+    attack_student=None,
+    noise: Optional[torch.Tensor] = None,
+    eps: float = 0.0,
+) -> StudentBatch:
     """Pick inputs and targets per the switches; with ``robust_data=x_adv`` run the student's inner
     maximisation in the ε-ball of the anchor (``attack_student``: the student's plain module, put in
     eval mode here as in RSLAD; step size ``adv.alpha`` or ε/4)."""
     target = dd.anchor_robust_logits if eg.robust_target == "anchor" else dd.robust_logits
-    natural_input, natural_target = (dd.x_d, dd.natural_logits) if eg.natural_data == "x_d" else (anchor, dd.anchor_natural_logits)
+    natural_input, natural_target = (
+        (dd.x_d, dd.natural_logits) if eg.natural_data == "x_d" else (anchor, dd.anchor_natural_logits)
+    )
     robust_input = dd.x_d
     if eg.robust_data == "x_adv":
         was = attack_student.training
@@ -92,5 +102,9 @@ def student_losses(student, batch: StudentBatch, eg, temperature: float, natural
     s_r = forward(batch.robust_input)
     s_clean = forward(batch.anchor) if eg.robust_clean_weight else None
     l_2 = robust_distillation_loss(batch.robust_target, s_r, s_clean, temperature, eg.robust_clean_weight)
-    l_1 = eg.lambda_nat * kd_kl(batch.natural_target, forward(batch.natural_input), temperature) if natural_term else torch.zeros((), device=l_2.device)
+    l_1 = (
+        eg.lambda_nat * kd_kl(batch.natural_target, forward(batch.natural_input), temperature)
+        if natural_term
+        else torch.zeros((), device=l_2.device)
+    )
     return StudentLosses(l_1, eg.lambda_rob * l_2 if natural_term else l_2, l_2.detach(), s_r.detach().argmax(1))

@@ -34,7 +34,14 @@ def _start_size(image_size: int) -> tuple[int, int]:
 
 
 class PseudoImageGenerator(nn.Module):
-    def __init__(self, image_size: int, channels: int, latent_dim: int = 256, base_channels: int = 64, num_classes: Optional[int] = None):
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        latent_dim: int = 256,
+        base_channels: int = 64,
+        num_classes: Optional[int] = None,
+    ):
         super().__init__()
         self.image_size, self.channels, self.latent_dim = image_size, channels, latent_dim
         self.num_classes = num_classes
@@ -44,7 +51,9 @@ class PseudoImageGenerator(nn.Module):
         widths = [base_channels * 2 ** min(n_up - i, 3) for i in range(n_up + 1)]
         self.widths = widths
         self.label_embedding = nn.Embedding(num_classes, latent_dim) if num_classes else None
-        self.project = nn.Sequential(nn.Linear(latent_dim, widths[0] * start * start), nn.BatchNorm1d(widths[0] * start * start))
+        self.project = nn.Sequential(
+            nn.Linear(latent_dim, widths[0] * start * start), nn.BatchNorm1d(widths[0] * start * start)
+        )
         blocks = []
         for i in range(n_up):
             blocks += [
@@ -91,7 +100,9 @@ class PseudoImageGenerator(nn.Module):
 class ImplicitGenerator(nn.Module):
     """A bank of directly optimised pseudo images (model inversion)."""
 
-    def __init__(self, image_size: int, channels: int, bank_size: int, num_classes: Optional[int] = None, seed: int = 0):
+    def __init__(
+        self, image_size: int, channels: int, bank_size: int, num_classes: Optional[int] = None, seed: int = 0
+    ):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.image_size, self.channels = image_size, channels
@@ -102,14 +113,26 @@ class ImplicitGenerator(nn.Module):
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         # The bank size from the label buffer, not the parameter: a sharded parameter (ZeRO-3) has no full shape.
-        idx = torch.randint(0, self.bank_labels.shape[0], (batch_size,), generator=generator).to(self.bank_labels.device)
+        idx = torch.randint(0, self.bank_labels.shape[0], (batch_size,), generator=generator).to(
+            self.bank_labels.device
+        )
         return idx, (self.bank_labels[idx] if self.num_classes else None)
 
     def forward(self, idx: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         return torch.sigmoid(self.images_logit[idx])
 
 
-def build_generator(kind: str, image_size: int, channels: int, num_classes: int, latent_dim: int = 256, base_channels: int = 64, pseudo_labels: str = "argmax", bank_size: int = 1024, seed: int = 0) -> nn.Module:
+def build_generator(
+    kind: str,
+    image_size: int,
+    channels: int,
+    num_classes: int,
+    latent_dim: int = 256,
+    base_channels: int = 64,
+    pseudo_labels: str = "argmax",
+    bank_size: int = 1024,
+    seed: int = 0,
+) -> nn.Module:
     conditional = num_classes if pseudo_labels == "sampled" else None
     if kind == "implicit":
         return ImplicitGenerator(image_size, channels, bank_size, conditional, seed)

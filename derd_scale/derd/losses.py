@@ -112,7 +112,10 @@ class BNStatistics:
         self.moments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if not self.layers and id(type(model)) not in BNStatistics._warned:
             BNStatistics._warned.add(id(type(model)))
-            warnings.warn(f"{type(model).__name__} has no BatchNorm layers: L_BN contributes 0 (use the TV/feature priors)", stacklevel=2)
+            warnings.warn(
+                f"{type(model).__name__} has no BatchNorm layers: L_BN contributes 0 (use the TV/feature priors)",
+                stacklevel=2,
+            )
 
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         x = inputs[0].float()
@@ -188,5 +191,12 @@ def generator_loss(
     l_ie = information_entropy_loss(logits, batch_mean)
     l_tv = total_variation_loss(images) if lambda_tv > 0 else torch.zeros((), device=images.device)
     total = lambda_oh * l_oh + lambda_a * l_a + lambda_bn * l_bn + lambda_ie * l_ie + lambda_tv * l_tv
-    parts = {"l_oh": l_oh.detach(), "l_a": l_a.detach(), "l_bn": l_bn.detach(), "l_ie": l_ie.detach(), "l_tv": l_tv.detach(), "l_g": total.detach()}
+    parts = {
+        "l_oh": l_oh.detach(),
+        "l_a": l_a.detach(),
+        "l_bn": l_bn.detach(),
+        "l_ie": l_ie.detach(),
+        "l_tv": l_tv.detach(),
+        "l_g": total.detach(),
+    }
     return total, logits, parts

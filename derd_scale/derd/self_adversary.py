@@ -42,12 +42,16 @@ class DiscrepancyData:
     anchor_robust_logits: torch.Tensor
 
 
-def ascent_objective(natural_logits: torch.Tensor, robust_logits: torch.Tensor, labels: torch.Tensor, lambda_d: float, on: str = "probs") -> torch.Tensor:
+def ascent_objective(
+    natural_logits: torch.Tensor, robust_logits: torch.Tensor, labels: torch.Tensor, lambda_d: float, on: str = "probs"
+) -> torch.Tensor:
     """The quantity SA ascends: D(T_nat, T_rob) + λ_d CE(T_nat, ŷ). CE is a batch mean."""
     return discrepancy(natural_logits, robust_logits, on) + lambda_d * F.cross_entropy(natural_logits, labels)
 
 
-def sa_step(x: torch.Tensor, grad: torch.Tensor, alpha: float, anchor: torch.Tensor | None = None, eps: float | None = None) -> torch.Tensor:
+def sa_step(
+    x: torch.Tensor, grad: torch.Tensor, alpha: float, anchor: torch.Tensor | None = None, eps: float | None = None
+) -> torch.Tensor:
     """One update of Eqs. 13–16: x + α·sign(∇), projected into ‖x − anchor‖∞ ≤ ε (when ``eps``
     is given), then clipped to [0, 1]."""
     x = x + alpha * grad.sign()
@@ -56,12 +60,25 @@ def sa_step(x: torch.Tensor, grad: torch.Tensor, alpha: float, anchor: torch.Ten
     return x.clamp_(0.0, 1.0)
 
 
-def craft_discrepancy_data(natural_teacher, robust_teacher, x0: torch.Tensor, steps: int, alpha: float, lambda_d: float = 1.0, on: str = "probs", chunk_size: int | None = None, eps: float | None = None) -> DiscrepancyData:
+def craft_discrepancy_data(
+    natural_teacher,
+    robust_teacher,
+    x0: torch.Tensor,
+    steps: int,
+    alpha: float,
+    lambda_d: float = 1.0,
+    on: str = "probs",
+    chunk_size: int | None = None,
+    eps: float | None = None,
+) -> DiscrepancyData:
     """K sign-ascent steps from x0. With ``chunk_size`` the batch is crafted chunk by chunk:
     every term is a per-sample mean, so a chunk's gradient equals the full batch's up to a
     positive factor and sign(∇) — hence x_d — is unchanged (memory for ViTs at 224²)."""
     if chunk_size and chunk_size < x0.shape[0]:
-        parts = [craft_discrepancy_data(natural_teacher, robust_teacher, c, steps, alpha, lambda_d, on, eps=eps) for c in x0.split(chunk_size)]
+        parts = [
+            craft_discrepancy_data(natural_teacher, robust_teacher, c, steps, alpha, lambda_d, on, eps=eps)
+            for c in x0.split(chunk_size)
+        ]
         n = x0.shape[0]
         weights = [p.x_d.shape[0] / n for p in parts]
 
@@ -69,10 +86,16 @@ def craft_discrepancy_data(natural_teacher, robust_teacher, x0: torch.Tensor, st
             return sum(w * getattr(p, attr) for w, p in zip(weights, parts))
 
         return DiscrepancyData(
-            torch.cat([p.x_d for p in parts]), torch.cat([p.natural_labels for p in parts]),
-            mean("discrepancy_before"), mean("discrepancy_after"), mean("flip_rate"), mean("teacher_agreement"),
-            torch.cat([p.natural_logits for p in parts]), torch.cat([p.robust_logits for p in parts]),
-            torch.cat([p.anchor_natural_logits for p in parts]), torch.cat([p.anchor_robust_logits for p in parts]),
+            torch.cat([p.x_d for p in parts]),
+            torch.cat([p.natural_labels for p in parts]),
+            mean("discrepancy_before"),
+            mean("discrepancy_after"),
+            mean("flip_rate"),
+            mean("teacher_agreement"),
+            torch.cat([p.natural_logits for p in parts]),
+            torch.cat([p.robust_logits for p in parts]),
+            torch.cat([p.anchor_natural_logits for p in parts]),
+            torch.cat([p.anchor_robust_logits for p in parts]),
         )
     x0 = x0.detach()
     with frozen(natural_teacher), frozen(robust_teacher):

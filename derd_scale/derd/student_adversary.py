@@ -30,8 +30,16 @@ def project(x: torch.Tensor, anchor: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x, anchor - eps), anchor + eps).clamp(0.0, 1.0)
 
 
-def student_inner_max(student, target_log_probs: torch.Tensor, anchor: torch.Tensor, eps: float, alpha: float, steps: int,
-                      start: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+def student_inner_max(
+    student,
+    target_log_probs: torch.Tensor,
+    anchor: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    start: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """PGD maximising Σ_i KL(t_i ‖ S(x'_i)) (sum over the batch, so sign(∇) is per example) in the ε-ball of ``anchor``.
 
     ``target_log_probs`` is log t (log-softmax of the target logits). The ascent starts at
@@ -50,8 +58,13 @@ def student_inner_max(student, target_log_probs: torch.Tensor, anchor: torch.Ten
     return x_adv.detach()
 
 
-def robust_distillation_loss(target_logits: torch.Tensor, student_logits_adv: torch.Tensor, student_logits_clean: Optional[torch.Tensor],
-                             temperature: float = 1.0, clean_weight: float = 0.0) -> torch.Tensor:
+def robust_distillation_loss(
+    target_logits: torch.Tensor,
+    student_logits_adv: torch.Tensor,
+    student_logits_clean: Optional[torch.Tensor],
+    temperature: float = 1.0,
+    clean_weight: float = 0.0,
+) -> torch.Tensor:
     """L_2 = (1 − β) KL(t ‖ S(x_r)) + β KL(t ‖ S(x)); β = 0 is the paper's L_2 on x_r alone."""
     loss = kd_kl(target_logits, student_logits_adv, temperature)
     if clean_weight:

@@ -3,4 +3,12 @@
 from .report import EvalReport, masking_warnings
 from .runner import PRESETS, EvaluationInputError, Protocol, evaluate, protocol_from_config
 
-__all__ = ["EvalReport", "EvaluationInputError", "PRESETS", "Protocol", "evaluate", "masking_warnings", "protocol_from_config"]
+__all__ = [
+    "EvalReport",
+    "EvaluationInputError",
+    "PRESETS",
+    "Protocol",
+    "evaluate",
+    "masking_warnings",
+    "protocol_from_config",
+]

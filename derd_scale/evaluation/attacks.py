@@ -47,7 +47,16 @@ def _pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, x0: tor
     return x_adv.detach()
 
 
-def pgd_s(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, random_start: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def pgd_s(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_start: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Madry PGD on cross-entropy with a uniform random start in the ε-ball."""
     x0 = x
     if random_start and eps > 0:
@@ -56,7 +65,15 @@ def pgd_s(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, ste
     return _pgd(lambda z: F.cross_entropy(model(z), y, reduction="sum"), x, eps, alpha, steps, x0)
 
 
-def pgd_t(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def pgd_t(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """TRADES-style PGD: start at x + 0.001·N(0,1), ascend KL(f(x) ‖ f(x'))."""
     with torch.no_grad():
         clean_log_p = F.log_softmax(model(x), dim=1)
@@ -76,7 +93,17 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torc
     return torch.clamp(true - other, min=-kappa)
 
 
-def cw_pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, kappa: float = 0.0, random_start: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def cw_pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    kappa: float = 0.0,
+    random_start: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """L∞ PGD minimising the CW margin (i.e. ascending its negative)."""
     x0 = x
     if random_start and eps > 0:

@@ -72,11 +72,18 @@ class AutoAttackBudgets:
 
     def as_dict(self, n_classes: Optional[int] = None) -> dict:
         """Flat budgets as written into report.json (target counts resolved for ``n_classes``)."""
-        out = {"version": self.version, "attacks": ",".join(ORDER), "norm": "Linf", **{k: v for k, v in asdict(self).items() if k != "version"}}
+        out = {
+            "version": self.version,
+            "attacks": ",".join(ORDER),
+            "norm": "Linf",
+            **{k: v for k, v in asdict(self).items() if k != "version"},
+        }
         if n_classes is not None:
             out["apgdt_target_classes"] = self.targets(n_classes, "apgd-t")
             out["fab_target_classes"] = self.targets(n_classes, "fab-t")
-        out["implementation"] = f"torchattacks {_torchattacks_version()} components (APGD, APGDT, FAB, Square) with these budgets"
+        out["implementation"] = (
+            f"torchattacks {_torchattacks_version()} components (APGD, APGDT, FAB, Square) with these budgets"
+        )
         return out
 
 
@@ -87,10 +94,23 @@ def fast_budgets(n_classes: Optional[int] = None) -> dict:
     """What ``aa_fast`` (``torchattacks.AutoAttack(version="standard")``, unchanged) runs: NOT AutoAttack."""
     targets = None if n_classes is None else n_classes - 1
     return {
-        "version": "torchattacks-default (not the standard AutoAttack)", "attacks": ",".join(ORDER), "norm": "Linf",
-        "apgd_steps": 10, "apgd_restarts": 1, "apgd_rho": 0.75, "apgdt_steps": 10, "apgdt_restarts": 1, "apgdt_target_classes": targets,
-        "fab_steps": 10, "fab_restarts": 1, "fab_target_classes": targets, "square_queries": 5000, "square_restarts": 1, "square_p_init": 0.8,
-        "square_rescale_schedule": True, "implementation": f"torchattacks {_torchattacks_version()} AutoAttack(version='standard')",
+        "version": "torchattacks-default (not the standard AutoAttack)",
+        "attacks": ",".join(ORDER),
+        "norm": "Linf",
+        "apgd_steps": 10,
+        "apgd_restarts": 1,
+        "apgd_rho": 0.75,
+        "apgdt_steps": 10,
+        "apgdt_restarts": 1,
+        "apgdt_target_classes": targets,
+        "fab_steps": 10,
+        "fab_restarts": 1,
+        "fab_target_classes": targets,
+        "square_queries": 5000,
+        "square_restarts": 1,
+        "square_p_init": 0.8,
+        "square_rescale_schedule": True,
+        "implementation": f"torchattacks {_torchattacks_version()} AutoAttack(version='standard')",
     }
 
 
@@ -103,19 +123,64 @@ def _torchattacks_version() -> str:
         return "?"
 
 
-def build_standard_components(model, eps: float, n_classes: int, seed: int = 0, budgets: AutoAttackBudgets = STANDARD) -> list[tuple[str, object]]:
+def build_standard_components(
+    model, eps: float, n_classes: int, seed: int = 0, budgets: AutoAttackBudgets = STANDARD
+) -> list[tuple[str, object]]:
     """The four torchattacks attack objects of the standard version, in the reference's order."""
     import torchattacks
 
     if n_classes < 4:
-        raise ValueError(f"autoattack_standard: the targeted DLR loss of APGD-T needs at least 4 classes, the model has {n_classes}")
-    apgd = torchattacks.APGD(model, norm="Linf", eps=eps, steps=budgets.apgd_steps, n_restarts=budgets.apgd_restarts, seed=seed, loss="ce", eot_iter=1, rho=budgets.apgd_rho)
-    apgdt = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=budgets.apgdt_steps, n_restarts=budgets.apgdt_restarts, seed=seed, eot_iter=1, rho=budgets.apgd_rho, n_classes=n_classes)
+        raise ValueError(
+            f"autoattack_standard: the targeted DLR loss of APGD-T needs at least 4 classes, the model has {n_classes}"
+        )
+    apgd = torchattacks.APGD(
+        model,
+        norm="Linf",
+        eps=eps,
+        steps=budgets.apgd_steps,
+        n_restarts=budgets.apgd_restarts,
+        seed=seed,
+        loss="ce",
+        eot_iter=1,
+        rho=budgets.apgd_rho,
+    )
+    apgdt = torchattacks.APGDT(
+        model,
+        norm="Linf",
+        eps=eps,
+        steps=budgets.apgdt_steps,
+        n_restarts=budgets.apgdt_restarts,
+        seed=seed,
+        eot_iter=1,
+        rho=budgets.apgd_rho,
+        n_classes=n_classes,
+    )
     apgdt.n_target_classes = budgets.targets(n_classes, "apgd-t")  # torchattacks: n_classes − 1; reference: 9
-    fab = torchattacks.FAB(model, norm="Linf", eps=eps, steps=budgets.fab_steps, n_restarts=budgets.fab_restarts, alpha_max=0.1, eta=1.05, beta=0.9, seed=seed, multi_targeted=True, n_classes=n_classes)
+    fab = torchattacks.FAB(
+        model,
+        norm="Linf",
+        eps=eps,
+        steps=budgets.fab_steps,
+        n_restarts=budgets.fab_restarts,
+        alpha_max=0.1,
+        eta=1.05,
+        beta=0.9,
+        seed=seed,
+        multi_targeted=True,
+        n_classes=n_classes,
+    )
     fab.n_target_classes = budgets.targets(n_classes, "fab-t")
-    square = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=budgets.square_queries, n_restarts=budgets.square_restarts, p_init=budgets.square_p_init,
-                                 loss="margin", resc_schedule=budgets.square_rescale_schedule, seed=seed)
+    square = torchattacks.Square(
+        model,
+        norm="Linf",
+        eps=eps,
+        n_queries=budgets.square_queries,
+        n_restarts=budgets.square_restarts,
+        p_init=budgets.square_p_init,
+        loss="margin",
+        resc_schedule=budgets.square_rescale_schedule,
+        seed=seed,
+    )
     return list(zip(ORDER, (apgd, apgdt, fab, square)))
 
 
@@ -130,11 +195,21 @@ class AutoAttackResult:
 
 
 def _fork_rng(device: torch.device):
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     return torch.random.fork_rng(devices=devices)
 
 
-def autoattack_standard(model, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int, seed: int = 0, budgets: AutoAttackBudgets = STANDARD) -> AutoAttackResult:
+def autoattack_standard(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    n_classes: int,
+    seed: int = 0,
+    budgets: AutoAttackBudgets = STANDARD,
+) -> AutoAttackResult:
     """Standard AutoAttack on one batch (x in [0, 1]); each component attacks only points still robust."""
     components = build_standard_components(model, eps, n_classes, seed, budgets)
     x, y = x.detach(), y.detach()
@@ -151,7 +226,11 @@ def autoattack_standard(model, x: torch.Tensor, y: torch.Tensor, eps: float, n_c
             with torch.no_grad():
                 wrong = model(adv).argmax(1) != y[idx]
             delta = (adv - x[idx]).abs().flatten(1).amax(1)
-            inside = (delta <= eps + BOX_TOL) & (adv.flatten(1).amin(1) >= -BOX_TOL) & (adv.flatten(1).amax(1) <= 1 + BOX_TOL)
+            inside = (
+                (delta <= eps + BOX_TOL)
+                & (adv.flatten(1).amin(1) >= -BOX_TOL)
+                & (adv.flatten(1).amax(1) <= 1 + BOX_TOL)
+            )
             hit = idx[wrong & inside]
             robust[hit] = False
             x_adv[hit] = adv[wrong & inside]

@@ -23,10 +23,25 @@ from typing import Optional
 
 import torch
 
-PAPER_COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd_s", "PGD_S"), ("pgd_t", "PGD_T"), ("cw", "CW"), ("aa", "AA"))
-OTHER_NAMES = {"aa_fast": "aa_fast", "square": "Square", "transfer_pgd": "Transfer PGD", "transfer_cw": "Transfer CW", "pgd_s_2x": "PGD_S (2× steps)"}
-AA_FAST_NOTE = ("aa_fast is torchattacks' AutoAttack with its default 10 iterations per attack (the standard AutoAttack runs 100): "
-                "a cheaper screen, not AutoAttack; AA is the standard version")
+PAPER_COLUMNS = (
+    ("clean", "Clean"),
+    ("fgsm", "FGSM"),
+    ("pgd_s", "PGD_S"),
+    ("pgd_t", "PGD_T"),
+    ("cw", "CW"),
+    ("aa", "AA"),
+)
+OTHER_NAMES = {
+    "aa_fast": "aa_fast",
+    "square": "Square",
+    "transfer_pgd": "Transfer PGD",
+    "transfer_cw": "Transfer CW",
+    "pgd_s_2x": "PGD_S (2× steps)",
+}
+AA_FAST_NOTE = (
+    "aa_fast is torchattacks' AutoAttack with its default 10 iterations per attack (the standard AutoAttack runs 100): "
+    "a cheaper screen, not AutoAttack; AA is the standard version"
+)
 INTERVAL = "Wilson score interval, 95 %"
 Z95 = 1.959963984540054
 
@@ -79,7 +94,9 @@ class EvalReport:
 
     def first_fooled_by(self) -> list[Optional[str]]:
         """Per example, the first attack (in the paper's order, then the rest) that fooled it."""
-        order = [a for a, _ in PAPER_COLUMNS if a in self.attacks] + [a for a in self.attacks if a not in dict(PAPER_COLUMNS)]
+        order = [a for a, _ in PAPER_COLUMNS if a in self.attacks] + [
+            a for a in self.attacks if a not in dict(PAPER_COLUMNS)
+        ]
         cols = [self.attacks.index(a) for a in order]
         out = []
         for row in self.correct.tolist():
@@ -107,17 +124,21 @@ class EvalReport:
         attacks = {}
         for name, r in self.results.items():
             ci = self.interval(name)
-            attacks[name] = {**r, "ci95": list(ci) if ci is not None else None, "ci_method": "wilson"} if "n" in r else dict(r)
-        return _finite_or_none({
-            "protocol": self.protocol,
-            "n": self.n,
-            "world_size": self.world_size,
-            "interval": INTERVAL,
-            "attacks": attacks,
-            "ave": self.ave,
-            "warnings": self.warnings,
-            "monotonicity_violations": self.monotonicity_violations(),
-        })
+            attacks[name] = (
+                {**r, "ci95": list(ci) if ci is not None else None, "ci_method": "wilson"} if "n" in r else dict(r)
+            )
+        return _finite_or_none(
+            {
+                "protocol": self.protocol,
+                "n": self.n,
+                "world_size": self.world_size,
+                "interval": INTERVAL,
+                "attacks": attacks,
+                "ave": self.ave,
+                "warnings": self.warnings,
+                "monotonicity_violations": self.monotonicity_violations(),
+            }
+        )
 
     def _cell(self, attack: str) -> str:
         acc = self.results[attack]["accuracy"]
@@ -132,14 +153,35 @@ class EvalReport:
         ave = self.ave
         show_ave = ave is not None
         head = [label for _, label in cols] + (["Ave"] if show_ave else []) + [label for _, label in extra]
-        vals = [self._cell(a) for a, _ in cols] + ([f"{100 * ave:.2f}" if math.isfinite(ave) else "—"] if show_ave else []) + [self._cell(a) for a, _ in extra]
-        ns = [str(self.results[a].get("n", "")) for a, _ in cols] + ([""] if show_ave else []) + [str(self.results[a].get("n", "")) for a, _ in extra]
-        secs = [f"{self.results[a]['seconds']:.1f}" for a, _ in cols] + ([""] if show_ave else []) + [f"{self.results[a]['seconds']:.1f}" for a, _ in extra]
+        vals = (
+            [self._cell(a) for a, _ in cols]
+            + ([f"{100 * ave:.2f}" if math.isfinite(ave) else "—"] if show_ave else [])
+            + [self._cell(a) for a, _ in extra]
+        )
+        ns = (
+            [str(self.results[a].get("n", "")) for a, _ in cols]
+            + ([""] if show_ave else [])
+            + [str(self.results[a].get("n", "")) for a, _ in extra]
+        )
+        secs = (
+            [f"{self.results[a]['seconds']:.1f}" for a, _ in cols]
+            + ([""] if show_ave else [])
+            + [f"{self.results[a]['seconds']:.1f}" for a, _ in extra]
+        )
         p = self.protocol
-        lines = [f"## {title}" if title else "", f"n = {self.n}, ε = {p['eps']:.5f}, step = {p['alpha']:.5f}, {p['steps']} steps, restarts = {p.get('restarts', 1)} "
-                 f"(accuracy %, robust counted only if also clean-correct; [95 % Wilson interval])", ""]
-        lines += ["| | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|", "| accuracy | " + " | ".join(vals) + " |", "| n | " + " | ".join(ns) + " |",
-                  "| seconds | " + " | ".join(secs) + " |"]
+        lines = [
+            f"## {title}" if title else "",
+            f"n = {self.n}, ε = {p['eps']:.5f}, step = {p['alpha']:.5f}, {p['steps']} steps, restarts = {p.get('restarts', 1)} "
+            f"(accuracy %, robust counted only if also clean-correct; [95 % Wilson interval])",
+            "",
+        ]
+        lines += [
+            "| | " + " | ".join(head) + " |",
+            "|---" * (len(head) + 1) + "|",
+            "| accuracy | " + " | ".join(vals) + " |",
+            "| n | " + " | ".join(ns) + " |",
+            "| seconds | " + " | ".join(secs) + " |",
+        ]
         notes = []
         if "aa" in self.results:
             notes.append("AA: " + _describe_autoattack(self.results["aa"].get("autoattack")))
@@ -159,7 +201,12 @@ class EvalReport:
         fooled = self.first_fooled_by()
         with open(out / "per_example.jsonl", "w") as fh:
             for i, (label, row, first) in enumerate(zip(self.labels, self.correct.tolist(), fooled)):
-                fh.write(json.dumps({"index": i, "label": label, "correct": dict(zip(self.attacks, row)), "first_fooled_by": first}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {"index": i, "label": label, "correct": dict(zip(self.attacks, row)), "first_fooled_by": first}
+                    )
+                    + "\n"
+                )
         return out
 
 
@@ -168,9 +215,11 @@ def _describe_autoattack(budgets: Optional[dict]) -> str:
     if not budgets:
         return "AutoAttack version not recorded"
     b = budgets
-    return (f"{b.get('version')} AutoAttack — APGD-CE {b.get('apgd_steps')} it × {b.get('apgd_restarts')} restart (ρ {b.get('apgd_rho')}), "
-            f"APGD-T {b.get('apgdt_steps')} it × {b.get('apgdt_target_classes')} targets, FAB-T {b.get('fab_steps')} it × {b.get('fab_target_classes')} targets, "
-            f"Square {b.get('square_queries')} queries (p_init {b.get('square_p_init')}); {b.get('implementation')}")
+    return (
+        f"{b.get('version')} AutoAttack — APGD-CE {b.get('apgd_steps')} it × {b.get('apgd_restarts')} restart (ρ {b.get('apgd_rho')}), "
+        f"APGD-T {b.get('apgdt_steps')} it × {b.get('apgdt_target_classes')} targets, FAB-T {b.get('fab_steps')} it × {b.get('fab_target_classes')} targets, "
+        f"Square {b.get('square_queries')} queries (p_init {b.get('square_p_init')}); {b.get('implementation')}"
+    )
 
 
 def masking_warnings(report: EvalReport, threshold: float = 0.10) -> list[str]:
@@ -178,19 +227,36 @@ def masking_warnings(report: EvalReport, threshold: float = 0.10) -> list[str]:
     acc = report.accuracy
     out = []
     if acc("pgd_s") is not None and acc("aa") is not None and acc("pgd_s") - acc("aa") > threshold:
-        out.append(f"suspected gradient masking: PGD_S ({100 * acc('pgd_s'):.2f}%) exceeds AutoAttack (standard, aa) ({100 * acc('aa'):.2f}%) by more than {100 * threshold:.0f} points")
-    elif acc("pgd_s") is not None and acc("aa") is None and acc("aa_fast") is not None and acc("pgd_s") - acc("aa_fast") > threshold:
-        out.append(f"suspected gradient masking: PGD_S ({100 * acc('pgd_s'):.2f}%) exceeds aa_fast ({100 * acc('aa_fast'):.2f}%; torchattacks' 10-iteration "
-                   f"AutoAttack, not the standard AutoAttack) by more than {100 * threshold:.0f} points")
+        out.append(
+            f"suspected gradient masking: PGD_S ({100 * acc('pgd_s'):.2f}%) exceeds AutoAttack (standard, aa) ({100 * acc('aa'):.2f}%) by more than {100 * threshold:.0f} points"
+        )
+    elif (
+        acc("pgd_s") is not None
+        and acc("aa") is None
+        and acc("aa_fast") is not None
+        and acc("pgd_s") - acc("aa_fast") > threshold
+    ):
+        out.append(
+            f"suspected gradient masking: PGD_S ({100 * acc('pgd_s'):.2f}%) exceeds aa_fast ({100 * acc('aa_fast'):.2f}%; torchattacks' 10-iteration "
+            f"AutoAttack, not the standard AutoAttack) by more than {100 * threshold:.0f} points"
+        )
     if acc("fgsm") is not None and acc("pgd_s") is not None:
         if acc("pgd_s") > acc("fgsm") + 0.01:
-            out.append(f"suspected gradient masking: iterative PGD_S ({100 * acc('pgd_s'):.2f}%) is weaker than single-step FGSM ({100 * acc('fgsm'):.2f}%)")
+            out.append(
+                f"suspected gradient masking: iterative PGD_S ({100 * acc('pgd_s'):.2f}%) is weaker than single-step FGSM ({100 * acc('fgsm'):.2f}%)"
+            )
         if acc("fgsm") - acc("pgd_s") > 3 * threshold:
-            out.append(f"FGSM ({100 * acc('fgsm'):.2f}%) is much weaker than PGD_S ({100 * acc('pgd_s'):.2f}%): single-step gradients are uninformative, check for masking")
+            out.append(
+                f"FGSM ({100 * acc('fgsm'):.2f}%) is much weaker than PGD_S ({100 * acc('pgd_s'):.2f}%): single-step gradients are uninformative, check for masking"
+            )
     if acc("pgd_s_2x") is not None and acc("pgd_s") is not None and acc("pgd_s_2x") > acc("pgd_s") + 0.005:
-        out.append(f"suspected gradient masking: robust accuracy rises with more PGD steps ({100 * acc('pgd_s'):.2f}% → {100 * acc('pgd_s_2x'):.2f}%)")
+        out.append(
+            f"suspected gradient masking: robust accuracy rises with more PGD steps ({100 * acc('pgd_s'):.2f}% → {100 * acc('pgd_s_2x'):.2f}%)"
+        )
     for pair, count in report.monotonicity_violations().items():
         if count and pair != "pgd_s_2x>pgd_s":
             strong, weak = pair.split(">")
-            out.append(f"{count} examples survive {strong} but not {weak}: the stronger attack is not dominating, check its budget")
+            out.append(
+                f"{count} examples survive {strong} but not {weak}: the stronger attack is not dominating, check its budget"
+            )
     return out

@@ -77,19 +77,34 @@ def protocol_from_config(eval_cfg, dataset_name: str = "") -> Protocol:
     from ..config import validate_eval
 
     validate_eval(eval_cfg)
-    if eval_cfg.protocol in PRESETS and eval_cfg.eps is not None and abs(eval_cfg.eps - PRESETS[eval_cfg.protocol].eps) > 1e-9:
+    if (
+        eval_cfg.protocol in PRESETS
+        and eval_cfg.eps is not None
+        and abs(eval_cfg.eps - PRESETS[eval_cfg.protocol].eps) > 1e-9
+    ):
         preset = PRESETS[eval_cfg.protocol]
-        warnings.warn(f"eval.eps: {eval_cfg.eps:.6g} differs from preset {preset.name!r}'s ε = {preset.eps:.6g}; the report's protocol is named {preset.name}+override", stacklevel=2)
+        warnings.warn(
+            f"eval.eps: {eval_cfg.eps:.6g} differs from preset {preset.name!r}'s ε = {preset.eps:.6g}; the report's protocol is named {preset.name}+override",
+            stacklevel=2,
+        )
     if eval_cfg.protocol == "custom":
         if eval_cfg.eps is None or eval_cfg.alpha is None or eval_cfg.steps is None:
             raise ValueError("eval.protocol=custom needs eval.eps, eval.alpha and eval.steps")
-        base = Protocol("custom", eval_cfg.eps, eval_cfg.alpha, eval_cfg.steps, eval_cfg.batch_size if eval_cfg.batch_size is not None else 256)
+        base = Protocol(
+            "custom",
+            eval_cfg.eps,
+            eval_cfg.alpha,
+            eval_cfg.steps,
+            eval_cfg.batch_size if eval_cfg.batch_size is not None else 256,
+        )
     elif eval_cfg.protocol in PRESETS:
         base = PRESETS[eval_cfg.protocol]
     else:
         raise ValueError(f"eval.protocol: unknown {eval_cfg.protocol!r}; allowed: {', '.join(PRESETS)}, custom")
     return Protocol(
-        base.name if all(v is None for v in (eval_cfg.eps, eval_cfg.alpha, eval_cfg.steps)) else f"{base.name}+override",
+        base.name
+        if all(v is None for v in (eval_cfg.eps, eval_cfg.alpha, eval_cfg.steps))
+        else f"{base.name}+override",
         eval_cfg.eps if eval_cfg.eps is not None else base.eps,
         eval_cfg.alpha if eval_cfg.alpha is not None else base.alpha,
         eval_cfg.steps if eval_cfg.steps is not None else base.steps,
@@ -100,7 +115,9 @@ def protocol_from_config(eval_cfg, dataset_name: str = "") -> Protocol:
     )
 
 
-def _attack_batch(name: str, model, x, y, p: Protocol, gen: torch.Generator, n_classes: int, seed: int, surrogate) -> torch.Tensor:
+def _attack_batch(
+    name: str, model, x, y, p: Protocol, gen: torch.Generator, n_classes: int, seed: int, surrogate
+) -> torch.Tensor:
     """Correctness (bool per example) of ``model`` under attack ``name`` on one batch."""
     if name == "clean":
         with torch.no_grad():
@@ -168,7 +185,9 @@ def evaluate(
     rank, size = world()
     is_main = rank == 0
     if n_examples is not None and not 0 < n_examples <= len(dataset):
-        raise EvaluationInputError(f"n_examples: must be in [1, {len(dataset)}] (the split has {len(dataset)} examples), got {n_examples}")
+        raise EvaluationInputError(
+            f"n_examples: must be in [1, {len(dataset)}] (the split has {len(dataset)} examples), got {n_examples}"
+        )
     if n_examples is not None and not hasattr(dataset, "subset"):
         dataset = [dataset[i] for i in range(n_examples)]
     ds = dataset.subset(n_examples) if hasattr(dataset, "subset") else dataset
@@ -183,7 +202,12 @@ def evaluate(
     mine = list(range(rank, len(batches), size))
     seconds = {a: 0.0 for a in attacks}
     rows: list[tuple[int, int, list[bool]]] = []
-    bar = tqdm(total=sum(batches[b][1] - batches[b][0] for b in mine), desc=f"eval {protocol.name}", disable=not (progress and is_main), dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(batches[b][1] - batches[b][0] for b in mine),
+        desc=f"eval {protocol.name}",
+        disable=not (progress and is_main),
+        dynamic_ncols=True,
+    )
     for b in mine:
         start, end = batches[b]
         items = [ds[i] for i in range(start, end)]
@@ -195,7 +219,9 @@ def evaluate(
         bad = ((y < 0) | (y >= n_classes)).nonzero().flatten()
         if bad.numel():
             i = int(bad[0])
-            raise EvaluationInputError(f"labels: example {start + i} has label {int(y[i])}, outside [0, {n_classes}) of the model's {n_classes} outputs")
+            raise EvaluationInputError(
+                f"labels: example {start + i} has label {int(y[i])}, outside [0, {n_classes}) of the model's {n_classes} outputs"
+            )
         per_attack = []
         for name in attacks:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b * 7_919 + attacks.index(name))
@@ -220,14 +246,30 @@ def evaluate(
         seconds = {a: max(part[a] for _, part in gathered) for a in attacks}  # wall time: slowest rank
     rows.sort(key=lambda r: r[0])
     assert [r[0] for r in rows] == list(range(n)), "evaluation lost or duplicated examples"
-    correct = torch.tensor([r[2] for r in rows], dtype=torch.bool) if rows else torch.zeros(0, len(attacks), dtype=torch.bool)
+    correct = (
+        torch.tensor([r[2] for r in rows], dtype=torch.bool) if rows else torch.zeros(0, len(attacks), dtype=torch.bool)
+    )
     results = {}
     for j, name in enumerate(attacks):
-        results[name] = {"accuracy": correct[:, j].float().mean().item() if n else float("nan"), "correct": int(correct[:, j].sum()), "n": n, "seconds": seconds[name], **protocol.as_dict()}
+        results[name] = {
+            "accuracy": correct[:, j].float().mean().item() if n else float("nan"),
+            "correct": int(correct[:, j].sum()),
+            "n": n,
+            "seconds": seconds[name],
+            **protocol.as_dict(),
+        }
         if name == "aa":
             results[name]["autoattack"] = STANDARD.as_dict(n_classes)
         elif name == "aa_fast":
             results[name]["autoattack"] = fast_budgets(n_classes)
-    report = EvalReport(results=results, protocol=protocol.as_dict(), n=n, labels=[r[1] for r in rows], correct=correct, attacks=attacks, world_size=size)
+    report = EvalReport(
+        results=results,
+        protocol=protocol.as_dict(),
+        n=n,
+        labels=[r[1] for r in rows],
+        correct=correct,
+        attacks=attacks,
+        world_size=size,
+    )
     report.warnings = masking_warnings(report, masking_threshold)
     return report

@@ -56,7 +56,7 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dic
     sd = state_dict
     for prefix in ("module.", "_orig_mod.", "model."):
         if sd and all(k.startswith(prefix) for k in sd) and not any(k.startswith(prefix) for k in own):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -66,7 +66,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     try:
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as err:  # shapes that do not fit: name the file, keep it on one line
-        raise CheckpointError(f"{path}: state_dict does not fit {type(model).__name__}: {' '.join(str(err).split())[:400]}") from None
+        raise CheckpointError(
+            f"{path}: state_dict does not fit {type(model).__name__}: {' '.join(str(err).split())[:400]}"
+        ) from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected:
         raise CheckpointError(

@@ -136,7 +136,9 @@ class _Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(4 * planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != 4 * planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -194,8 +196,8 @@ class _WideBlock(nn.Module):
 
 
 class WideResNet(_Classifier):
-
     head_name = "fc"
+
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, in_chans: int = 3):
         super().__init__()
         if (depth - 4) % 6:
@@ -205,7 +207,11 @@ class WideResNet(_Classifier):
         self.conv1 = nn.Conv2d(in_chans, ch[0], 3, 1, 1, bias=False)
         blocks = []
         for i, stride in enumerate((1, 2, 2)):
-            blocks.append(nn.Sequential(*[_WideBlock(ch[i] if j == 0 else ch[i + 1], ch[i + 1], stride if j == 0 else 1) for j in range(n)]))
+            blocks.append(
+                nn.Sequential(
+                    *[_WideBlock(ch[i] if j == 0 else ch[i + 1], ch[i + 1], stride if j == 0 else 1) for j in range(n)]
+                )
+            )
         self.block1, self.block2, self.block3 = blocks
         self.bn1 = nn.BatchNorm2d(ch[3])
         self.num_features = ch[3]
@@ -291,7 +297,15 @@ class CrownResNet(_Classifier):
 
     head_name = "linear2"
 
-    def __init__(self, layers: list[list[tuple[int, int]]], in_planes: int, flat: int, num_classes: int = 10, in_chans: int = 3, head_relu: bool = True):
+    def __init__(
+        self,
+        layers: list[list[tuple[int, int]]],
+        in_planes: int,
+        flat: int,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        head_relu: bool = True,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, in_planes, 3, 2, 1)
         for i, spec in enumerate(layers, start=1):
@@ -339,7 +353,9 @@ class SequentialClassifier(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def _conv_stack(in_chans: int, convs: list[tuple[int, int, int, int]], flat: int, num_classes: int) -> SequentialClassifier:
+def _conv_stack(
+    in_chans: int, convs: list[tuple[int, int, int, int]], flat: int, num_classes: int
+) -> SequentialClassifier:
     layers: list[nn.Module] = []
     c = in_chans
     for out, k, s, p in convs:
@@ -366,7 +382,9 @@ class SmallCNN(_Classifier):
         def cbr(i: int, o: int) -> list[nn.Module]:
             return [nn.Conv2d(i, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
 
-        self.features = nn.Sequential(*cbr(in_chans, w), *cbr(w, w), nn.MaxPool2d(2), *cbr(w, 2 * w), *cbr(2 * w, 2 * w), nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            *cbr(in_chans, w), *cbr(w, w), nn.MaxPool2d(2), *cbr(w, 2 * w), *cbr(2 * w, 2 * w), nn.MaxPool2d(2)
+        )
         self.fc1 = nn.Linear(2 * w * (img_size // 4) ** 2, 4 * w)
         self.num_features = 4 * w
         self.fc2 = nn.Linear(4 * w, num_classes)
@@ -389,9 +407,15 @@ CIFAR_MODELS = {
     "resnet32": lambda num_classes=10, in_chans=3, **kw: ResNetCifarA(32, num_classes, in_chans, **kw),
     "resnet44": lambda num_classes=10, in_chans=3, **kw: ResNetCifarA(44, num_classes, in_chans, **kw),
     "resnet56": lambda num_classes=10, in_chans=3, **kw: ResNetCifarA(56, num_classes, in_chans, **kw),
-    "resnet18_cifar": lambda num_classes=10, in_chans=3, **kw: ResNetCifar(_BasicBlock, [2, 2, 2, 2], num_classes, in_chans, **kw),
-    "resnet34_cifar": lambda num_classes=10, in_chans=3, **kw: ResNetCifar(_BasicBlock, [3, 4, 6, 3], num_classes, in_chans, **kw),
-    "resnet50_cifar": lambda num_classes=10, in_chans=3, **kw: ResNetCifar(_Bottleneck, [3, 4, 6, 3], num_classes, in_chans, **kw),
+    "resnet18_cifar": lambda num_classes=10, in_chans=3, **kw: ResNetCifar(
+        _BasicBlock, [2, 2, 2, 2], num_classes, in_chans, **kw
+    ),
+    "resnet34_cifar": lambda num_classes=10, in_chans=3, **kw: ResNetCifar(
+        _BasicBlock, [3, 4, 6, 3], num_classes, in_chans, **kw
+    ),
+    "resnet50_cifar": lambda num_classes=10, in_chans=3, **kw: ResNetCifar(
+        _Bottleneck, [3, 4, 6, 3], num_classes, in_chans, **kw
+    ),
     "wrn34_10": lambda num_classes=10, in_chans=3, **kw: WideResNet(34, 10, num_classes, in_chans, **kw),
     "wrn34_20": lambda num_classes=10, in_chans=3, **kw: WideResNet(34, 20, num_classes, in_chans, **kw),
     "mobilenetv2_cifar": lambda num_classes=10, in_chans=3, **kw: MobileNetV2Cifar(num_classes, in_chans, **kw),
@@ -399,9 +423,17 @@ CIFAR_MODELS = {
     "resnet2b": _crown([[(16, 2), (16, 1)]], 8, 1024),
     # ResNet-4B: stem 3→16 s2; layer1 16→32 s2, 32→32; layer2 32→32 s2, 32→32; Flatten 512.
     "resnet4b": _crown([[(32, 2), (32, 1)], [(32, 2), (32, 1)]], 16, 512),
-    "cnn_a": lambda num_classes=10, in_chans=3: _conv_stack(in_chans, [(16, 4, 2, 1), (32, 4, 2, 1)], 2048, num_classes),
-    "conv_small": lambda num_classes=10, in_chans=3: _conv_stack(in_chans, [(16, 4, 2, 0), (32, 4, 2, 0)], 1152, num_classes),
-    "oval_base": lambda num_classes=10, in_chans=3: _conv_stack(in_chans, [(8, 4, 2, 1), (16, 4, 2, 1)], 1024, num_classes),
-    "oval_deep": lambda num_classes=10, in_chans=3: _conv_stack(in_chans, [(8, 4, 2, 1), (8, 3, 1, 1), (8, 3, 1, 1), (8, 4, 2, 1)], 512, num_classes),
+    "cnn_a": lambda num_classes=10, in_chans=3: _conv_stack(
+        in_chans, [(16, 4, 2, 1), (32, 4, 2, 1)], 2048, num_classes
+    ),
+    "conv_small": lambda num_classes=10, in_chans=3: _conv_stack(
+        in_chans, [(16, 4, 2, 0), (32, 4, 2, 0)], 1152, num_classes
+    ),
+    "oval_base": lambda num_classes=10, in_chans=3: _conv_stack(
+        in_chans, [(8, 4, 2, 1), (16, 4, 2, 1)], 1024, num_classes
+    ),
+    "oval_deep": lambda num_classes=10, in_chans=3: _conv_stack(
+        in_chans, [(8, 4, 2, 1), (8, 3, 1, 1), (8, 3, 1, 1), (8, 4, 2, 1)], 512, num_classes
+    ),
     "small_cnn": lambda num_classes=10, in_chans=1, **kw: SmallCNN(num_classes, in_chans, **kw),
 }

@@ -50,7 +50,14 @@ class NormalizedModel(nn.Module):
     ImageNet teacher is used on ImageNet-100 without fine-tuning.
     """
 
-    def __init__(self, model: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, class_indices: Optional[Sequence[int]] = None, input_size: Optional[int] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        class_indices: Optional[Sequence[int]] = None,
+        input_size: Optional[int] = None,
+    ):
         super().__init__()
         self.model = model
         # Pseudo images come at the dataset's size; a model trained at another size (e.g. a
@@ -58,16 +65,32 @@ class NormalizedModel(nn.Module):
         self.input_size = input_size
         self.has_norm = mean is not None
         c = len(mean) if mean is not None else 1
-        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0], dtype=torch.float32).view(1, c, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std if std is not None else [1.0], dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean",
+            torch.tensor(mean if mean is not None else [0.0], dtype=torch.float32).view(1, c, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "std",
+            torch.tensor(std if std is not None else [1.0], dtype=torch.float32).view(1, c, 1, 1),
+            persistent=False,
+        )
         if class_indices is not None:
-            self.register_buffer("class_indices", torch.as_tensor(list(class_indices), dtype=torch.long), persistent=False)
+            self.register_buffer(
+                "class_indices", torch.as_tensor(list(class_indices), dtype=torch.long), persistent=False
+            )
         else:
             self.class_indices = None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_size is not None and x.shape[-1] != self.input_size:
-            x = torch.nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > self.input_size)
+            x = torch.nn.functional.interpolate(
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=x.shape[-1] > self.input_size,
+            )
         if not self.has_norm:
             return x
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -105,11 +128,19 @@ def build_backbone(arch: str, num_classes: int, in_chans: int = 3, pretrained: b
         return CIFAR_MODELS[arch](num_classes=num_classes, in_chans=in_chans, **kwargs)
     import timm
 
-    name = arch[len("timm:"):] if arch.startswith("timm:") else arch
+    name = arch[len("timm:") :] if arch.startswith("timm:") else arch
     if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(name):
-        raise ValueError(f"unknown architecture {arch!r}: not a derd_scale net ({', '.join(CIFAR_MODELS)}) and not a timm model")
+        raise ValueError(
+            f"unknown architecture {arch!r}: not a derd_scale net ({', '.join(CIFAR_MODELS)}) and not a timm model"
+        )
     try:
-        return timm.create_model(name, pretrained=pretrained or name.startswith(("hf-hub:", "local-dir:")), num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return timm.create_model(
+            name,
+            pretrained=pretrained or name.startswith(("hf-hub:", "local-dir:")),
+            num_classes=num_classes,
+            in_chans=in_chans,
+            **kwargs,
+        )
     except (OSError, RuntimeError) as err:  # hub unreachable
         if _looks_offline(err):
             raise RuntimeError(
@@ -122,7 +153,21 @@ def build_backbone(arch: str, num_classes: int, in_chans: int = 3, pretrained: b
 
 def _looks_offline(err: BaseException) -> bool:
     text = f"{type(err).__name__} {err}".lower()
-    return any(s in text for s in ("connect", "offline", "resolve", "network", "timed out", "max retries", "name or service", "hf_hub_offline", "localentrynotfound", "cannot find the requested files"))
+    return any(
+        s in text
+        for s in (
+            "connect",
+            "offline",
+            "resolve",
+            "network",
+            "timed out",
+            "max retries",
+            "name or service",
+            "hf_hub_offline",
+            "localentrynotfound",
+            "cannot find the requested files",
+        )
+    )
 
 
 def timm_pretrained_norm(model: nn.Module) -> tuple[Optional[tuple], Optional[tuple]]:

@@ -93,8 +93,16 @@ class GradientAdapter:
     kind = "replicated"
     sharded = False
 
-    def __init__(self, module: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, *, name: str = "student",
-                 accumulation: int = 1, max_norm: Optional[float] = None, template: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        *,
+        name: str = "student",
+        accumulation: int = 1,
+        max_norm: Optional[float] = None,
+        template: Optional[nn.Module] = None,
+    ):
         self.name = name
         self.module = module
         self.optimizer = optimizer
@@ -132,7 +140,7 @@ class GradientAdapter:
         """Forward and backward of micro-batch ``m``; gradients are reduced on the last one."""
         if m == 0:
             self._zero_grad()
-        with (self._no_sync() if m < self.accumulation - 1 else nullcontext()):
+        with self._no_sync() if m < self.accumulation - 1 else nullcontext():
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -150,7 +158,9 @@ class GradientAdapter:
 
     # ---- two task gradients (Stage II) ------------------------------------------------
 
-    def task_gradients(self, losses: Losses) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def task_gradients(
+        self, losses: Losses
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
         a = self.accumulation
         g1 = [torch.zeros_like(p) for p in self.params]
         g2 = [torch.zeros_like(p) for p in self.params]
@@ -239,7 +249,9 @@ class ShardedAdapter(GradientAdapter):
     def _take(self) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def task_gradients(self, losses: Losses) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def task_gradients(
+        self, losses: Losses
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
         a = self.accumulation
         grads, values = [], []
         after_first_pass: list[torch.Tensor] = []

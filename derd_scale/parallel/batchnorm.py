@@ -80,7 +80,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
-        shift = self.running_mean.detach().float() if self.running_mean is not None else torch.zeros(x.shape[1], device=x.device)
+        shift = (
+            self.running_mean.detach().float()
+            if self.running_mean is not None
+            else torch.zeros(x.shape[1], device=x.device)
+        )
         d = xf - shift.view(shape)
         count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
         stats = global_mean(torch.cat([d.mean(dims), d.pow(2).mean(dims), count]), self.group)
@@ -105,7 +109,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert_batchnorm(module: nn.Module, group=None) -> nn.Module:
     """Replace every ``_BatchNorm`` in ``module`` by a ``GlobalBatchNorm`` sharing its tensors."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, group=group)
+        new = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, group=group
+        )
         new.to(device=next(iter(list(module.parameters()) + list(module.buffers())), torch.empty(0)).device)
         if module.affine:
             with torch.no_grad():
@@ -120,4 +126,3 @@ def convert_batchnorm(module: nn.Module, group=None) -> nn.Module:
     for name, child in module.named_children():
         module.add_module(name, convert_batchnorm(child, group))
     return module
-

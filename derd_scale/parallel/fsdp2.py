@@ -28,7 +28,9 @@ import torch.nn as nn
 from .adapters import ShardedAdapter, ShardView
 
 
-def shard_module(module: nn.Module, mesh, reshard_after_forward: bool = True, min_params: Optional[int] = None) -> nn.Module:
+def shard_module(
+    module: nn.Module, mesh, reshard_after_forward: bool = True, min_params: Optional[int] = None
+) -> nn.Module:
     """``fully_shard`` every submodule holding at least ``min_params`` parameters (innermost
     first, so each parameter belongs to the smallest such unit), then the root."""
     from torch.distributed.fsdp import fully_shard
@@ -98,14 +100,23 @@ class FSDPGradients(ShardedAdapter):
 
         for p, g in zip(self.params, grads):
             local_shape = p.to_local().shape
-            p.grad = DTensor.from_local(g.detach().to(p.dtype).reshape(local_shape).clone(), p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+            p.grad = DTensor.from_local(
+                g.detach().to(p.dtype).reshape(local_shape).clone(),
+                p.device_mesh,
+                p.placements,
+                shape=p.shape,
+                stride=p.stride(),
+            )
 
     # ---- state ----------------------------------------------------------------------
 
     def full_state_dict(self) -> dict:
         from torch.distributed.tensor import DTensor
 
-        return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in self.inner.state_dict().items()}
+        return {
+            k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+            for k, v in self.inner.state_dict().items()
+        }
 
     def save(self, directory: Path) -> Optional[dict]:
         import torch.distributed.checkpoint as dcp
@@ -122,4 +133,6 @@ class FSDPGradients(ShardedAdapter):
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(state, checkpoint_id=str(Path(directory) / self.name))
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(
+            self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+        )

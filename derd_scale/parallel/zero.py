@@ -46,8 +46,10 @@ def load_deepspeed_config(accelerator, path: Optional[str]) -> dict:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None) if accelerator is not None else None
     if plugin is not None and getattr(plugin, "deepspeed_config", None):
         return copy.deepcopy(plugin.deepspeed_config)
-    raise ValueError("distributed.backend=deepspeed needs a DeepSpeed JSON: launch with a DEEPSPEED accelerate config "
-                     "(configs/accelerate/deepspeed_zero2.yaml) or set distributed.deepspeed_config=configs/deepspeed/zero2.json")
+    raise ValueError(
+        "distributed.backend=deepspeed needs a DeepSpeed JSON: launch with a DEEPSPEED accelerate config "
+        "(configs/accelerate/deepspeed_zero2.yaml) or set distributed.deepspeed_config=configs/deepspeed/zero2.json"
+    )
 
 
 def engine_config(base: dict, *, micro_batch: int, world_size: int, grad_clip: Optional[float], bf16: bool) -> dict:
@@ -56,16 +58,22 @@ def engine_config(base: dict, *, micro_batch: int, world_size: int, grad_clip: O
     for key in ("fp16", "bf16"):
         section = conf.get(key)
         if isinstance(section, dict) and section.get("enabled") is True:
-            raise ValueError(f"DeepSpeed config enables {key}: derd_scale's mixed precision is torch autocast "
-                             f"(distributed.mixed_precision=bf16); remove the {key} section")
+            raise ValueError(
+                f"DeepSpeed config enables {key}: derd_scale's mixed precision is torch autocast "
+                f"(distributed.mixed_precision=bf16); remove the {key} section"
+            )
         conf.pop(key, None)
     gas = conf.get("gradient_accumulation_steps", 1)
     if gas not in (1, "auto"):
-        raise ValueError("DeepSpeed config sets gradient_accumulation_steps: use distributed.gradient_accumulation_steps instead "
-                         "(accumulation is done on the gradient shards, before the Stage-II aggregation)")
+        raise ValueError(
+            "DeepSpeed config sets gradient_accumulation_steps: use distributed.gradient_accumulation_steps instead "
+            "(accumulation is done on the gradient shards, before the Stage-II aggregation)"
+        )
     for key in ("optimizer", "scheduler"):
         if key in conf:
-            raise ValueError(f"DeepSpeed config has a {key!r} section: derd_scale builds the optimiser and schedule from the run config")
+            raise ValueError(
+                f"DeepSpeed config has a {key!r} section: derd_scale builds the optimiser and schedule from the run config"
+            )
     conf["gradient_accumulation_steps"] = 1
     conf["train_micro_batch_size_per_gpu"] = micro_batch
     conf["train_batch_size"] = micro_batch * world_size
@@ -174,7 +182,10 @@ class DeepSpeedGradients(ShardedAdapter):
     # ---- Stage II ---------------------------------------------------------------------
 
     def shards(self) -> list[ShardView]:
-        return [ShardView(name, theta, torch.arange(start, start + valid)) for (name, _), (theta, start, valid) in zip(self.named, self._layout())]
+        return [
+            ShardView(name, theta, torch.arange(start, start + valid))
+            for (name, _), (theta, start, valid) in zip(self.named, self._layout())
+        ]
 
     def write_gradients(self, grads: Sequence[torch.Tensor]) -> None:
         if self.stage == 3:
@@ -209,6 +220,12 @@ class DeepSpeedGradients(ShardedAdapter):
         return {"deepspeed": self.name}
 
     def load(self, directory: Path, entry: Optional[dict]) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory), tag=self.name, load_optimizer_states=True, load_lr_scheduler_states=False, load_module_strict=True)
+        path, _ = self.engine.load_checkpoint(
+            str(directory),
+            tag=self.name,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+            load_module_strict=True,
+        )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {self.name!r} under {directory}")

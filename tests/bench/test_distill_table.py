@@ -17,7 +17,14 @@ def _load():
 
 
 def _row(out: Path, name: str, pgd: float, aa: float | None = None, seed: int = 0) -> dict:
-    result = {"row": name.split("-seed")[0], "seed": seed, "attacks": {"clean": 0.8, "fgsm": 0.5, "pgd_s": pgd, "pgd_t": 0.6, "cw": 0.4}, "n": {}, "warnings": [], "seconds": 60.0}
+    result = {
+        "row": name.split("-seed")[0],
+        "seed": seed,
+        "attacks": {"clean": 0.8, "fgsm": 0.5, "pgd_s": pgd, "pgd_t": 0.6, "cw": 0.4},
+        "n": {},
+        "warnings": [],
+        "seconds": 60.0,
+    }
     (out / name).mkdir(parents=True)
     (out / name / "row.json").write_text(json.dumps(result))
     if aa is not None:
@@ -32,7 +39,9 @@ def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
     _row(tmp_path, "derd_paper", 0.0587)  # the row this run just finished
     dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
     table = (tmp_path / "results.md").read_text()
-    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line][
+        1:
+    ]
     assert rows[:3] == ["sa_only", "derd_paper", "rslad"]  # the recipe's row order, not the run's
     assert "| sa_only | 1 | 80.00 | 50.00 | 44.00 | 60.00 | 40.00 | 40.50 |" in table  # its cached AutoAttack too
     saved = json.loads((tmp_path / "results.json").read_text())

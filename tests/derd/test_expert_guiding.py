@@ -42,7 +42,14 @@ def test_defaults_are_eq_17_on_x_d():
 
 def test_anchor_targets_x_adv_and_weights():
     x, dd, student = _setup()
-    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_data="x_adv", robust_clean_weight=0.25, lambda_nat=0.5, lambda_rob=2.0)
+    eg = EGConfig(
+        natural_data="gz",
+        robust_target="anchor",
+        robust_data="x_adv",
+        robust_clean_weight=0.25,
+        lambda_nat=0.5,
+        lambda_rob=2.0,
+    )
     adv = StudentAdversaryConfig(alpha=0.02, steps=3, start="x_d")
     batch = student_batch(eg, adv, x, dd, attack_student=student, eps=0.05)
     assert (batch.robust_input - x).abs().max() <= 0.05 + 1e-6

@@ -24,7 +24,9 @@ def test_one_hot_loss_eq6_uses_teacher_argmax():
     expected = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
     assert one_hot_loss(logits).item() == pytest.approx(expected, rel=1e-6)
     # sampled labels (pseudo_labels: sampled) override the argmax
-    assert one_hot_loss(logits, torch.tensor([1, 1])).item() == pytest.approx((math.log(1 + math.exp(2)) + math.log(1 + math.exp(-1))) / 2, rel=1e-6)
+    assert one_hot_loss(logits, torch.tensor([1, 1])).item() == pytest.approx(
+        (math.log(1 + math.exp(2)) + math.log(1 + math.exp(-1))) / 2, rel=1e-6
+    )
 
 
 def test_activation_loss_eq7_mean_abs():

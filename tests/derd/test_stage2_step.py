@@ -19,10 +19,20 @@ def _setup(method="sga", natural_data="x_d"):
     cfg = config_from_dict(
         {"data": {"name": "fashion_mnist"}},
         [
-            "seed=3", "stage1.batch_size=8", "stage2.batch_size=8", "stage2.sa.steps=2", "stage2.sa.alpha=0.05", "stage2.sa.lambda_d=0.5",
-            "stage2.eg.lambda_rob=2.0", f"stage2.eg.natural_data={natural_data}", f"stage2.aggregation.method={method}",
-            "stage2.aggregation.sigma_r=0.05", "stage2.aggregation.lambda_sga=3.0", "stage2.generator_updates=false",
-            "optim.student.lr=0.1", "optim.student.schedule=constant",
+            "seed=3",
+            "stage1.batch_size=8",
+            "stage2.batch_size=8",
+            "stage2.sa.steps=2",
+            "stage2.sa.alpha=0.05",
+            "stage2.sa.lambda_d=0.5",
+            "stage2.eg.lambda_rob=2.0",
+            f"stage2.eg.natural_data={natural_data}",
+            f"stage2.aggregation.method={method}",
+            "stage2.aggregation.sigma_r=0.05",
+            "stage2.aggregation.lambda_sga=3.0",
+            "stage2.generator_updates=false",
+            "optim.student.lr=0.1",
+            "optim.student.schedule=constant",
         ],
     )
     torch.manual_seed(0)
@@ -43,7 +53,9 @@ def _reference(cfg, models, student):
     x = x0.clone()
     for _ in range(s2.sa.steps):
         x.requires_grad_(True)
-        obj = (F.softmax(nat(x), 1) - F.softmax(rob(x), 1)).abs().sum(1).mean() + s2.sa.lambda_d * F.cross_entropy(nat(x), labels)
+        obj = (F.softmax(nat(x), 1) - F.softmax(rob(x), 1)).abs().sum(1).mean() + s2.sa.lambda_d * F.cross_entropy(
+            nat(x), labels
+        )
         (g,) = torch.autograd.grad(obj, x)
         x = (x.detach() + s2.sa.alpha * g.sign()).clamp(0, 1)
     params = [p for p in student.parameters()]
@@ -65,7 +77,9 @@ def _reference(cfg, models, student):
     g = t1 * g1 + t2 * g2
     theta = torch.cat([p.detach().flatten() for p in params])
     if s2.aggregation.method == "sga":
-        r = torch.cat([sga_noise(cfg.seed, 0, n, torch.arange(p.numel()), s2.aggregation.sigma_r) for n, p in zip(names, params)])
+        r = torch.cat(
+            [sga_noise(cfg.seed, 0, n, torch.arange(p.numel()), s2.aggregation.sigma_r) for n, p in zip(names, params)]
+        )
         tau = 0.5 * (t1 + t2)
         g = g + s2.aggregation.lambda_sga * tau * (r * r * theta) / torch.linalg.vector_norm(r * theta)
     # SGD, first step: momentum buffer = g + wd·θ
@@ -77,20 +91,34 @@ def _reference(cfg, models, student):
 def test_one_stage2_step_matches_the_formulas(method, natural_data):
     from accelerate import Accelerator
 
-
     cfg, models = _setup(method, natural_data)
     ref_student = copy.deepcopy(models.student)
     expected, (t1, t2) = _reference(cfg, models, ref_student)
-    teachers_before = [p.clone() for p in list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters())]
+    teachers_before = [
+        p.clone() for p in list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters())
+    ]
     models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)  # one process: nothing wrapped
     metrics = stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
     got = torch.cat([p.detach().flatten() for p in models.student.parameters()])
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got - expected).abs().max()
     assert metrics["tau1"] == pytest.approx(t1, rel=1e-5) and metrics["tau2"] == pytest.approx(t2, rel=1e-5)
-    for name in ("g1_norm", "g2_norm", "cos_g1_g2", "sga_norm", "d_before", "d_after", "flip_rate", "teacher_agreement", "l_1", "l_2"):
+    for name in (
+        "g1_norm",
+        "g2_norm",
+        "cos_g1_g2",
+        "sga_norm",
+        "d_before",
+        "d_after",
+        "flip_rate",
+        "teacher_agreement",
+        "l_1",
+        "l_2",
+    ):
         assert name in metrics
     assert (metrics["sga_norm"] > 0) == (method == "sga")
-    for p, q in zip(list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters()), teachers_before):
+    for p, q in zip(
+        list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters()), teachers_before
+    ):
         assert torch.equal(p, q) and p.grad is None
 
 
@@ -112,7 +140,14 @@ def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
     lone.generator.load_state_dict(models.generator.state_dict())
     lone, lone_par, lone_scheds, _ = build_training(cfg, Accelerator(cpu=True), lone)
     batch = getattr(cfg, stage).batch_size
-    generator_update(lone, lone.natural_teacher, sample_latents(lone, cfg, stage, 0, batch, lone_par), cfg, lone_scheds["generator"], lone_par)
+    generator_update(
+        lone,
+        lone.natural_teacher,
+        sample_latents(lone, cfg, stage, 0, batch, lone_par),
+        cfg,
+        lone_scheds["generator"],
+        lone_par,
+    )
     assert all(p.grad is None for p in lone.student.parameters()), "G's update wrote gradients into the student"
 
     models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)

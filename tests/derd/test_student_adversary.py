@@ -50,7 +50,9 @@ def test_robust_distillation_loss_hand_value():
     kl_adv = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
     assert robust_distillation_loss(t, s_adv, None).item() == pytest.approx(kl_adv, rel=1e-6)
     # β = 1/6: (5/6)·KL(t‖S(x_adv)) + (1/6)·KL(t‖t) = (5/6)·kl_adv
-    assert robust_distillation_loss(t, s_adv, t.clone(), clean_weight=1 / 6).item() == pytest.approx(5 / 6 * kl_adv, rel=1e-6)
+    assert robust_distillation_loss(t, s_adv, t.clone(), clean_weight=1 / 6).item() == pytest.approx(
+        5 / 6 * kl_adv, rel=1e-6
+    )
 
 
 def test_inner_max_stays_in_the_ball_and_raises_the_kl():

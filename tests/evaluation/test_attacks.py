@@ -34,9 +34,11 @@ def test_pgd_stays_in_ball_and_box():
     torch.manual_seed(0)
     model = create_model("small_cnn", 10, in_chans=1, width=4).eval()
     x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
-    for adv in (A.pgd_s(model, x, y, 0.1, 0.03, 5, generator=torch.Generator().manual_seed(1)),
-                A.pgd_t(model, x, y, 0.1, 0.03, 5, generator=torch.Generator().manual_seed(1)),
-                A.cw_pgd(model, x, y, 0.1, 0.03, 5, generator=torch.Generator().manual_seed(1))):
+    for adv in (
+        A.pgd_s(model, x, y, 0.1, 0.03, 5, generator=torch.Generator().manual_seed(1)),
+        A.pgd_t(model, x, y, 0.1, 0.03, 5, generator=torch.Generator().manual_seed(1)),
+        A.cw_pgd(model, x, y, 0.1, 0.03, 5, generator=torch.Generator().manual_seed(1)),
+    ):
         assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     assert all(p.grad is None for p in model.parameters())
     # deterministic under a seed

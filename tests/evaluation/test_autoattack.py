@@ -54,11 +54,30 @@ def test_components_have_the_reference_standard_budgets(tiny):
     parts = build_standard_components(model, 8 / 255, 10, seed=3)
     assert [name for name, _ in parts] == ["apgd-ce", "apgd-t", "fab-t", "square"]  # the reference's order
     apgd, apgdt, fab, square = (attack for _, attack in parts)
-    assert (apgd.steps, apgd.n_restarts, apgd.thr_decr, apgd.loss, apgd.eot_iter, apgd.norm) == (100, 1, 0.75, "ce", 1, "Linf")
-    assert (apgdt.steps, apgdt.n_restarts, apgdt.n_target_classes, apgdt.thr_decr, apgdt.eot_iter) == (100, 1, 9, 0.75, 1)
+    assert (apgd.steps, apgd.n_restarts, apgd.thr_decr, apgd.loss, apgd.eot_iter, apgd.norm) == (
+        100,
+        1,
+        0.75,
+        "ce",
+        1,
+        "Linf",
+    )
+    assert (apgdt.steps, apgdt.n_restarts, apgdt.n_target_classes, apgdt.thr_decr, apgdt.eot_iter) == (
+        100,
+        1,
+        9,
+        0.75,
+        1,
+    )
     assert (fab.steps, fab.n_restarts, fab.n_target_classes, fab.multi_targeted) == (100, 1, 9, True)
     assert (fab.alpha_max, fab.eta, fab.beta) == (0.1, 1.05, 0.9)
-    assert (square.n_queries, square.n_restarts, square.p_init, square.loss, square.rescale_schedule) == (5000, 1, 0.8, "margin", False)
+    assert (square.n_queries, square.n_restarts, square.p_init, square.loss, square.rescale_schedule) == (
+        5000,
+        1,
+        0.8,
+        "margin",
+        False,
+    )
     assert all(attack.seed == 3 and attack.eps == 8 / 255 for _, attack in parts)
     # torchattacks would attack n_classes − 1 targets; the reference fixes 9 (fewer only when the model has fewer classes)
     assert build_standard_components(model, 0.03, 100)[1][1].n_target_classes == 9
@@ -69,7 +88,9 @@ def test_components_have_the_reference_standard_budgets(tiny):
     # the runner's torchattacks default really is the cheap one (issue #196)
     import torchattacks
 
-    fast = torchattacks.AutoAttack(model, norm="Linf", eps=0.03, version="standard", n_classes=10, seed=0)._autoattack.attacks
+    fast = torchattacks.AutoAttack(
+        model, norm="Linf", eps=0.03, version="standard", n_classes=10, seed=0
+    )._autoattack.attacks
     assert [a.steps for a in fast[:3]] == [10, 10, 10] and fast[3].rescale_schedule is True
     assert STANDARD.as_dict(10)["apgdt_target_classes"] == 9 and STANDARD.as_dict(10)["square_queries"] == 5000
 
@@ -99,7 +120,10 @@ def test_standard_aa_below_aa_fast_below_pgd_below_clean(tiny):
     assert acc("aa") <= acc("aa_fast") <= acc("pgd_s") <= acc("clean")
     c = {a: report.correct[:, report.attacks.index(a)] for a in report.attacks}
     assert bool((c["aa"] <= c["pgd_s"]).all()) and bool((c["pgd_s"] <= c["clean"]).all())
-    assert report.results["aa"]["autoattack"]["apgd_steps"] == 100 and report.results["aa_fast"]["autoattack"]["apgd_steps"] == 10
+    assert (
+        report.results["aa"]["autoattack"]["apgd_steps"] == 100
+        and report.results["aa_fast"]["autoattack"]["apgd_steps"] == 10
+    )
     md = report.markdown()
     header = next(line for line in md.splitlines() if line.startswith("| |"))
     assert "| aa_fast |" in header and header.count("AA") == 1  # aa_fast is never called AA

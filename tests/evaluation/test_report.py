@@ -36,12 +36,26 @@ def test_report_json_is_strict_even_with_nan_accuracy(tmp_path):
 
 
 def test_report_carries_n_and_interval(tmp_path):
-    results = {a: {"accuracy": k / 100, "correct": k, "n": 100, "seconds": 1.0} for a, k in (("clean", 72), ("pgd_s", 40), ("aa_fast", 38))}
-    rep = EvalReport(results, {"eps": 0.03, "alpha": 0.01, "steps": 10}, 100, [0] * 100, torch.zeros(100, 3, dtype=torch.bool), list(results))
+    results = {
+        a: {"accuracy": k / 100, "correct": k, "n": 100, "seconds": 1.0}
+        for a, k in (("clean", 72), ("pgd_s", 40), ("aa_fast", 38))
+    }
+    rep = EvalReport(
+        results,
+        {"eps": 0.03, "alpha": 0.01, "steps": 10},
+        100,
+        [0] * 100,
+        torch.zeros(100, 3, dtype=torch.bool),
+        list(results),
+    )
     rep.save(tmp_path)
     data = json.loads((tmp_path / "report.json").read_text(), parse_constant=_no_constants)
     clean = data["attacks"]["clean"]
-    assert clean["n"] == 100 and clean["ci_method"] == "wilson" and clean["ci95"] == pytest.approx([0.625120, 0.798603], abs=1e-6)
+    assert (
+        clean["n"] == 100
+        and clean["ci_method"] == "wilson"
+        and clean["ci95"] == pytest.approx([0.625120, 0.798603], abs=1e-6)
+    )
     assert "Wilson" in data["interval"]
     md = (tmp_path / "report.md").read_text()
     assert "72.00 [62.5, 79.9]" in md and "| n | 100 |" in md

@@ -30,7 +30,9 @@ def test_protocol_presets_and_overrides():
 
 @pytest.fixture(scope="module")
 def resnet20(weights_dir):
-    return create_model("resnet20", 10, checkpoint=weights_dir / "akamaster_resnet_cifar10" / "resnet20-12fca82f.th").eval()
+    return create_model(
+        "resnet20", 10, checkpoint=weights_dir / "akamaster_resnet_cifar10" / "resnet20-12fca82f.th"
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,9 @@ def test_non_robust_net_collapses_and_robust_net_holds(cifar10_test, resnet20, r
     ds, _ = cifar10_test
     weak = evaluate(resnet20, ds, ["pgd_s"], PRESETS["cifar"], n_examples=100, progress=False)
     assert weak.accuracy("pgd_s") <= 0.02
-    strong = evaluate(resnet4b, ds, ["pgd_s"], Protocol("eps2", 2 / 255, 0.5 / 255, 10, 100), n_examples=100, progress=False)
+    strong = evaluate(
+        resnet4b, ds, ["pgd_s"], Protocol("eps2", 2 / 255, 0.5 / 255, 10, 100), n_examples=100, progress=False
+    )
     assert strong.accuracy("pgd_s") > 0.4
 
 
@@ -85,7 +89,14 @@ def test_masking_warnings_fire_on_suspicious_numbers():
 
     def rep(acc):
         attacks = list(acc)
-        return EvalReport({a: {"accuracy": v, "seconds": 0.0} for a, v in acc.items()}, {"eps": 0.03, "alpha": 0.01, "steps": 10}, 0, [], torch.zeros(0, len(attacks), dtype=torch.bool), attacks)
+        return EvalReport(
+            {a: {"accuracy": v, "seconds": 0.0} for a, v in acc.items()},
+            {"eps": 0.03, "alpha": 0.01, "steps": 10},
+            0,
+            [],
+            torch.zeros(0, len(attacks), dtype=torch.bool),
+            attacks,
+        )
 
     ok = masking_warnings(rep({"clean": 0.8, "fgsm": 0.5, "pgd_s": 0.45, "aa": 0.42, "pgd_s_2x": 0.44}))
     assert ok == []
@@ -100,15 +111,61 @@ def test_masking_warnings_fire_on_suspicious_numbers():
 def test_two_processes_give_exactly_the_one_process_numbers(tmp_path, shared_data, weights_dir):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     common = [
-        str(REPO / "launch" / "evaluate.py"), "--model", str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth"), "--set", "arch=resnet4b",
-        "--set", "data.name=cifar10", "--set", "data.source=parquet", "--set", f"data.path={shared_data}", "--set", "eval.protocol=cifar", "--set", f"eval.eps={2 / 255}",
-        "--set", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]", "--set", "eval.n_examples=37", "--set", "eval.batch_size=8", "--set", "eval.steps=3", "--set", "eval.masking_check=false",
+        str(REPO / "launch" / "evaluate.py"),
+        "--model",
+        str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth"),
+        "--set",
+        "arch=resnet4b",
+        "--set",
+        "data.name=cifar10",
+        "--set",
+        "data.source=parquet",
+        "--set",
+        f"data.path={shared_data}",
+        "--set",
+        "eval.protocol=cifar",
+        "--set",
+        f"eval.eps={2 / 255}",
+        "--set",
+        "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
+        "--set",
+        "eval.n_examples=37",
+        "--set",
+        "eval.batch_size=8",
+        "--set",
+        "eval.steps=3",
+        "--set",
+        "eval.masking_check=false",
     ]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
+    one = subprocess.run(
+        [sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
-                          *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env)
+    two = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            free_port(),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a = json.loads((tmp_path / "one" / "report.json").read_text())
     b = json.loads((tmp_path / "two" / "report.json").read_text())

@@ -15,16 +15,19 @@ from derd_scale.evaluation import EvaluationInputError, Protocol, evaluate, prot
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"eps": 0.0}, r"^eval\.eps: must be in \(0, 1\] \(pixel units\), got 0\.0$"),
-    ({"eps": 8.0}, r"^eval\.eps: must be in \(0, 1\] \(pixel units\), got 8\.0$"),
-    ({"steps": 0}, r"^eval\.steps: must be >= 1, got 0$"),
-    ({"restarts": 0}, r"^eval\.restarts: must be >= 1, got 0$"),
-    ({"n_examples": 0}, r"^eval\.n_examples: must be > 0, got 0$"),
-    ({"square_queries": 0}, r"^eval\.square_queries: must be >= 1, got 0$"),
-    ({"batch_size": -4}, r"^eval\.batch_size: must be > 0, got -4$"),
-    ({"attacks": ["clean", "autoattack"]}, r"^eval\.attacks: unknown attack 'autoattack'; allowed: .*aa, aa_fast"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"eps": 0.0}, r"^eval\.eps: must be in \(0, 1\] \(pixel units\), got 0\.0$"),
+        ({"eps": 8.0}, r"^eval\.eps: must be in \(0, 1\] \(pixel units\), got 8\.0$"),
+        ({"steps": 0}, r"^eval\.steps: must be >= 1, got 0$"),
+        ({"restarts": 0}, r"^eval\.restarts: must be >= 1, got 0$"),
+        ({"n_examples": 0}, r"^eval\.n_examples: must be > 0, got 0$"),
+        ({"square_queries": 0}, r"^eval\.square_queries: must be >= 1, got 0$"),
+        ({"batch_size": -4}, r"^eval\.batch_size: must be > 0, got -4$"),
+        ({"attacks": ["clean", "autoattack"]}, r"^eval\.attacks: unknown attack 'autoattack'; allowed: .*aa, aa_fast"),
+    ],
+)
 def test_each_bad_setting_is_one_line_naming_its_key(section, message):
     with pytest.raises(ConfigError, match=message) as err:
         config_from_dict({"eval": section})
@@ -50,7 +53,9 @@ def _tiny():
 
 def test_labels_outside_the_classes_are_an_error():
     data = [(torch.rand(1, 2, 2), 3), (torch.rand(1, 2, 2), 10)]
-    with pytest.raises(EvaluationInputError, match=r"^labels: example 1 has label 10, outside \[0, 10\) of the model's 10 outputs$"):
+    with pytest.raises(
+        EvaluationInputError, match=r"^labels: example 1 has label 10, outside \[0, 10\) of the model's 10 outputs$"
+    ):
         evaluate(_tiny(), data, ["clean"], Protocol("t", 0.1, 0.02, 1, 8), progress=False)
     with pytest.raises(EvaluationInputError, match=r"label -1"):
         evaluate(_tiny(), [(torch.rand(1, 2, 2), -1)], ["clean"], Protocol("t", 0.1, 0.02, 1, 8), progress=False)
@@ -58,7 +63,9 @@ def test_labels_outside_the_classes_are_an_error():
 
 def test_more_examples_than_the_split_is_an_error():
     data = [(torch.rand(1, 2, 2), 1)] * 5
-    with pytest.raises(EvaluationInputError, match=r"^n_examples: must be in \[1, 5\] \(the split has 5 examples\), got 6$"):
+    with pytest.raises(
+        EvaluationInputError, match=r"^n_examples: must be in \[1, 5\] \(the split has 5 examples\), got 6$"
+    ):
         evaluate(_tiny(), data, ["clean"], Protocol("t", 0.1, 0.02, 1, 8), n_examples=6, progress=False)
     assert evaluate(_tiny(), data, ["clean"], Protocol("t", 0.1, 0.02, 1, 8), n_examples=3, progress=False).n == 3
 
@@ -87,18 +94,24 @@ def run_folder(tmp_path):
     return run
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--set", "eval.eps=2"], r"^config error: eval\.eps: must be in \(0, 1\]"),
-    (["--set", "eval.steps=0"], r"^config error: eval\.steps: must be >= 1"),
-    (["--set", "eval.restarts=0"], r"^config error: eval\.restarts: must be >= 1"),
-    (["--set", "eval.n_examples=0"], r"^config error: eval\.n_examples: must be > 0"),
-    (["--set", "eval.square_queries=0"], r"^config error: eval\.square_queries: must be >= 1"),
-    (["--set", "eval.batch_size=0"], r"^config error: eval\.batch_size: must be > 0"),
-    (["--set", "eval.attacks=[clean,autoattack]"], r"^config error: eval\.attacks: unknown attack 'autoattack'"),
-    (["--set", "eval.stepz=20"], r"^config error: eval\.stepz: unknown key; allowed: protocol, attacks, eps, alpha, steps"),
-    (["--set", "eval.steps=twenty"], r"^config error: eval\.steps: expected an integer, got 'twenty'"),
-    (["--set", "eval.protocol=cifar100"], r"^config error: eval\.protocol: unknown 'cifar100'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--set", "eval.eps=2"], r"^config error: eval\.eps: must be in \(0, 1\]"),
+        (["--set", "eval.steps=0"], r"^config error: eval\.steps: must be >= 1"),
+        (["--set", "eval.restarts=0"], r"^config error: eval\.restarts: must be >= 1"),
+        (["--set", "eval.n_examples=0"], r"^config error: eval\.n_examples: must be > 0"),
+        (["--set", "eval.square_queries=0"], r"^config error: eval\.square_queries: must be >= 1"),
+        (["--set", "eval.batch_size=0"], r"^config error: eval\.batch_size: must be > 0"),
+        (["--set", "eval.attacks=[clean,autoattack]"], r"^config error: eval\.attacks: unknown attack 'autoattack'"),
+        (
+            ["--set", "eval.stepz=20"],
+            r"^config error: eval\.stepz: unknown key; allowed: protocol, attacks, eps, alpha, steps",
+        ),
+        (["--set", "eval.steps=twenty"], r"^config error: eval\.steps: expected an integer, got 'twenty'"),
+        (["--set", "eval.protocol=cifar100"], r"^config error: eval\.protocol: unknown 'cifar100'"),
+    ],
+)
 def test_cli_rejects_bad_settings_in_one_line(run_folder, capsys, flags, message):
     code, out, err = _evaluate_cli(["--model", str(run_folder), *flags], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -109,7 +122,11 @@ def test_cli_rejects_bad_settings_in_one_line(run_folder, capsys, flags, message
 
 def test_cli_model_errors_name_the_key(tmp_path, capsys):
     code, out, err = _evaluate_cli([], capsys)
-    assert code == 2 and err.strip() == "config error: model: required: a run folder, an export folder, or a checkpoint file (with arch)"
+    assert (
+        code == 2
+        and err.strip()
+        == "config error: model: required: a run folder, an export folder, or a checkpoint file (with arch)"
+    )
     code, out, err = _evaluate_cli(["--model", str(tmp_path / "nothing")], capsys)
     assert code == 2 and err.strip().startswith("config error: model: ") and "is not a run folder" in err
     (tmp_path / "w.pth").write_bytes(b"")
@@ -124,7 +141,19 @@ def test_cli_print_schema_lists_every_key(capsys):
     assert code == 0
     keys = [line.split()[0] for line in out.splitlines()]
     assert keys == [line.split()[0] for line in schema_lines(EvaluateConfig)]
-    for key in ("model", "arch", "data.name", "data.eval_split", "eval.eps", "eval.attacks", "eval.n_examples", "eval.masking_check", "seed", "out", "overwrite"):
+    for key in (
+        "model",
+        "arch",
+        "data.name",
+        "data.eval_split",
+        "eval.eps",
+        "eval.attacks",
+        "eval.n_examples",
+        "eval.masking_check",
+        "seed",
+        "out",
+        "overwrite",
+    ):
         assert key in keys, key
 
 
@@ -141,19 +170,56 @@ def test_cli_defaults_come_from_the_run_then_yaml_then_set(run_folder, tmp_path,
     save_config(run_cfg, run_folder / "config.yaml")
     (tmp_path / "e.yaml").write_text("eval:\n  restarts: 2\n  eps: 0.05\nseed: 4\n")
     with pytest.warns(UserWarning, match="differs from preset 'fashion_mnist'"):
-        code, out, err = _evaluate_cli(["--model", str(run_folder), "--config", str(tmp_path / "e.yaml"), "--set", "eval.eps=0.03", "--print-config"], capsys)
+        code, out, err = _evaluate_cli(
+            [
+                "--model",
+                str(run_folder),
+                "--config",
+                str(tmp_path / "e.yaml"),
+                "--set",
+                "eval.eps=0.03",
+                "--print-config",
+            ],
+            capsys,
+        )
     assert code == 0, err
     resolved = yaml.safe_load(out)
     assert resolved["data"]["name"] == "fashion_mnist" and resolved["eval"]["protocol"] == "fashion_mnist"
-    assert resolved["eval"]["steps"] == 7 and resolved["eval"]["restarts"] == 2 and resolved["eval"]["eps"] == 0.03 and resolved["seed"] == 4
-    assert resolved["eval"]["n_examples"] is None and resolved["eval"]["attacks"] == ["clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa"]
-    assert resolved["model"] == str(run_folder) and resolved["out"].startswith(str(run_folder / "eval" / "fashion_mnist+override-"))
+    assert (
+        resolved["eval"]["steps"] == 7
+        and resolved["eval"]["restarts"] == 2
+        and resolved["eval"]["eps"] == 0.03
+        and resolved["seed"] == 4
+    )
+    assert resolved["eval"]["n_examples"] is None and resolved["eval"]["attacks"] == [
+        "clean",
+        "fgsm",
+        "pgd_s",
+        "pgd_t",
+        "cw",
+        "aa",
+    ]
+    assert resolved["model"] == str(run_folder) and resolved["out"].startswith(
+        str(run_folder / "eval" / "fashion_mnist+override-")
+    )
 
 
 def test_cli_never_overwrites_the_published_report(run_folder, shared_data, capsys):
     published = (run_folder / "eval" / "report.json").read_text()
-    common = ["--model", str(run_folder), "--set", "data.source=parquet", "--set", f"data.path={shared_data}", "--set", "eval.attacks=[clean]",
-              "--set", "eval.n_examples=8", "--set", "eval.masking_check=false"]
+    common = [
+        "--model",
+        str(run_folder),
+        "--set",
+        "data.source=parquet",
+        "--set",
+        f"data.path={shared_data}",
+        "--set",
+        "eval.attacks=[clean]",
+        "--set",
+        "eval.n_examples=8",
+        "--set",
+        "eval.masking_check=false",
+    ]
     code, out, err = _evaluate_cli(common, capsys)
     assert code == 0, err
     assert (run_folder / "eval" / "report.json").read_text() == published
@@ -164,7 +230,12 @@ def test_cli_never_overwrites_the_published_report(run_folder, shared_data, caps
     from derd_scale.config import EvaluateConfig, load_config
 
     saved = load_config(written[0].parent / "eval_config.yaml", cls=EvaluateConfig)
-    assert saved.out == str(written[0].parent) and saved.eval.n_examples == 8 and saved.eval.attacks == ["clean"] and saved.data.path == str(shared_data)
+    assert (
+        saved.out == str(written[0].parent)
+        and saved.eval.n_examples == 8
+        and saved.eval.attacks == ["clean"]
+        and saved.data.path == str(shared_data)
+    )
     # an explicit --out onto the published folder is refused without --overwrite ...
     code, out, err = _evaluate_cli([*common, "--out", str(run_folder / "eval")], capsys)
     assert code == 2 and "exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1

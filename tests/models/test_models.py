@@ -40,7 +40,9 @@ def test_class_subset_selects_logits_in_order():
 def test_akamaster_resnet20_scores_91_73_on_cifar10(weights_dir, cifar10_test):
     ds, _ = cifar10_test
     x, y = ds.tensors()
-    model = create_model("resnet20", 10, checkpoint=weights_dir / "akamaster_resnet_cifar10" / "resnet20-12fca82f.th").eval()
+    model = create_model(
+        "resnet20", 10, checkpoint=weights_dir / "akamaster_resnet_cifar10" / "resnet20-12fca82f.th"
+    ).eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(y), 1000):

@@ -14,13 +14,26 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-DEEPSPEED_JSON = {1: REPO / "configs/deepspeed/zero1.json", 2: REPO / "configs/deepspeed/zero2.json", 3: REPO / "configs/deepspeed/zero3_partition_all.json"}
+DEEPSPEED_JSON = {
+    1: REPO / "configs/deepspeed/zero1.json",
+    2: REPO / "configs/deepspeed/zero2.json",
+    3: REPO / "configs/deepspeed/zero3_partition_all.json",
+}
 
 BASE = [
-    "data.name=fashion_mnist", "seed=3", "stage1.batch_size=8", "stage2.batch_size=8",
-    "stage2.sa.steps=2", "stage2.sa.alpha=0.05", "stage2.sa.lambda_d=0.5", "stage2.eg.lambda_rob=2.0",
-    "stage2.aggregation.method=sga", "stage2.aggregation.sigma_r=0.05", "stage2.aggregation.lambda_sga=3.0",
-    "optim.student.lr=0.05", "optim.student.schedule=cosine",
+    "data.name=fashion_mnist",
+    "seed=3",
+    "stage1.batch_size=8",
+    "stage2.batch_size=8",
+    "stage2.sa.steps=2",
+    "stage2.sa.alpha=0.05",
+    "stage2.sa.lambda_d=0.5",
+    "stage2.eg.lambda_rob=2.0",
+    "stage2.aggregation.method=sga",
+    "stage2.aggregation.sigma_r=0.05",
+    "stage2.aggregation.lambda_sga=3.0",
+    "optim.student.lr=0.05",
+    "optim.student.schedule=cosine",
     # Contiguous memory: oneDNN's channels-last conv kernels sum a batch of 4 and one of 8 in a
     # different order (4e-6 after three steps); the layout's logic is what these tests compare,
     # tests/test_distributed.py checks channels-last against contiguous.
@@ -29,15 +42,24 @@ BASE = [
     # gradient is ~0 — the Linear bias in front of G's BatchNorm1d — it turns fp32 round-off
     # into a ±lr step, and a 1-process run then differs from itself across thread counts.
     # Adam (the default) is still run, sharded and resumed, by the kill-and-resume tests.
-    "optim.generator.name=sgd", "optim.generator.lr=0.01",
+    "optim.generator.name=sgd",
+    "optim.generator.lr=0.01",
 ]
 
 # name: (extra overrides, Stage-I steps, Stage-II steps)
 SCENARIOS = {
     "stage1": ([], 1, 0),
     "stage2": ([], 0, 3),  # full DERD: G update + SA + EG + GA + SGA, three steps
-    "gz_per_tensor_clip": (["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.05"], 0, 2),  # ‖g‖ ≈ 0.5: clipping acts
-    "ema_natural": (["stage2.eg.natural_teacher=ema", "stage2.eg.ema_decay=0.5"], 0, 2),  # gathered snapshot + EMA of the sharded student
+    "gz_per_tensor_clip": (
+        ["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.05"],
+        0,
+        2,
+    ),  # ‖g‖ ≈ 0.5: clipping acts
+    "ema_natural": (
+        ["stage2.eg.natural_teacher=ema", "stage2.eg.ema_decay=0.5"],
+        0,
+        2,
+    ),  # gathered snapshot + EMA of the sharded student
     "accumulation": (["distributed.gradient_accumulation_steps=2"], 1, 2),
     "bf16": (["distributed.mixed_precision=bf16"], 1, 1),
     # The recommended preset: SA in the eps-ball, the student's inner maximisation (a
@@ -114,7 +136,10 @@ def layout(par) -> dict:
         released = sum(p.numel() == 0 for p in adapter.params)  # outside forward: only the partition is held
         return {"params_partitioned": partial, "params_released": released, "total": total}
     if adapter.kind == "deepspeed":
-        partial = sum(getattr(p, "_hp_mapping", None) is None or p._hp_mapping.lp_fragment_address.numel < p.numel() for p in adapter.params)
+        partial = sum(
+            getattr(p, "_hp_mapping", None) is None or p._hp_mapping.lp_fragment_address.numel < p.numel()
+            for p in adapter.params
+        )
         return {"grad_and_optimizer_partitioned": partial, "total": total}
     if adapter.kind == "fsdp":
         return {"params_partitioned": sum(p.to_local().numel() < p.numel() for p in adapter.params), "total": total}

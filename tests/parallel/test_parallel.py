@@ -64,7 +64,14 @@ def _tool(name: str) -> str:
 
 
 def _accelerate(config: str) -> list[str]:
-    return [_tool("accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate/cpu" / config), "--main_process_port", free_port()]
+    return [
+        _tool("accelerate"),
+        "launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/cpu" / config),
+        "--main_process_port",
+        free_port(),
+    ]
 
 
 # DeepSpeed through Accelerate on CPU: ACCELERATE_USE_CPU would make Accelerate drop DeepSpeed.
@@ -104,7 +111,11 @@ def two_process(tmp_path_factory):
     def get(backend: str) -> dict:
         if backend not in cache:
             out = tmp_path_factory.mktemp(backend)
-            _launch(_WORKER[backend]() + [str(REPO / "tests/parallel/worker.py"), "--backend", backend, "--out", str(out)], timeout=900, env=DS_ENV if backend == "deepspeed" else ENV)
+            _launch(
+                _WORKER[backend]() + [str(REPO / "tests/parallel/worker.py"), "--backend", backend, "--out", str(out)],
+                timeout=900,
+                env=DS_ENV if backend == "deepspeed" else ENV,
+            )
             cache[backend] = torch.load(out / f"{backend}.pt", weights_only=False)
             assert cache[backend]["world_size"] == 2
         return cache[backend]
@@ -209,7 +220,22 @@ def test_an_unreduced_second_backward_is_caught_and_the_adapter_is_not(two_proce
 @pytest.mark.slow
 def test_a_launch_that_starts_one_process_is_refused(tmp_path):
     # docs/platform.md: `--cpu --num_processes 2` starts ONE process. The worker asserts a world of 2.
-    cmd = [_tool("accelerate"), "launch", "--cpu", "--num_processes", "2", "--main_process_port", free_port(), str(REPO / "tests/parallel/worker.py"), "--backend", "ddp", "--out", str(tmp_path), "--scenarios", "stage1"]
+    cmd = [
+        _tool("accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        free_port(),
+        str(REPO / "tests/parallel/worker.py"),
+        "--backend",
+        "ddp",
+        "--out",
+        str(tmp_path),
+        "--scenarios",
+        "stage1",
+    ]
     out = _launch(cmd, timeout=300, fail=True)
     assert "WORLD_SIZE_WRONG 1" in out.stdout
 
@@ -219,13 +245,31 @@ def test_a_launch_that_starts_one_process_is_refused(tmp_path):
 # --------------------------------------------------------------------------------------
 
 TINY = [
-    "data.name=fashion_mnist", "data.source=parquet", f"data.path={REPO.parent / 'shared' / 'data'}",
-    "teachers.natural.arch=small_cnn", "teachers.natural.kwargs={width: 4}", "teachers.robust.arch=small_cnn", "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn", "student.kwargs={width: 4}", "generator.latent_dim=16", "generator.base_channels=4",
-    "stage1.steps=2", "stage1.batch_size=8", "stage2.steps=4", "stage2.batch_size=8", "stage2.sa.steps=2",
-    "output.checkpoint_every=2", "logging.every_steps=1", "logging.progress_bar=false",
+    "data.name=fashion_mnist",
+    "data.source=parquet",
+    f"data.path={REPO.parent / 'shared' / 'data'}",
+    "teachers.natural.arch=small_cnn",
+    "teachers.natural.kwargs={width: 4}",
+    "teachers.robust.arch=small_cnn",
+    "teachers.robust.kwargs={width: 4}",
+    "student.arch=small_cnn",
+    "student.kwargs={width: 4}",
+    "generator.latent_dim=16",
+    "generator.base_channels=4",
+    "stage1.steps=2",
+    "stage1.batch_size=8",
+    "stage2.steps=4",
+    "stage2.batch_size=8",
+    "stage2.sa.steps=2",
+    "output.checkpoint_every=2",
+    "logging.every_steps=1",
+    "logging.progress_bar=false",
     # the probe and final evaluation run on a gathered copy under sharded backends
-    "eval.probe_attacks=[clean]", "eval.probe_examples=32", "eval.attacks=[clean, fgsm]", "eval.n_examples=32", "eval.masking_check=false",
+    "eval.probe_attacks=[clean]",
+    "eval.probe_examples=32",
+    "eval.attacks=[clean, fgsm]",
+    "eval.n_examples=32",
+    "eval.masking_check=false",
 ]
 
 
@@ -241,7 +285,10 @@ def _student(run: Path) -> dict:
 
 def _metrics(run: Path) -> list[dict]:
     drop = {"time", "step_seconds", "samples_per_s", "samples_per_s_per_rank"}
-    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.mark.slow
@@ -251,18 +298,41 @@ def test_kill_and_resume_equals_uninterrupted(layout, tmp_path, shared_data):
     launcher = (lambda: _accelerate("deepspeed_zero2.yaml")) if layout == "zero2" else _torchrun
     # 1) `full` runs to the end; `killed` hard-exits (17) right after the stage2:2 checkpoint.
     env = DS_ENV if layout == "zero2" else ENV
-    _launch(launcher() + [str(REPO / "tests/parallel/train_twice.py"), str(tmp_path), "--preempt", "stage2:2"] + _sets(TINY + extra), timeout=600, fail=True, env=env)
+    _launch(
+        launcher()
+        + [str(REPO / "tests/parallel/train_twice.py"), str(tmp_path), "--preempt", "stage2:2"]
+        + _sets(TINY + extra),
+        timeout=600,
+        fail=True,
+        env=env,
+    )
     assert not (tmp_path / "killed" / "DONE").exists()
     shards = sorted(p.name for p in (tmp_path / "killed" / "checkpoints" / "stage2-00000002" / "student").iterdir())
-    assert shards == (["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"] if layout == "zero2" else [".metadata", "__0_0.distcp", "__1_0.distcp"])
+    assert shards == (
+        [
+            "mp_rank_00_model_states.pt",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        ]
+        if layout == "zero2"
+        else [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    )
     # 2) resume `killed` with the ordinary entry point.
-    out = _launch(launcher() + [str(REPO / "launch/train.py")] + _sets(TINY + extra + [f"output.root={tmp_path}", "output.name=killed"]), timeout=600, env=env)
+    out = _launch(
+        launcher()
+        + [str(REPO / "launch/train.py")]
+        + _sets(TINY + extra + [f"output.root={tmp_path}", "output.name=killed"]),
+        timeout=600,
+        env=env,
+    )
     assert "resumed from" in out.stdout + out.stderr
     full, killed = (json.loads((tmp_path / n / "DONE").read_text()) for n in ("full", "killed"))
     assert full["backend"] == killed["backend"] == ("deepspeed" if layout == "zero2" else "fsdp")
     assert full["world_size"] == killed["world_size"] == 2
     a, b = _student(tmp_path / "full"), _student(tmp_path / "killed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed student differs from the uninterrupted one"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (
+        "resumed student differs from the uninterrupted one"
+    )
     assert full["student_digest"] == killed["student_digest"] and full["eval"] == killed["eval"]
     assert _metrics(tmp_path / "full")[-2:] == _metrics(tmp_path / "killed")[-2:]
 
@@ -275,12 +345,34 @@ def test_kill_and_resume_equals_uninterrupted(layout, tmp_path, shared_data):
 @pytest.mark.slow
 def test_two_node_deepspeed_job_through_the_slurm_node_script(tmp_path):
     port = free_port()
-    items = [i for i in TINY if not i.startswith(("eval.", "data.source", "data.path"))] + ["eval.final=false", "eval.probe_attacks=[]", "stage2.steps=2", f"output.root={tmp_path}", "output.name=two_nodes"]
+    items = [i for i in TINY if not i.startswith(("eval.", "data.source", "data.path"))] + [
+        "eval.final=false",
+        "eval.probe_attacks=[]",
+        "stage2.steps=2",
+        f"output.root={tmp_path}",
+        "output.name=two_nodes",
+    ]
     procs = []
     for node in (0, 1):
-        env = dict(DS_ENV, SLURM_NNODES="2", SLURM_NODEID=str(node), GPUS_PER_NODE="1", MAIN_PROCESS_IP="127.0.0.1", MAIN_PROCESS_PORT=port,
-                   ACCELERATE_CONFIG="configs/accelerate/cpu/multinode_deepspeed.yaml")
-        procs.append(subprocess.Popen([str(REPO / "launch/slurm/node_launch.sh")] + _sets(items), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            DS_ENV,
+            SLURM_NNODES="2",
+            SLURM_NODEID=str(node),
+            GPUS_PER_NODE="1",
+            MAIN_PROCESS_IP="127.0.0.1",
+            MAIN_PROCESS_PORT=port,
+            ACCELERATE_CONFIG="configs/accelerate/cpu/multinode_deepspeed.yaml",
+        )
+        procs.append(
+            subprocess.Popen(
+                [str(REPO / "launch/slurm/node_launch.sh")] + _sets(items),
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         outs = [p.communicate(timeout=600) for p in procs]
     except subprocess.TimeoutExpired:

@@ -37,7 +37,14 @@ def one_rank_group():
 
 def _bn_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4), nn.BatchNorm1d(4, momentum=None))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 4),
+        nn.BatchNorm1d(4, momentum=None),
+    )
 
 
 def test_convert_batchnorm_keeps_keys_and_shares_tensors():
@@ -102,12 +109,26 @@ def test_frozen_teacher_in_bf16_gives_bit_identical_outputs_under_autocast():
 
 
 def test_deepspeed_engine_config_is_filled_and_guards_exactness():
-    base = {"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}, "train_batch_size": "auto", "gradient_accumulation_steps": "auto"}
+    base = {
+        "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"},
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+    }
     conf = engine_config(base, micro_batch=4, world_size=2, grad_clip=1.0, bf16=True)
-    assert conf["train_batch_size"] == 8 and conf["gradient_accumulation_steps"] == 1 and conf["gradient_clipping"] == 1.0
-    assert conf["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}  # fp32 comms
+    assert (
+        conf["train_batch_size"] == 8 and conf["gradient_accumulation_steps"] == 1 and conf["gradient_clipping"] == 1.0
+    )
+    assert conf["torch_autocast"] == {
+        "enabled": True,
+        "dtype": "bfloat16",
+        "lower_precision_safe_modules": [],
+    }  # fp32 comms
     assert "reduce_bucket_size" not in conf["zero_optimization"]
-    for bad, match in (({"bf16": {"enabled": True}}, "torch autocast"), ({"optimizer": {"type": "Adam"}}, "optimiser"), ({"gradient_accumulation_steps": 4}, "gradient_accumulation_steps")):
+    for bad, match in (
+        ({"bf16": {"enabled": True}}, "torch autocast"),
+        ({"optimizer": {"type": "Adam"}}, "optimiser"),
+        ({"gradient_accumulation_steps": 4}, "gradient_accumulation_steps"),
+    ):
         with pytest.raises(ValueError, match=match):
             engine_config({**base, **bad}, micro_batch=4, world_size=2, grad_clip=None, bf16=False)
 
@@ -118,15 +139,28 @@ def test_the_shipped_deepspeed_and_accelerate_configs_are_accepted():
     import yaml
 
     for stage in (1, 2, 3):
-        conf = engine_config(json.loads((REPO / f"configs/deepspeed/zero{stage}.json").read_text()), micro_batch=1, world_size=8, grad_clip=None, bf16=False)
+        conf = engine_config(
+            json.loads((REPO / f"configs/deepspeed/zero{stage}.json").read_text()),
+            micro_batch=1,
+            world_size=8,
+            grad_clip=None,
+            bf16=False,
+        )
         assert conf["zero_optimization"]["stage"] == stage
-    assert json.loads((REPO / "configs/deepspeed/zero3_partition_all.json").read_text())["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    assert (
+        json.loads((REPO / "configs/deepspeed/zero3_partition_all.json").read_text())["zero_optimization"][
+            "stage3_param_persistence_threshold"
+        ]
+        == 0
+    )
     for path in sorted((REPO / "configs/accelerate").rglob("*.yaml")):
         conf = yaml.safe_load(path.read_text())
         assert not conf.get("use_cpu"), f"{path}: use_cpu starts one process (docs/platform.md)"
         if conf["distributed_type"] == "DEEPSPEED":
             assert (REPO / conf["deepspeed_config"]["deepspeed_config_file"]).exists()
-            assert "mixed_precision" not in conf, f"{path}: Accelerate refuses mixed_precision next to deepspeed_config_file"
+            assert "mixed_precision" not in conf, (
+                f"{path}: Accelerate refuses mixed_precision next to deepspeed_config_file"
+            )
     multi = yaml.safe_load((REPO / "configs/accelerate/multinode_deepspeed.yaml").read_text())
     assert multi["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard" and multi["num_machines"] > 1
 
@@ -164,11 +198,34 @@ def test_config_fields_are_validated():
 
 
 def test_slurm_node_script_sets_machine_rank_world_and_rendezvous():
-    env = dict(os.environ, SLURM_NNODES="4", SLURM_PROCID="2", GPUS_PER_NODE="8", MAIN_PROCESS_IP="node-a", MAIN_PROCESS_PORT="29555", DERD_DRY_RUN="1")
+    env = dict(
+        os.environ,
+        SLURM_NNODES="4",
+        SLURM_PROCID="2",
+        GPUS_PER_NODE="8",
+        MAIN_PROCESS_IP="node-a",
+        MAIN_PROCESS_PORT="29555",
+        DERD_DRY_RUN="1",
+    )
     env.pop("SLURM_NODEID", None)
-    out = subprocess.run([str(REPO / "launch/slurm/node_launch.sh"), "--config", "configs/imnet100_vit.yaml"], env=env, capture_output=True, text=True, timeout=30, check=True).stdout
-    for part in ("--num_machines 4", "--num_processes 32", "--machine_rank 2", "--main_process_ip node-a", "--main_process_port 29555",
-                 "configs/accelerate/multinode_deepspeed.yaml", "launch/train.py --config configs/imnet100_vit.yaml", "distributed.expected_world_size=32"):
+    out = subprocess.run(
+        [str(REPO / "launch/slurm/node_launch.sh"), "--config", "configs/imnet100_vit.yaml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    for part in (
+        "--num_machines 4",
+        "--num_processes 32",
+        "--machine_rank 2",
+        "--main_process_ip node-a",
+        "--main_process_port 29555",
+        "configs/accelerate/multinode_deepspeed.yaml",
+        "launch/train.py --config configs/imnet100_vit.yaml",
+        "distributed.expected_world_size=32",
+    ):
         assert part in out, (part, out)
     sbatch = (REPO / "launch/slurm/train_multinode.sbatch").read_text()
     assert "--ntasks-per-node=1" in sbatch and "scontrol show hostnames" in sbatch and "node_launch.sh" in sbatch

@@ -46,7 +46,9 @@ def silent_trap(accelerator) -> dict:
             l2.backward()
             par.student.optimizer.step()
         else:
-            g1, g2, _, _ = par.student.task_gradients(lambda m: ((models.student(x) - t).pow(2).mean(), (models.student(x) + t).pow(2).mean()))
+            g1, g2, _, _ = par.student.task_gradients(
+                lambda m: ((models.student(x) - t).pow(2).mean(), (models.student(x) + t).pow(2).mean())
+            )
             par.student.write_gradients([a + b for a, b in zip(g1, g2)])
             par.student.step()
         try:
