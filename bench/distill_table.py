@@ -314,11 +314,18 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
 def evaluate_exported(row_dir: Path, cfg, progress: bool) -> dict:
     """The recipe's white-box evaluation of ``row_dir/student`` (replaces ``row_dir/eval``)."""
     from derd_scale.config import ModelConfig
-    from derd_scale.data import dataset_info, load_dataset_split
-    from derd_scale.evaluation import evaluate, protocol_from_config
+    from derd_scale.data import dataset_info
     from derd_scale.teachers import model_from_config
 
     student = model_from_config(ModelConfig(arch=f"local-dir:{row_dir / 'student'}"), dataset_info(cfg.data.name))
+    return evaluate_student(student, cfg, row_dir, progress).to_json()
+
+
+def evaluate_student(student, cfg, row_dir: Path, progress: bool):
+    """The recipe's white-box columns on the first ``eval.n_examples`` test images → ``row_dir/eval``."""
+    from derd_scale.data import load_dataset_split
+    from derd_scale.evaluation import evaluate, protocol_from_config
+
     test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
     report = evaluate(
         student,
@@ -332,7 +339,7 @@ def evaluate_exported(row_dir: Path, cfg, progress: bool) -> dict:
         masking_threshold=cfg.eval.masking_threshold,
     )
     report.save(row_dir / "eval")
-    return report.to_json()
+    return report
 
 
 def reference_row(row: str, cfg, r: dict, row_dir: Path, steps: int, progress: bool) -> dict:
@@ -341,9 +348,8 @@ def reference_row(row: str, cfg, r: dict, row_dir: Path, steps: int, progress: b
 
     from derd_scale.baselines import train_natural_student, train_rslad_student
     from derd_scale.data import dataset_info, load_dataset_split
-    from derd_scale.evaluation import evaluate, protocol_from_config
+    from derd_scale.models import freeze
     from derd_scale.teachers import model_from_config
-    from derd_scale.trainer import freeze
 
     info = dataset_info(cfg.data.name)
     train_set, _ = load_dataset_split(cfg.data, cfg.data.train_split)
@@ -368,18 +374,7 @@ def reference_row(row: str, cfg, r: dict, row_dir: Path, steps: int, progress: b
             cfg.seed,
             progress,
         )
-    test, _ = load_dataset_split(cfg.data, cfg.data.eval_split)
-    report = evaluate(
-        student,
-        test,
-        cfg.eval.attacks,
-        protocol_from_config(cfg.eval, cfg.data.name),
-        n_examples=cfg.eval.n_examples,
-        seed=cfg.seed,
-        progress=progress,
-        masking_check=True,
-    )
-    report.save(row_dir / "eval")
+    report = evaluate_student(student, cfg, row_dir, progress)
     from derd_scale.export import export_model
 
     export_model(
