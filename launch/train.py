@@ -1,116 +1,19 @@
-"""DERD distillation: Stage I (generator warm-up) then Stage II (robust distillation).
+"""Shim of ``derd-scale train``, for launchers that need a script path (``accelerate launch``, ``torchrun``, SLURM).
 
-    # one process
-    python launch/train.py --config configs/cifar10_local.yaml --set stage2.steps=200
-    # several processes / GPUs / nodes: the accelerate config picks the backend (docs/distributed.md)
     accelerate launch --config_file configs/accelerate/ddp.yaml launch/train.py --config configs/imnet100_vit.yaml
-    accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml launch/train.py --config configs/imnet100_vit.yaml
-    torchrun --nproc_per_node 8 launch/train.py --config configs/imnet100_vit.yaml --set distributed.backend=fsdp
-    # every option, its type and default
-    python launch/train.py --print-schema
+    python launch/train.py --help          # the same options as derd-scale train --help
 
-Overrides are dotted keys (``--set stage2.sa.steps=5 --set stage2.aggregation.method=ga``);
-bad keys or values stop the run with a one-line error naming the key. The resolved
-config is written to ``<output.root>/<output.name>/config.yaml`` (``output.name`` defaults
-to the config file's stem); re-running the same command resumes from the newest readable
-checkpoint in that folder, and is refused if the config changed (docs/runs.md).
-
-Expected failures print one line on stderr (``--debug``: the traceback) and exit with
-2 — a bad config, flag, file, data or run folder, a refused resume, an evaluation input,
-an OS error (disk full, permissions) — or 3 — a divergence
-(``divergence: stage2 step 37: l_2 is nan``).
+The command lives in derd_scale/commands/train.py; this file only makes it runnable from a checkout.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout without pip install
 
-from derd_scale.config import ConfigError, load_config, schema_lines  # noqa: E402
+from derd_scale.commands.train import build_parser, main  # noqa: E402
 
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage block)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog="train.py",
-        description="Data-free robustness distillation (DERD). Options (use with --set KEY=VALUE):\n"
-        + "\n".join(schema_lines()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", type=str, default=None, help="run YAML (configs/*.yaml); omitted = all defaults")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, repeatable (e.g. stage2.sa.steps=5)",
-    )
-    parser.add_argument(
-        "--print-schema", action="store_true", help="print every option with type and default, then exit"
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of an expected error instead of its one line"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.print_schema:
-        print("\n".join(schema_lines()))
-        return 0
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        import yaml
-
-        from derd_scale.config import to_dict
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return 0
-    from derd_scale.distributed import shutdown
-    from derd_scale.errors import RunError, describe, one_line
-    from derd_scale.trainer import train
-
-    stem = Path(args.config).stem if args.config else "run"
-    from derd_scale.evaluation import EvaluationInputError
-
-    try:
-        run = train(cfg, stem)
-    except (ConfigError, RunError, EvaluationInputError) as err:
-        # Expected errors stop every rank together (the trainer agrees on them), so the
-        # process group can still be left cleanly; anything else keeps its traceback.
-        shutdown()
-        if args.debug:
-            raise
-        print(
-            describe(err) if not isinstance(err, EvaluationInputError) else f"evaluation error: {one_line(err)}",
-            file=sys.stderr,
-        )
-        return getattr(err, "exit_code", 2)
-    except OSError as err:  # the machine, not the code: disk full, permissions, a vanished file
-        if args.debug:
-            raise
-        print(f"system error: {one_line(err)}", file=sys.stderr)
-        return 2
-    print(f"run finished: {run.path}")
-    shutdown()  # leave the process group on every rank: no hang or abort at exit
-    return 0
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -302,7 +302,7 @@ CASES: list[tuple[str, Callable, list[str], int, str]] = [
         _none,
         ["--frobnicate"],
         2,
-        r"^train\.py: error: unrecognized arguments: --frobnicate \(--help lists the options\)$",
+        r"^derd-scale train: error: unrecognized arguments: --frobnicate \(--help lists the options\)$",
     ),
     # names, protocols and model files
     (
@@ -661,7 +661,8 @@ def test_cli_errors_are_one_line_in_a_real_process(tmp_path):
     out = _cli(tmp_path, "--frobnicate")
     assert (
         out.returncode == 2
-        and out.stderr.strip() == "train.py: error: unrecognized arguments: --frobnicate (--help lists the options)"
+        and out.stderr.strip()
+        == "derd-scale train: error: unrecognized arguments: --frobnicate (--help lists the options)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
