@@ -99,16 +99,23 @@ def craft_discrepancy_data(
         )
     x0 = x0.detach()
     with frozen(natural_teacher), frozen(robust_teacher):
-        with torch.no_grad():
-            nat0, rob0 = natural_teacher(x0), robust_teacher(x0)
-            labels = nat0.argmax(dim=1)
-            d_before = discrepancy(nat0, rob0, on).item()
+        if not steps:
+            with torch.no_grad():
+                nat0, rob0 = natural_teacher(x0), robust_teacher(x0)
         x = x0.clone()
-        for _ in range(steps):
+        for k in range(steps):
             x.requires_grad_(True)
-            objective = ascent_objective(natural_teacher(x), robust_teacher(x), labels, lambda_d, on)
+            nat_k, rob_k = natural_teacher(x), robust_teacher(x)
+            if k == 0:
+                # The first ascent step's forward is the anchor's: ŷ and D_before come from it
+                # (the same values as a no-grad forward, one pass of both teachers fewer).
+                nat0, rob0 = nat_k.detach(), rob_k.detach()
+                labels = nat0.argmax(dim=1)
+            objective = ascent_objective(nat_k, rob_k, labels, lambda_d, on)
             (grad,) = torch.autograd.grad(objective, x)
             x = sa_step(x.detach(), grad, alpha, x0, eps)
+        labels = nat0.argmax(dim=1)
+        d_before = discrepancy(nat0, rob0, on).item()
         with torch.no_grad():
             # No ascent (SA off): x_d = x_d⁰ and the anchor's outputs are the targets — no second forward.
             nat, rob = (natural_teacher(x), robust_teacher(x)) if steps else (nat0, rob0)

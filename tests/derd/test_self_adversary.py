@@ -62,3 +62,33 @@ def test_chunked_crafting_is_exact():
     chunked = craft_discrepancy_data(nat, rob, x0, steps=3, alpha=0.03, chunk_size=4)
     assert torch.equal(full.x_d, chunked.x_d)
     assert abs(full.flip_rate - chunked.flip_rate) < 1e-9
+
+
+class _CountingTeacher(nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+        )
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def test_the_first_ascent_forward_is_the_anchor_forward():
+    """K steps cost K forwards of each teacher plus one at the final x_d (the anchor's outputs
+    come from the first ascent step's forward) and those outputs equal a no-grad forward bit for bit."""
+    nat, rob = _CountingTeacher(0).eval(), _CountingTeacher(1).eval()
+    x0 = torch.rand(6, 3, 4, 4)
+    out = craft_discrepancy_data(nat, rob, x0, steps=3, alpha=0.02)
+    assert (nat.calls, rob.calls) == (4, 4)
+    with torch.no_grad():
+        assert torch.equal(out.anchor_natural_logits, nat(x0))
+        assert torch.equal(out.anchor_robust_logits, rob(x0))
+        assert torch.equal(out.natural_labels, nat(x0).argmax(1))
+    nat.calls = rob.calls = 0
+    craft_discrepancy_data(nat, rob, x0, steps=0, alpha=0.02)
+    assert (nat.calls, rob.calls) == (1, 1)  # no ascent: the anchor's outputs are the targets
