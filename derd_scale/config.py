@@ -285,10 +285,18 @@ class DistributedConfig:
     """Stop if the launcher started a different number of processes (catches `accelerate launch --cpu --num_processes 2`, which starts one)."""
 
 
+# Accelerate's tracker names (Accelerator(log_with=...)); derd_scale/trackers.py maps each to its package.
+TRACKER_NAMES = ("tensorboard", "wandb", "trackio", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab")
+
+
 @dataclass
 class LoggingConfig:
     every_steps: int = 10
     progress_bar: bool = True
+    trackers: list[Literal[TRACKER_NAMES]] = field(default_factory=list)  # type: ignore[valid-type]
+    """Experiment trackers (Accelerate's names) fed every metrics.jsonl record, the resolved config and the final curves, main process only; local ones write under <run>/trackers/ (docs/runs.md). [] = none."""
+    project: Optional[str] = None
+    """The trackers' project/run name; None = the run folder's name."""
 
 
 @dataclass

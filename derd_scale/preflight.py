@@ -116,6 +116,9 @@ def check_inputs(cfg: RunConfig) -> None:
         _check_model_spec(key, m)
     if cfg.eval.surrogate_checkpoint:
         check_weights_file(cfg.eval.surrogate_checkpoint, "eval.surrogate_checkpoint")
+    from .trackers import check_trackers
+
+    check_trackers(cfg.logging.trackers)  # a missing tracker package: one line, before anything is written
     if cfg.distributed.deepspeed_config and not Path(cfg.distributed.deepspeed_config).is_file():
         raise InputError(f"distributed.deepspeed_config: {cfg.distributed.deepspeed_config}: file not found")
     if evaluates(cfg):

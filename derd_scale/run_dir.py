@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .config import ConfigError, RunConfig, check_run_name, config_from_dict, save_config, to_dict
 from .errors import ResumeError, RunExistsError
@@ -52,6 +52,8 @@ _CHECKPOINT_NAME = re.compile(r"^(stage1|stage2)-(\d{8})$")
 @dataclass
 class RunDir:
     path: Path
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list, repr=False, compare=False)
+    """Called with each record ``log`` writes (the experiment trackers, derd_scale/trackers.py)."""
 
     @property
     def config_path(self) -> Path:
@@ -95,6 +97,8 @@ class RunDir:
         record.setdefault("time", time.time())
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        for listener in self.listeners:
+            listener(record)
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []

@@ -368,6 +368,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     from .errors import DivergenceError
     from .preflight import check_inputs, check_models
     from .run_dir import open_run_dir, plan_run_dir
+    from .trackers import start_trackers
 
     accelerator = accelerator or build_accelerator(cfg.distributed)
     size = accelerator.num_processes
@@ -383,6 +384,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     models, par, scheds, steps = _build_checked(cfg, accelerator)
     check_models(models, par)
     run = _on_main_agreed(par, lambda: open_run_dir(plan, cfg, accelerator.is_main_process), plan.run)
+    trackers = start_trackers(accelerator, cfg, run, steps)  # logging.trackers: they receive every run.log record
 
     state = TrainState()
     if plan.action == "resume":
@@ -476,6 +478,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         summary["eval"] = _final_eval(run, models, cfg, par)
     if accelerator.is_main_process:
         run.mark_finished(summary)
+    trackers.finish(run)
     accelerator.wait_for_everyone()
     return run
 
