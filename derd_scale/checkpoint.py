@@ -57,6 +57,7 @@ def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict
             "stage": state.stage,
             "step": state.step,
             "train_seconds": state.train_seconds,
+            "method_state": state.method_state,  # a baseline's running state (docs/baselines.md)
             "backend": par.backend,
             "world_size": par.world_size,
             "models": entries,
@@ -109,6 +110,7 @@ def load_checkpoint(
         )
     state.stage, state.step = blob["stage"], blob["step"]
     state.train_seconds = float(blob.get("train_seconds", 0.0))
+    state.method_state = dict(blob.get("method_state", {}))
     for name, adapter in par.adapters.items():
         adapter.load(path, blob["models"][name])
     for k, s in scheds.items():

@@ -313,10 +313,186 @@ class OutputConfig:
     """Resume even though the config differs from the run folder's config.yaml in keys that change results (docs/runs.md lists the keys that are ignored)."""
 
 
+METHOD_NAMES = (
+    "derd",
+    "dafl",
+    "dfad",
+    "zskt",
+    "deepinversion",
+    "dfard",
+    "dfhl_rs",
+    "ferd",
+    "natural",
+    "sat",
+    "trades",
+    "ard",
+    "rslad",
+    "iad",
+    "mtard",
+)
+"""Registered training methods (``derd_scale/methods``, docs/baselines.md); derd is the default."""
+
+
+@dataclass
+class DAFLConfig:
+    """DAFL (Chen et al. 2019): G against the teacher as a fixed critic; source: README's CIFAR-10 weights."""
+
+    lambda_oh: float = 0.05
+    lambda_a: float = 0.01
+    lambda_ie: float = 5.0
+
+
+@dataclass
+class DFADConfig:
+    """DFAD (Fang et al. 2019): min_S max_G of the mean absolute logit gap."""
+
+    generator_loss: Literal["l1", "log_l1"] = "l1"
+    """G maximises D (the source's default) or log(D + 1) (its commented alternative)."""
+
+
+@dataclass
+class ZSKTConfig:
+    """ZSKT (Micaelli & Storkey 2019): adversarial belief matching + attention transfer."""
+
+    beta: float = 250.0
+    """Weight of the attention-transfer term (source: 250 against PyTorch's element-mean KL)."""
+    attention_layers: list[str] = field(default_factory=list)
+    """Module names present in both the KD teacher and the student whose outputs are matched (e.g. [layer1, layer2, layer3] for the CIFAR ResNets); [] = no attention term."""
+
+
+@dataclass
+class DeepInversionConfig:
+    """DeepInversion / ADI (Yin et al. 2020) on a bank of optimised images (generator.kind=implicit); NVlabs' CIFAR-10 'paper parameters'."""
+
+    lambda_bn: float = 10.0
+    lambda_tv: float = 2.5e-5
+    """Weight of the 4-direction L2 total variation."""
+    lambda_l2: float = 0.0
+    lambda_adi: float = 0.0
+    """Adaptive DeepInversion's competition term (NVlabs uses 0.01 when on); 0 = DeepInversion."""
+    jitter: int = 2
+    """Random roll of the images by up to ±jitter pixels each step."""
+    student_temperature: float = 20.0
+    """τ of the student's τ²·KL (the CMI framework's student side)."""
+
+
+@dataclass
+class DFARDConfig:
+    """DFARD-recon (BASELINES.md §A5): the paper's structure with the nearest published components; not DFARD itself."""
+
+    lambda_adv: float = 1.0
+    lambda_bn: float = 1.0
+    lambda_oh: float = 0.0
+    agb: Literal["none", "ratio"] = "none"
+    """Adaptive generator balance stand-in: `ratio` sets λ_bn = |L_adv| / R_BN each step (not the paper's rule)."""
+    temperature: float = 1.0
+    """ITA slot: only a constant temperature is specified."""
+
+
+@dataclass
+class DFHLRSConfig:
+    """DFHL-RS (Yuan et al. 2024): hard-label robustness stealing from T_rob."""
+
+    label_smoothing: float = 0.2
+    lambda_div: float = 3.0
+    """Weight of Σ p̄ log10 p̄ on the clone's batch-mean prediction."""
+    hee_step: float = 0.03
+    hee_steps: int = 10
+
+
+@dataclass
+class FERDConfig:
+    """FERD-recon (mayaobuduyao/FERD, test.py + IBD_module_cmi.py): class-reweighted generator, RSLAD-style student."""
+
+    lambda_bn: float = 5.0
+    lambda_adv: float = 1.0
+    lambda_oh: float = 1.0
+    class_min: float = 0.05
+    class_max: float = 0.2
+    clean_weight: float = 0.8333333333333334
+    """Weight of KL(T(x) ‖ S(x)) in the student loss (source: 5/6 on the clean term, 1/6 on the adversarial one)."""
+
+
+@dataclass
+class TRADESConfig:
+    beta: float = 6.0
+
+
+@dataclass
+class ARDConfig:
+    alpha: float = 1.0
+    """Weight of the distillation term; 1 − alpha weighs CE on clean data (source: 1, CE off)."""
+    temperature: float = 30.0
+
+
+@dataclass
+class IADConfig:
+    variant: Literal["I", "II"] = "II"
+    """IAD-I (ARD-based, T_rob) or IAD-II (AKD2-based, both teachers; the default here)."""
+    beta: float = 0.1
+    """Trust exponent: α_i = p_Trob(x̃_i)_{y_i}^β."""
+    warmup: Optional[float] = None
+    """Fraction of the steps before introspection starts; None = the source's E_warm/200 (I: 0.3, II: 0.2)."""
+    temperature: float = 1.0
+    a: float = 1.0
+    """IAD-I: weight of the teacher and introspection terms (1 − a on CE)."""
+    a1: float = 0.5
+    """IAD-II: weight of the robust-teacher and introspection terms."""
+    a2: float = 0.25
+    """IAD-II: weight of the natural-teacher term (1 − a1 − a2 on CE of the adversarial example)."""
+
+
+@dataclass
+class MTARDConfig:
+    eta: float = 0.025
+    """Step of the online weight update."""
+    power: float = 1.0
+    """b in r = (L/L⁰)^b."""
+
+
+@dataclass
+class BaselinesConfig:
+    """Methods other than DERD (``method`` != derd; docs/baselines.md). They run in Stage II's slot
+    (stage1.enabled=false): one step = ``generator_steps`` G steps, then ``student_steps`` student steps;
+    stage2.steps counts steps, stage2.batch_size is the (global) batch, stage2.eps the training radius."""
+
+    variant: Literal["kd", "rslad"] = "rslad"
+    """Clean-KD data-free methods (dafl, dfad, zskt, deepinversion): `kd` = the original objective on T_nat; `rslad` = the original generator on T_rob and RSLAD's student objective on the pseudo batch (BASELINES.md §0.3)."""
+    generator_steps: Optional[int] = None
+    """G steps per step; None = the method's source ratio (docs/baselines.md)."""
+    student_steps: Optional[int] = None
+    """Student steps per step; None = the method's source ratio (DFAD 5, ZSKT 10, ...)."""
+    kl_scale: Literal["batchmean", "source"] = "batchmean"
+    """Decision: every KL as a batch mean (one learning rate fits all rows, as DERD's); `source` = each repo's scale (BASELINES.md §0.2)."""
+    attack_steps: int = 10
+    """PGD steps of the student's inner maximisation (-RSLAD variants and the data-driven methods)."""
+    attack_alpha: Optional[float] = None
+    """PGD step size; None = ε/4 (2/255 at 8/255)."""
+    attack_bn: Literal["source", "eval"] = "source"
+    """Student mode during a PGD-CE attack: as in the source (train for SAT, ARD, IAD) or always eval."""
+    rslad_clean_weight: float = 0.16666666666666666
+    """β of RSLAD's objective (1/6): (1 − β) KL(t ‖ S(x')) + β KL(t ‖ S(x))."""
+    augment: Literal["none", "crop_flip"] = "none"
+    """Real-data methods: random crop (4-px pad) + horizontal flip of each training batch (the CIFAR recipe) or none."""
+    dafl: DAFLConfig = field(default_factory=DAFLConfig)
+    dfad: DFADConfig = field(default_factory=DFADConfig)
+    zskt: ZSKTConfig = field(default_factory=ZSKTConfig)
+    deepinversion: DeepInversionConfig = field(default_factory=DeepInversionConfig)
+    dfard: DFARDConfig = field(default_factory=DFARDConfig)
+    dfhl_rs: DFHLRSConfig = field(default_factory=DFHLRSConfig)
+    ferd: FERDConfig = field(default_factory=FERDConfig)
+    trades: TRADESConfig = field(default_factory=TRADESConfig)
+    ard: ARDConfig = field(default_factory=ARDConfig)
+    iad: IADConfig = field(default_factory=IADConfig)
+    mtard: MTARDConfig = field(default_factory=MTARDConfig)
+
+
 @dataclass
 class RunConfig:
     preset: Optional[str] = None
     """A named method preset applied under the YAML and --set (they win): derd_paper (the paper's method, the defaults) or derd_recommended (docs/derd.md)."""
+    method: Literal[METHOD_NAMES] = "derd"  # type: ignore[valid-type]
+    """The training method (derd_scale/methods, docs/baselines.md): derd, a data-free baseline (dafl, dfad, zskt, deepinversion, dfard, dfhl_rs, ferd) or a data-driven bound on the real training split (natural, sat, trades, ard, rslad, iad, mtard)."""
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
@@ -329,6 +505,8 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    """Settings of the methods other than DERD (unused when method=derd)."""
 
 
 def _evaluate_eval() -> EvalConfig:
@@ -703,6 +881,7 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.stage1.enabled and not cfg.stage2.enabled:
         raise ConfigError("stage1.enabled / stage2.enabled: at least one stage must run")
     validate_eval(cfg.eval)
+    validate_baselines(cfg)
     for key, ref in (
         ("teachers.natural", cfg.teachers.natural),
         ("teachers.robust", cfg.teachers.robust),
@@ -712,6 +891,43 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.mean / {key}.std: give both or neither")
         if ref.std is not None and any(s <= 0 for s in ref.std):
             raise ConfigError(f"{key}.std: must be > 0, got {ref.std}")
+
+
+def validate_baselines(cfg: RunConfig) -> None:
+    """A method other than DERD runs one stage (Stage II's slot); its settings' ranges, one line each."""
+    if cfg.method == "derd":
+        return
+    if cfg.stage1.enabled:
+        raise ConfigError(
+            f"stage1.enabled: method {cfg.method} has no Stage I (it runs in Stage II's slot); set it to false"
+        )
+    if not cfg.stage2.enabled:
+        raise ConfigError(f"stage2.enabled: method {cfg.method} trains in Stage II's slot; it must be true")
+    b = cfg.baselines
+    for key in ("generator_steps", "student_steps", "attack_alpha"):
+        value = getattr(b, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"baselines.{key}: must be > 0 or null, got {value}")
+    if b.attack_steps < 1:
+        raise ConfigError(f"baselines.attack_steps: must be >= 1, got {b.attack_steps}")
+    if not 0.0 <= b.rslad_clean_weight <= 1.0:
+        raise ConfigError(f"baselines.rslad_clean_weight: must be in [0, 1], got {b.rslad_clean_weight}")
+    for key in ("deepinversion.student_temperature", "dfard.temperature", "ard.temperature", "iad.temperature"):
+        section, leaf = key.split(".")
+        if not getattr(getattr(b, section), leaf) > 0:
+            raise ConfigError(f"baselines.{key}: must be > 0, got {getattr(getattr(b, section), leaf)}")
+    if not 0.0 <= b.dfhl_rs.label_smoothing < 1.0:
+        raise ConfigError(f"baselines.dfhl_rs.label_smoothing: must be in [0, 1), got {b.dfhl_rs.label_smoothing}")
+    if not 0.0 < b.ferd.class_min <= b.ferd.class_max:
+        raise ConfigError(
+            f"baselines.ferd.class_min / class_max: need 0 < class_min <= class_max, got {b.ferd.class_min}, {b.ferd.class_max}"
+        )
+    if b.iad.warmup is not None and not 0.0 <= b.iad.warmup <= 1.0:
+        raise ConfigError(f"baselines.iad.warmup: must be in [0, 1] or null, got {b.iad.warmup}")
+    if not 0.0 <= b.iad.a1 + b.iad.a2 <= 1.0:
+        raise ConfigError(f"baselines.iad.a1 + a2: must be in [0, 1], got {b.iad.a1 + b.iad.a2}")
+    if cfg.method == "deepinversion" and cfg.generator.kind != "implicit":
+        raise ConfigError("generator.kind: method deepinversion optimises images directly; set it to implicit")
 
 
 def check_run_name(name: str, key: str = "output.name") -> None:

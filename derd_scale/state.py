@@ -8,7 +8,7 @@ models and the natural expert have one owner each: ``par.student`` / ``par.gener
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 
@@ -35,3 +35,5 @@ class TrainState:
     step: int = 0
     train_seconds: float = 0.0
     """Wall time spent in the training loops, summed over every resume (saved in checkpoints)."""
+    method_state: dict = field(default_factory=dict)
+    """A baseline's running state (MTARD's weights, FERD's class probabilities; saved in checkpoints)."""

@@ -40,6 +40,9 @@ from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
 from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
+from .methods import Batch, Context, get_method
+from .methods.augment import crop_flip
+from .methods.base import mode
 from .models import freeze
 from .optim import build_scheduler, build_two_stage_scheduler
 from .run_dir import RunDir
@@ -123,13 +126,20 @@ def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None)
 
 
 def sample_latents(
-    models: Models, cfg: RunConfig, stage: str, step: int, batch_size: int, par: Parallel
+    models: Models,
+    cfg: RunConfig,
+    stage: str,
+    step: int,
+    batch_size: int,
+    par: Parallel,
+    noise: Optional[torch.Generator] = None,
 ) -> list[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """This rank's slices of the step's global latent batch, one per micro-batch.
 
     The global batch is cut into micro-batches first and each micro-batch is then sliced by
-    rank, so global micro-batch k holds the same samples under any number of processes."""
-    latent, labels = unwrap(models.generator).sample(batch_size, step_noise(cfg.seed, stage, step))
+    rank, so global micro-batch k holds the same samples under any number of processes.
+    ``noise`` replaces the step's own stream (the baselines draw several batches per step)."""
+    latent, labels = unwrap(models.generator).sample(batch_size, noise or step_noise(cfg.seed, stage, step))
     a = par.accumulation
     return [
         (
@@ -351,6 +361,203 @@ def _adv_noise(cfg: RunConfig, step: int, m: int, x: torch.Tensor, par: Parallel
 
 
 # --------------------------------------------------------------------------------------
+# Methods other than DERD (derd_scale/methods, docs/baselines.md), in Stage II's slot
+# --------------------------------------------------------------------------------------
+
+
+def method_noise(seed: int, step: int, stream: int) -> torch.Generator:
+    """Stream ``stream`` of a baseline's step: a pure function of (seed, step, stream)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + 15_485_863 * (stream + 1) + 1_009 * step) % (2**63 - 1))
+
+
+class _StepNoise:
+    """The context's random draws (``methods.Context.noise/uniform/shared_uniform``): each call is a
+    fresh stream of the step, drawn for the global batch and sliced to this rank's share."""
+
+    def __init__(self, seed: int, step: int, par: Parallel):
+        self.seed, self.step, self.par, self.calls = seed, step, par, 0
+
+    def _draw(self, fn, shape: tuple, sliced: bool) -> torch.Tensor:
+        self.calls += 1
+        gen = method_noise(self.seed, self.step, 1_000 + self.calls)
+        size = self.par.world_size if sliced else 1
+        full = fn((shape[0] * size, *shape[1:]), generator=gen)
+        return local_slice(full, self.par.rank, size).to(self.par.accelerator.device)
+
+    def normal(self, shape: tuple) -> torch.Tensor:
+        return self._draw(torch.randn, shape, True)
+
+    def uniform(self, shape: tuple) -> torch.Tensor:
+        return self._draw(torch.rand, shape, True)
+
+    def shared_uniform(self, shape: tuple) -> torch.Tensor:
+        return self._draw(torch.rand, shape, False)
+
+
+def _global_mean(par: Parallel):
+    if par.world_size == 1:
+        return lambda t: t
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = t.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out / par.world_size
+
+    return mean
+
+
+def method_context(models: Models, cfg: RunConfig, state: TrainState, par: Parallel) -> Context:
+    noise = _StepNoise(cfg.seed, state.step, par)
+    return Context(
+        natural_teacher=models.natural_teacher,
+        robust_teacher=models.robust_teacher,
+        student=par.student.module,
+        plain_student=par.student.unwrapped,
+        settings=cfg.baselines,
+        eps=training_eps(cfg),
+        num_classes=models.info.num_classes,
+        progress=state.step / max(1, cfg.stage2.steps),
+        state=state.method_state,
+        noise=noise.normal,
+        uniform=noise.uniform,
+        shared_uniform=noise.shared_uniform,
+        global_mean=_global_mean(par),
+        batch_mean=par.batch_mean,
+    )
+
+
+def method_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel) -> dict:
+    """One step of the registered method ``cfg.method``: ``generator_steps`` G steps on its generator
+    objective (data-free methods), then ``student_steps`` student steps on its student objective,
+    each through the same gradient adapters as DERD (plain, DDP, ZeRO, FSDP2)."""
+    method = get_method(cfg.method)
+    b = cfg.baselines
+    n_g = (
+        0 if method.data == "real" else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
+    )
+    n_s = b.student_steps if b.student_steps is not None else method.student_steps
+    ctx = method_context(models, cfg, state, par)
+    metrics: dict = {}
+
+    # 1. Generator steps: x = G(z), the method's objective on x, one optimiser step each.
+    last = None  # (latents, images before the update) of the last G step
+    for k in range(n_g):
+        latents = sample_latents(
+            models, cfg, "stage2", state.step, cfg.stage2.batch_size, par, method_noise(cfg.seed, state.step, k)
+        )
+        last = (latents, _method_generator_update(models, method, ctx, latents, par, metrics))
+    if n_g:
+        scheds["generator"].step()
+
+    # 2. Student steps on the batches the method names (fresh G(z), the G step's, or real data).
+    regenerated = None
+    for k in range(n_s):
+        if method.data == "real":
+            batches = real_batches(cfg, state.step * n_s + k, par)
+        elif method.student_batches == "reuse" and last is not None:
+            batches = [Batch(x, y) for x, (_, y) in zip(last[1], last[0])]
+        elif method.student_batches == "regenerate" and last is not None:
+            regenerated = regenerated or _pseudo_batches(models, last[0], par)  # G is fixed during these steps
+            batches = regenerated
+        else:
+            latents = sample_latents(
+                models,
+                cfg,
+                "stage2",
+                state.step,
+                cfg.stage2.batch_size,
+                par,
+                method_noise(cfg.seed, state.step, 100 + k),
+            )
+            batches = _pseudo_batches(models, latents, par)
+        parts = []
+        for m, batch in enumerate(batches):
+            with par.student.micro_batch(m):
+                with par.autocast():
+                    loss, p = method.student_objective(ctx, batch)
+                par.student.backward(loss)
+            parts.append(p)
+        par.student.step()
+    scheds["student"].step()
+    metrics.update(_mean_dicts(parts))
+    metrics["lr"] = scheds["student"].get_last_lr()[0]
+    return metrics
+
+
+def _pseudo_batches(models: Models, latents: list, par: Parallel) -> list[Batch]:
+    """G(z) per micro-batch, detached (G in train mode: its BatchNorm uses batch statistics)."""
+    with torch.no_grad(), par.autocast():
+        return [Batch(models.generator(z, y).float(), y) for z, y in latents]
+
+
+def _method_generator_update(models: Models, method, ctx: Context, latents: list, par: Parallel, metrics: dict) -> list:
+    """One G step on the method's objective L_G(x), x = G(z). L_G is differentiated w.r.t. the
+    images only, then G backpropagates ⟨x, ∂L_G/∂x⟩: the same gradient for G's parameters, and no
+    parameter gradient reaches the student or the teachers the objective runs through (under any
+    backend: the student is used through its plain module, as the inner maximisation does).
+    Returns G(z) before the update per micro-batch (detached, fp32 pixels)."""
+    images, parts = [], []
+    train = method.student_mode_in_generator_step == "train"
+    for m, (z, y) in enumerate(latents):
+        with par.generator.micro_batch(m):
+            with par.autocast():
+                x = models.generator(z, y)
+            leaf = x.detach().float().requires_grad_(True)
+            with mode(ctx.plain_student, train), par.autocast():
+                loss, p = method.generator_objective(ctx, leaf, y)
+            (grad,) = torch.autograd.grad(loss, leaf)
+            par.generator.backward((x.float() * grad).sum())
+        images.append(x.detach().float())
+        parts.append(p)
+    par.generator.step()
+    metrics.update(_mean_dicts(parts))
+    return images
+
+
+_TRAIN_CACHE: dict = {}
+
+
+def real_training_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split as (uint8 N×C×H×W, labels), read once per process."""
+    from .data import load_dataset_split
+
+    key = (cfg.data.name, cfg.data.source, cfg.data.path, cfg.data.train_split)
+    if key not in _TRAIN_CACHE:
+        ds, _ = load_dataset_split(cfg.data, cfg.data.train_split)
+        _TRAIN_CACHE[key] = ds.tensors()
+    return _TRAIN_CACHE[key]
+
+
+def real_batch_indices(seed: int, t: int, n: int, batch_size: int) -> torch.Tensor:
+    """Indices of global batch ``t``: epochs of ⌊n/B⌋ batches, each epoch a permutation drawn from
+    (seed, epoch) — a pure function of its inputs, so a resumed or re-sharded run reads the same."""
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(t, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + 7_927 * epoch) % (2**63 - 1)))
+    return order[i * batch_size : (i + 1) * batch_size]
+
+
+def real_batches(cfg: RunConfig, t: int, par: Parallel) -> list[Batch]:
+    """Global real batch ``t`` (pixels in [0, 1], optionally crop + flip), cut into micro-batches
+    and then this rank's slice of each, as ``sample_latents`` cuts latents."""
+    x_all, y_all = real_training_data(cfg)
+    idx = real_batch_indices(cfg.seed, t, len(y_all), cfg.stage2.batch_size)
+    x, y = x_all[idx].float().div(255), y_all[idx].long()
+    if cfg.baselines.augment == "crop_flip":
+        x = crop_flip(x, torch.rand((x.shape[0], 3), generator=method_noise(cfg.seed, t, 500)))
+    device, a = par.accelerator.device, par.accumulation
+    return [
+        Batch(
+            local_slice(local_slice(x, k, a), par.rank, par.world_size).to(device),
+            local_slice(local_slice(y, k, a), par.rank, par.world_size).to(device),
+        )
+        for k in range(a)
+    ]
+
+
+# --------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------
 
@@ -421,8 +628,10 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             maybe_inject_nan(stage, state.step + 1, "before", models)
             if stage == "stage1":
                 metrics = stage1_step(models, cfg, state.step, scheds, par)
-            else:
+            elif cfg.method == "derd":
                 metrics = stage2_step(models, cfg, state, scheds, par)
+            else:  # a registered baseline (docs/baselines.md), in Stage II's slot
+                metrics = method_step(models, cfg, state, scheds, par)
             state.step += 1
             window_steps += 1
             bar.update(1)
@@ -490,7 +699,10 @@ def _build_checked(cfg: RunConfig, accelerator) -> tuple:
     from .errors import InputError, RunError, one_line
 
     try:
-        return build_training(cfg, accelerator)
+        built = build_training(cfg, accelerator)
+        if cfg.method != "derd" and get_method(cfg.method).data == "real":
+            real_training_data(cfg)  # read the training split now: a missing one is an input error
+        return built
     except (ConfigError, RunError):
         raise
     except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, ImportError, AssertionError) as err:
