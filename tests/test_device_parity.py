@@ -1,0 +1,104 @@
+"""One recommended Stage-II step on another device or precision against the CPU fp32 step.
+
+The CUDA tests run only where a GPU is present (``bench/gpu_check.sh`` runs this file on the
+lent GPU machine); the CPU bf16 twin runs everywhere and checks the same comparison, so the
+tolerances below are exercised in CI too.
+
+Compared: the student's parameter update Δθ of one full Stage-II step (G update, SA, the
+student's inner maximisation, EG, GA + SGA, SGD step) from identical weights and noise.
+fp32 on another device: Δθ equal up to float reassociation. bf16 autocast: the sign steps of
+SA and the inner maximisation may flip where a gradient entry is ~0, so Δθ is compared by
+direction (cosine) and size (norm ratio) rather than elementwise.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from derd_scale.config import config_from_dict
+from derd_scale.data import dataset_info
+from derd_scale.derd.generator import PseudoImageGenerator
+from derd_scale.distributed import native_bf16
+from derd_scale.models import create_model, freeze
+from derd_scale.state import Models, TrainState
+from derd_scale.trainer import build_training, stage2_step
+
+CUDA = torch.cuda.is_available()
+
+
+def _models() -> Models:
+    torch.manual_seed(0)
+    return Models(
+        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
+        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
+        create_model("small_cnn", 10, in_chans=1, width=4),
+        PseudoImageGenerator(28, 1, latent_dim=16, base_channels=8),
+        dataset_info("fashion_mnist"),
+    )
+
+
+def _update(models: Models, device: str, precision: str) -> torch.Tensor:
+    """Δθ of the student after one Stage-II step of the recommended preset."""
+    from accelerate import Accelerator
+
+    cfg = config_from_dict(
+        {"data": {"name": "fashion_mnist"}},
+        [
+            "preset=derd_recommended",
+            "seed=1",
+            "stage2.batch_size=32",
+            "stage2.sa.steps=2",
+            "stage2.adv.steps=2",
+            "optim.student.lr=0.1",
+            "optim.student.schedule=constant",
+            f"distributed.mixed_precision={'bf16' if precision == 'bf16' else 'no'}",
+            "distributed.channels_last=false",
+        ],
+    )
+    models = copy.deepcopy(models)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in models.student.parameters()])
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=device == "cpu"), models)
+    stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
+    after = torch.cat([p.detach().reshape(-1).float().cpu() for p in par.student.unwrapped.parameters()])
+    return after - before
+
+
+def _assert_same_direction(delta: torch.Tensor, reference: torch.Tensor, min_cos: float, max_norm_ratio: float):
+    cos = torch.nn.functional.cosine_similarity(delta, reference, dim=0).item()
+    ratio = (delta.norm() / reference.norm()).item()
+    assert cos >= min_cos, f"update direction differs: cos {cos:.4f} < {min_cos}"
+    assert 1 / max_norm_ratio <= ratio <= max_norm_ratio, f"update size differs: ratio {ratio:.3f}"
+
+
+@pytest.fixture(scope="module")
+def cpu_reference():
+    models = _models()
+    return models, _update(models, "cpu", "fp32")
+
+
+def test_cpu_fp32_step_is_deterministic(cpu_reference):
+    models, reference = cpu_reference
+    assert reference.abs().sum() > 0
+    assert torch.equal(_update(models, "cpu", "fp32"), reference)
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="CPU without native bf16 (AMX/AVX512-BF16)")
+def test_cpu_bf16_step_follows_fp32(cpu_reference):
+    models, reference = cpu_reference
+    _assert_same_direction(_update(models, "cpu", "bf16"), reference, min_cos=0.9, max_norm_ratio=1.25)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (bench/gpu_check.sh)")
+def test_cuda_fp32_step_matches_cpu(cpu_reference):
+    models, reference = cpu_reference
+    # cuDNN/cuBLAS reassociate sums (and TF32 is off for fp32 by default in torch): allow rounding.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    _assert_same_direction(_update(models, "cuda", "fp32"), reference, min_cos=0.999, max_norm_ratio=1.01)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (bench/gpu_check.sh)")
+def test_cuda_bf16_step_follows_cpu_fp32(cpu_reference):
+    models, reference = cpu_reference
+    _assert_same_direction(_update(models, "cuda", "bf16"), reference, min_cos=0.9, max_norm_ratio=1.25)
