@@ -13,6 +13,18 @@ Rows (every DERD row uses the same teachers, student architecture and step count
   derd_recommended  the recommended configuration (preset derd_recommended, docs/derd.md)
   rslad_gz       data-free anchor: RSLAD's objective on G(z) after Stage I, T_rob only, no SA
   rslad          data-driven upper bound: RSLAD on the real training set, same T_rob and steps
+  (natural and rslad are registered methods, ``method: natural | rslad``, trained by ``train``)
+
+Baseline rows (``--rows table2`` = DERD's two presets, every baseline and every data-driven bound;
+docs/baselines.md): registered methods (``method: <name>``, derd_scale/methods) trained from scratch
+by the same ``train`` with the same teachers, student, batch and *student-step* budget as the DERD
+rows (a method with n student steps per step runs budget/n steps; its G steps are stated in the
+table's budget section):
+  dafl_kd dafl_rslad dfad_kd dfad_rslad zskt_kd zskt_rslad deepinv_kd deepinv_rslad
+                 clean-KD data-free methods, -KD (T_nat, original objective) and -RSLAD (T_rob,
+                 RSLAD's student objective on the pseudo batch)
+  dfard_recon dfhl_rs ferd_recon   robust data-free methods (reconstructions where noted)
+  sat trades ard iad mtard         data-driven bounds on the real training set
 
 Steering rows (not run unless named in ``--rows``): variants of full DERD that test one
 hypothesis each about why the natural term costs robustness (docs/results.md, "Reading"):
@@ -64,7 +76,44 @@ STEERING_ROWS = (
     "rec_f",
     "rec_no_sa",
 )
-ALL_ROWS = ROWS + STEERING_ROWS
+# Registered methods other than DERD (docs/baselines.md): row → overrides on top of the recipe.
+_NO_STAGE1 = ["stage1.enabled=false"]
+METHOD_ROWS = {
+    "natural": ["method=natural"],
+    "rslad": ["method=rslad"],
+    "dafl_kd": ["method=dafl", "baselines.variant=kd"],
+    "dafl_rslad": ["method=dafl", "baselines.variant=rslad"],
+    "dfad_kd": ["method=dfad", "baselines.variant=kd"],
+    "dfad_rslad": ["method=dfad", "baselines.variant=rslad"],
+    "zskt_kd": ["method=zskt", "baselines.variant=kd"],
+    "zskt_rslad": ["method=zskt", "baselines.variant=rslad"],
+    # The image pool is the implicit generator's bank; NVlabs optimises pixels with Adam at 0.05.
+    "deepinv_kd": [
+        "method=deepinversion",
+        "baselines.variant=kd",
+        "generator.kind=implicit",
+        "generator.pseudo_labels=sampled",
+        "optim.generator.lr=0.05",
+    ],
+    "deepinv_rslad": [
+        "method=deepinversion",
+        "baselines.variant=rslad",
+        "generator.kind=implicit",
+        "generator.pseudo_labels=sampled",
+        "optim.generator.lr=0.05",
+    ],
+    "dfard_recon": ["method=dfard"],
+    "dfhl_rs": ["method=dfhl_rs"],
+    "ferd_recon": ["method=ferd"],
+    "sat": ["method=sat"],
+    "trades": ["method=trades"],
+    "ard": ["method=ard"],
+    "iad": ["method=iad"],
+    "mtard": ["method=mtard"],
+}
+BASELINE_ROWS = tuple(row for row in METHOD_ROWS if row not in ROWS)
+TABLE2_ROWS = ("derd_paper", "derd_recommended", *BASELINE_ROWS, "natural", "rslad")
+ALL_ROWS = ROWS + STEERING_ROWS + BASELINE_ROWS
 ROW_OVERRIDES = {
     "stage1_only": ["stage2.enabled=false"],
     "sa_only": ["stage2.eg.enabled=false"],
@@ -163,11 +212,6 @@ def recipe(name: str, data_path: str) -> dict:
                 "output.checkpoint_every=200",
             ],
             "aa_examples": 1000,
-            "batch": 128,
-            "eps": 0.1,
-            "alpha": 0.025,
-            "rslad_alpha": 0.025,
-            "lr": 0.05,
             "budget": "every row 800 student steps at batch 128 (DERD rows: Stage I 400 + Stage II 400; RSLAD: 800 on real images); "
             "ε = 0.1, step 0.025, 10 steps; AA (standard) on the first 1000 test images; fp32",
         }
@@ -207,11 +251,6 @@ def recipe(name: str, data_path: str) -> dict:
                 "output.checkpoint_every=40",
             ],
             "aa_examples": 1000,
-            "batch": 64,
-            "eps": 2 / 255,
-            "alpha": 0.5 / 255,
-            "rslad_alpha": 0.5 / 255,
-            "lr": 0.05,
             "budget": "every row 520 student steps at batch 64 (DERD rows: Stage I 400 + Stage II 120; RSLAD: 520 on real images); "
             "ε = 2/255, step 0.5/255, 10 steps; AA (standard) on the first 1000 test images; fp32",
         }
@@ -270,34 +309,30 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         f"output.name={name}",
         f"logging.progress_bar={'true' if progress else 'false'}",
     ]
-    cfg = config_from_dict({}, base)
-    student_steps = cfg.stage1.steps + cfg.stage2.steps
-    if row in ROW_OVERRIDES:
-        cfg = config_from_dict({}, base + ROW_OVERRIDES[row])
-        if row != "stage1_only":
-            # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
-            src = sorted((out / run_name("stage1_only", seed) / "checkpoints").glob("stage1-*"))
-            if not src:
-                raise RuntimeError("stage1_only must run first")
-            dst = row_dir / "checkpoints" / src[-1].name
-            if not dst.exists() and not (row_dir / "DONE").exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(src[-1], dst)
-        if (row_dir / "DONE").exists():
-            # Trained before under another evaluation budget (e.g. a steering run on fewer test
-            # images): evaluate its exported student with this recipe's; count its training time.
-            report = evaluate_exported(row_dir, cfg, progress)
-            t0 -= json.loads((row_dir / "DONE").read_text()).get("train_seconds", 0.0)
-        else:
-            train(cfg, row)
-            report = json.loads((row_dir / "eval" / "report.json").read_text())
-        plot_training_curves(
-            row_dir / "metrics.jsonl",
-            row_dir / "curves.png",
-            stage1_metrics=out / run_name("stage1_only", seed) / "metrics.jsonl",
-        )
+    cfg = config_from_dict({}, base + row_overrides(row, config_from_dict({}, base)))
+    derd_row = row in ROW_OVERRIDES
+    if derd_row and row != "stage1_only":
+        # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
+        src = sorted((out / run_name("stage1_only", seed) / "checkpoints").glob("stage1-*"))
+        if not src:
+            raise RuntimeError("stage1_only must run first")
+        dst = row_dir / "checkpoints" / src[-1].name
+        if not dst.exists() and not (row_dir / "DONE").exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src[-1], dst)
+    if (row_dir / "DONE").exists():
+        # Trained before under another evaluation budget (e.g. a steering run on fewer test
+        # images): evaluate its exported student with this recipe's; count its training time.
+        report = evaluate_exported(row_dir, cfg, progress)
+        t0 -= json.loads((row_dir / "DONE").read_text()).get("train_seconds", 0.0)
     else:
-        report = reference_row(row, cfg, r, row_dir, student_steps, progress)
+        train(cfg, row)  # resumes a killed row from its newest checkpoint
+        report = json.loads((row_dir / "eval" / "report.json").read_text())
+    plot_training_curves(
+        row_dir / "metrics.jsonl",
+        row_dir / "curves.png",
+        stage1_metrics=out / run_name("stage1_only", seed) / "metrics.jsonl" if derd_row else None,
+    )
     result = {
         "row": row,
         "seed": seed,
@@ -342,52 +377,50 @@ def evaluate_student(student, cfg, row_dir: Path, progress: bool):
     return report
 
 
-def reference_row(row: str, cfg, r: dict, row_dir: Path, steps: int, progress: bool) -> dict:
-    """The data-driven rows: natural CE and RSLAD on the real training split."""
-    import torch
+def row_overrides(row: str, cfg) -> list[str]:
+    """The overrides of ``row`` on the recipe's config ``cfg``. A registered method's row trains from
+    scratch with the DERD rows' student-step budget (Stage I + Stage II steps): a method taking n
+    student steps per step runs ⌊budget / n⌋ steps."""
+    if row in ROW_OVERRIDES:
+        return ROW_OVERRIDES[row]
+    from derd_scale.config import config_from_dict
 
-    from derd_scale.baselines import train_natural_student, train_rslad_student
-    from derd_scale.data import dataset_info, load_dataset_split
-    from derd_scale.models import freeze
-    from derd_scale.teachers import model_from_config
+    method_cfg = config_from_dict({}, _NO_STAGE1 + METHOD_ROWS[row])
+    return _NO_STAGE1 + METHOD_ROWS[row] + [f"stage2.steps={student_budget(cfg) // step_counts(method_cfg)[1]}"]
 
-    info = dataset_info(cfg.data.name)
-    train_set, _ = load_dataset_split(cfg.data, cfg.data.train_split)
-    x_all, y_all = train_set.tensors()
-    torch.manual_seed(cfg.seed)
-    student = model_from_config(cfg.student, info)
-    if row == "natural":
-        train_natural_student(student, x_all, y_all, steps, r["batch"], r["lr"], cfg.seed, progress)
-    else:
-        teacher = freeze(model_from_config(cfg.teachers.robust, info))
-        train_rslad_student(
-            student,
-            teacher,
-            x_all,
-            y_all,
-            steps,
-            r["batch"],
-            r["eps"],
-            r["rslad_alpha"],
-            10,
-            r["lr"],
-            cfg.seed,
-            progress,
-        )
-    report = evaluate_student(student, cfg, row_dir, progress)
-    from derd_scale.export import export_model
 
-    export_model(
-        student,
-        row_dir / "student",
-        cfg.student.arch,
-        info.num_classes,
-        info.channels,
-        info.image_size,
-        list(info.class_names),
-        dict(cfg.student.kwargs),
-    )
-    return report.to_json()
+def student_budget(cfg) -> int:
+    """Student steps of a DERD row: Stage I + Stage II."""
+    return cfg.stage1.steps + cfg.stage2.steps
+
+
+def step_counts(cfg) -> tuple[int, int]:
+    """(G steps, student steps) per step of ``cfg.method`` (DERD: 1 and stage1.student_steps in Stage I, 1 and 1 in Stage II)."""
+    from derd_scale.methods import get_method
+
+    if cfg.method == "derd":
+        return 1, 1
+    method, b = get_method(cfg.method), cfg.baselines
+    g = 0 if method.data == "real" else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
+    return g, b.student_steps if b.student_steps is not None else method.student_steps
+
+
+def row_budget(row: str, r: dict) -> str:
+    """What one (row, seed) trains: student steps, generator steps and the data it reads."""
+    from derd_scale.config import config_from_dict
+
+    base = config_from_dict({}, r["config"])
+    if row not in METHOD_ROWS:
+        s1 = base.stage1.steps
+        s2 = 0 if row == "stage1_only" else base.stage2.steps
+        return f"{s1 + s2} student steps (Stage I {s1} + Stage II {s2}), {s1 + s2} G steps, data-free"
+    cfg = config_from_dict({}, r["config"] + row_overrides(row, base))
+    g, s = step_counts(cfg)
+    n = cfg.stage2.steps
+    from derd_scale.methods import get_method
+
+    data = "real training split" if get_method(cfg.method).data == "real" else "data-free"
+    return f"{n * s} student steps ({n} × {s}), {n * g} G steps, {data}"
 
 
 def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> float:
@@ -556,6 +589,8 @@ def write_tables(out: Path, r: dict, title: str) -> None:
     warn = [f"- {row}: {w}" for row, res in results.items() for w in res.get("warnings", [])]
     if warn:
         lines += ["", "Evaluator warnings:", *warn]
+    lines += ["", "Budget per row (batch as above, one seed):", ""]
+    lines += [f"- {row}: {row_budget(row, r)}" for row in results if "config" in r]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_results_bars(bars, out / "results.png", title)
@@ -569,7 +604,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--rows",
         default=",".join(ROWS),
-        help=f"comma list of {', '.join(ALL_ROWS)} (default: all but the steering rows)",
+        help=f"comma list of {', '.join(ALL_ROWS)}, or 'table2' (DERD's presets, every baseline and data-driven bound); default: all but the steering and baseline rows",
     )
     p.add_argument(
         "--set",
@@ -590,7 +625,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if r["teachers"] is not None:
         ensure_fmnist_teachers(r["teachers"], args.data_path)
-    rows = [x.strip() for x in args.rows.split(",") if x.strip()]
+    rows = [
+        y for x in args.rows.split(",") if x.strip() for y in (TABLE2_ROWS if x.strip() == "table2" else [x.strip()])
+    ]
     unknown = [x for x in rows if x not in ALL_ROWS]
     if unknown:
         print(f"--rows: unknown {unknown}; allowed: {', '.join(ALL_ROWS)}", file=sys.stderr)

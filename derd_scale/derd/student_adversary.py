@@ -12,7 +12,7 @@ place of a real image:
 with x = G(z), t the robust target (T_rob(x) on the clean anchor, RSLAD's robust soft
 labels) and S in eval mode during the ascent (RSLAD's reference code). Gradients are taken
 w.r.t. the input only; no parameter gradient is accumulated. The same inner maximisation
-is the data-driven RSLAD bound's (``derd_scale.baselines``).
+is the data-driven RSLAD bound's and every ``-RSLAD`` baseline's (``derd_scale.methods.rslad``).
 """
 
 from __future__ import annotations

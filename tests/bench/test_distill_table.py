@@ -60,3 +60,60 @@ def test_seeds_are_one_row_with_mean_std_and_per_seed_values(tmp_path):
     assert "aa" not in saved["attacks"]  # a mean over the seeds that have it would mislead
     assert saved["seconds"] == 180.0
     assert "| sa_only | 3 | 80.00 ± 0.00 | 50.00 ± 0.00 | 44.00 ± 4.00 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("recipe", ["fmnist", "cifar10"])
+def test_every_baseline_row_is_a_valid_config_with_the_derd_rows_student_budget(recipe):
+    from derd_scale.config import config_from_dict
+
+    dt = _load()
+    r = dt.recipe(recipe, "../shared/data")
+    base = config_from_dict({}, r["config"])
+    budget = dt.student_budget(base)
+    for row in dt.TABLE2_ROWS:
+        cfg = config_from_dict({}, r["config"] + dt.row_overrides(row, base))
+        if row in dt.METHOD_ROWS:
+            g, s = dt.step_counts(cfg)
+            assert cfg.method != "derd" and not cfg.stage1.enabled
+            assert cfg.stage2.steps * s == budget, (row, cfg.stage2.steps, s)
+            assert f"{budget} student steps" in dt.row_budget(row, r)
+        else:
+            assert cfg.method == "derd"
+    assert set(dt.BASELINE_ROWS) <= set(dt.ALL_ROWS) and {"dfad_rslad", "ferd_recon", "mtard"} <= set(dt.TABLE2_ROWS)
+
+
+def test_a_method_row_trains_through_train_writes_the_same_row_schema_and_is_resumable(tmp_path, monkeypatch):
+    dt = _load()
+    r = dt.recipe("fmnist", str(tmp_path / "data"))
+    seen = []
+
+    def fake_train(cfg, stem):
+        seen.append(cfg)
+        run = tmp_path / cfg.output.name
+        (run / "eval").mkdir(parents=True)
+        report = {"attacks": {"clean": {"accuracy": 0.7, "n": 10}, "pgd_s": {"accuracy": 0.4, "n": 10}}}
+        (run / "eval" / "report.json").write_text(json.dumps(report))
+        (run / "metrics.jsonl").write_text(json.dumps({"stage": "stage2", "step": 1, "l_s": 1.0}) + "\n")
+
+    monkeypatch.setattr("derd_scale.trainer.train", fake_train)
+    result = dt.run_row("dfad_rslad", r, tmp_path, progress=False, seed=1)
+    (cfg,) = seen
+    assert (cfg.method, cfg.baselines.variant, cfg.seed, cfg.output.name) == ("dfad", "rslad", 1, "dfad_rslad-seed1")
+    assert cfg.stage2.steps == 160  # 800 student steps at 5 per step
+    assert set(result) == {"row", "seed", "attacks", "n", "warnings", "seconds"}  # the DERD rows' schema
+    assert result["attacks"] == {"clean": 0.7, "pgd_s": 0.4}
+    assert dt.run_row("dfad_rslad", r, tmp_path, progress=False, seed=1) == result and len(seen) == 1  # cached
+    dt.write_tables(tmp_path, r, "t")
+    table = (tmp_path / "results.md").read_text()
+    assert "| dfad_rslad | 1 | 70.00 |" in table and "- dfad_rslad: 800 student steps (160 × 5), 160 G steps" in table
+
+
+def test_rows_table2_expands_and_an_unknown_row_is_refused(tmp_path, monkeypatch, capsys):
+    dt = _load()
+    ran = []
+    monkeypatch.setattr(dt, "run_row", lambda row, r, out, progress, seed=0: ran.append(row))
+    monkeypatch.setattr(dt, "write_tables", lambda *a: (tmp_path / "results.md").write_text(""))
+    assert dt.main(["--recipe", "cifar10", "--out", str(tmp_path), "--rows", "table2", "--no-aa"]) == 0
+    assert ran == sorted(dt.TABLE2_ROWS + ("stage1_only",), key=dt.ALL_ROWS.index)
+    assert dt.main(["--recipe", "cifar10", "--out", str(tmp_path), "--rows", "dfad_kd,nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
