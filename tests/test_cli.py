@@ -125,6 +125,7 @@ def test_non_editable_install_runs_from_another_folder(tmp_path):
     ).stdout.strip()
     assert where.startswith(str(target)), f"imported {where}, not the installed copy"
     assert (target / "derd_scale" / "resources" / "configs" / "fmnist_quickstart.yaml").exists()
+    assert (target / "derd_scale" / "resources" / "robust_accuracy" / "robust_accuracy.py").exists()
     scripts = target / "bin"
     out = subprocess.run(
         [str(scripts / "derd-scale"), "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, check=True

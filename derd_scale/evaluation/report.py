@@ -43,6 +43,8 @@ AA_FAST_NOTE = (
     "a cheaper screen, not AutoAttack; AA is the standard version"
 )
 INTERVAL = "Wilson score interval, 95 %"
+# The report's per-attack accuracy as an `evaluate` module: evaluate.load(str(ROBUST_ACCURACY)), offline.
+ROBUST_ACCURACY = Path(__file__).resolve().parent.parent / "resources" / "robust_accuracy"
 Z95 = 1.959963984540054
 
 
