@@ -338,8 +338,11 @@ class DAFLConfig:
     """DAFL (Chen et al. 2019): G against the teacher as a fixed critic; source: README's CIFAR-10 weights."""
 
     lambda_oh: float = 0.05
+    """Weight of CE(T(x), argmax T(x))."""
     lambda_a: float = 0.01
+    """Weight of −mean |f_T(x)| (the features entering T's classifier)."""
     lambda_ie: float = 5.0
+    """Weight of Σ_c p̄_c log₁₀ p̄_c (class balance over the batch)."""
 
 
 @dataclass
@@ -365,6 +368,7 @@ class DeepInversionConfig:
     """DeepInversion / ADI (Yin et al. 2020) on a bank of optimised images (generator.kind=implicit); NVlabs' CIFAR-10 'paper parameters'."""
 
     lambda_bn: float = 10.0
+    """Weight of the BatchNorm-statistics distance R_BN."""
     lambda_tv: float = 2.5e-5
     """Weight of the 4-direction L2 total variation."""
     lambda_l2: float = 0.0
@@ -381,8 +385,11 @@ class DFARDConfig:
     """DFARD-recon (BASELINES.md §A5): the paper's structure with the nearest published components; not DFARD itself."""
 
     lambda_adv: float = 1.0
+    """Weight of −KL_B(p_Trob(x) ‖ p_S(x)) in G's loss."""
     lambda_bn: float = 1.0
+    """Weight of T_rob's BatchNorm-statistics distance."""
     lambda_oh: float = 0.0
+    """Weight of CE(T_rob(x), argmax T_rob(x)) (0 = off)."""
     agb: Literal["none", "ratio"] = "none"
     """Adaptive generator balance stand-in: `ratio` sets λ_bn = |L_adv| / R_BN each step (not the paper's rule)."""
     temperature: float = 1.0
@@ -406,8 +413,11 @@ class FERDConfig:
 
     lambda_bn: float = 5.0
     lambda_adv: float = 1.0
+    """Weight of −KL_B(p_Trob ‖ p_S) in G's loss."""
     lambda_oh: float = 1.0
+    """Weight of CE(T_rob(x), y) with y drawn from the class probabilities."""
     class_min: float = 0.05
+    """Smallest class probability after re-weighting (the class T_rob finds easiest)."""
     class_max: float = 0.2
     clean_weight: float = 0.8333333333333334
     """Weight of KL(T(x) ‖ S(x)) in the student loss (source: 5/6 on the clean term, 1/6 on the adversarial one)."""
@@ -416,6 +426,7 @@ class FERDConfig:
 @dataclass
 class TRADESConfig:
     beta: float = 6.0
+    """Weight of KL(p_S(x) ‖ p_S(x')) next to CE(S(x), y) (source: 6 on CIFAR-10)."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Every registered method runs a few real steps end to end on tiny models (seconds each), through
 ``trainer.method_step`` and the plain gradient adapter, and changes the student; the generator's
-steps never leave a gradient on the student or the teachers; a run through ``train`` checkpoints
-and resumes a method's running state."""
+steps never leave a gradient on the student or the teachers; the config refuses what a method
+cannot run, in one line."""
 
 from __future__ import annotations
 
@@ -135,3 +135,20 @@ def test_the_generator_step_leaves_no_gradient_on_the_student():
     trainer._method_generator_update(models, method, ctx, latents, par, {})
     assert all(p.grad is None for p in par.student.unwrapped.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(gen_before, models.generator.parameters()))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method=dfad"], "stage1.enabled: method dfad has no Stage I"),
+        (["method=deepinversion", "stage1.enabled=false"], "generator.kind: method deepinversion"),
+        (["method=sat", "stage1.enabled=false", "baselines.student_steps=0"], "baselines.student_steps: must be > 0"),
+        (["method=dfadd"], "method: invalid value 'dfadd'"),
+        (["baselines.dfad.generator_loss=l2"], "baselines.dfad.generator_loss: invalid value 'l2'"),
+    ],
+)
+def test_the_config_refuses_what_a_method_cannot_run(overrides, message):
+    from derd_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        config_from_dict({}, overrides)
