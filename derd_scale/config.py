@@ -54,7 +54,7 @@ class ModelConfig:
     """One network: a derd_scale/timm architecture, optional weights, optional normalisation."""
 
     arch: str = "resnet20"
-    """Architecture name (derd_scale CIFAR nets or any timm name); or a source string `timm:NAME`, `hf-hub:ORG/REPO`, `local-dir:DIR`."""
+    """Architecture name (derd_scale CIFAR nets or any timm name); or a source string `timm:NAME`, `hf-hub:ORG/REPO`, `local-dir:DIR`, `transformers:ORG/NAME`, `transformers-dir:DIR` (docs/models.md)."""
     checkpoint: Optional[str] = None
     """Local weights (.safetensors, or .pth/.th loaded with weights_only=True)."""
     pretrained: bool = False
@@ -72,6 +72,8 @@ class ModelConfig:
     """Resize inputs to this size inside the model (bilinear) when it differs from the data's; None = feed as is."""
     grad_checkpointing: bool = False
     """Activation checkpointing (timm `set_grad_checkpointing`) to trade compute for memory."""
+    trust_remote_code: bool = False
+    """transformers sources only: run the model repo's own Python code (AutoModel's trust_remote_code); never on unless set."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .models.cifar import CIFAR_MODELS
 from .models.factory import NormalizedModel, create_model, unwrap_normalized
+from .models.hf_models import TransformersClassifier, export_transformers, is_transformers_folder, load_transformers
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's save_for_hf writes either
 # Keys of a timm pretrained_cfg that describe where the *source* weights came from; an
@@ -73,6 +74,8 @@ def export_model(
     out = Path(out_dir)
     norm = unwrap_normalized(model)
     backbone = norm.model
+    if isinstance(backbone, TransformersClassifier):  # transformers' own format (save_pretrained)
+        return export_transformers(norm, out, img_size, state_dict, class_names, metadata)
     if state_dict is None:
         state_dict = backbone.state_dict()
     state_dict = dict(state_dict)
@@ -223,8 +226,9 @@ def _fmt(values) -> str:
 
 
 def load_exported(folder: str | Path) -> NormalizedModel:
-    """Rebuild a model written by ``export_model`` (either library), or by timm's
-    ``save_for_hf``, with its normalisation; offline."""
+    """Rebuild a model written by ``export_model`` (timm format, or transformers' for a
+    transformers student), by timm's ``save_for_hf`` or by ``save_pretrained``, with its
+    normalisation; offline."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -233,10 +237,14 @@ def load_exported(folder: str | Path) -> NormalizedModel:
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
+    if is_transformers_folder(folder):
+        return load_transformers(folder)
     config = json.loads((folder / "config.json").read_text())
     arch = config.get("architecture")
     if not arch:
-        raise ValueError(f"{folder / 'config.json'}: no 'architecture' key")
+        raise ValueError(
+            f"{folder / 'config.json'}: no 'architecture' key (neither a timm-format nor a transformers save_pretrained folder)"
+        )
     pc = config.get("pretrained_cfg", {})
     ours = config.get("derd_scale", {})
     args = dict(config.get("model_args") or {})

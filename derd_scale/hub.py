@@ -269,12 +269,13 @@ def build_model_card(run_dir: Path, repo_id: str, license: str = "apache-2.0") -
     teachers = config.get("teachers", {})
     nat, rob = teachers.get("natural", {}), teachers.get("robust", {})
     base = list(dict.fromkeys(b for b in (_hub_base_model(nat), _hub_base_model(rob)) if b))
-    arch = export["architecture"]
     library = export.get("derd_scale", {}).get("library", "timm")
+    # timm exports name their architecture; transformers' save_pretrained lists its classes.
+    arch = export["architecture"] if library != "transformers" else (export.get("architectures") or ["?"])[0]
     data = ModelCardData(
         # derd_scale's own CIFAR nets are not timm architectures: claiming timm would make
         # the Hub's "use this model" snippet fail, so they say derd_scale.
-        library_name="timm" if library == "timm" else "derd_scale",
+        library_name=library if library in ("timm", "transformers") else "derd_scale",
         license=license,
         tags=[
             "image-classification",
@@ -320,7 +321,11 @@ def _card_body(
     )
     seconds = summary.get("train_seconds")
     hardware = summary.get("hardware") or "not recorded by the run"
-    c, h, w = export["pretrained_cfg"]["input_size"]
+    if library == "transformers":
+        size = export["derd_scale"]["input_size"]
+        c, h, w = export.get("num_channels", 3), size, size
+    else:
+        c, h, w = export["pretrained_cfg"]["input_size"]
     table = "No evaluation report (eval/report.json) was found for this run."
     if attacks:
         rows = []
@@ -348,7 +353,16 @@ def _card_body(
                 table += f"\n\n{metric_name(name, attacks[name])}: {describe_autoattack(attacks[name])}."
         if report.get("warnings"):
             table += "\n\nEvaluator warnings:\n" + "\n".join(f"- {w}" for w in report["warnings"])
-    if library == "timm":
+    if library == "transformers":
+        load = (
+            f"```python\nfrom transformers import AutoImageProcessor, AutoModelForImageClassification\n"
+            f'model = AutoModelForImageClassification.from_pretrained("{repo_id}").eval()\n'
+            f'processor = AutoImageProcessor.from_pretrained("{repo_id}")  # {c}×{h}×{w}, rescale + mean/std\n'
+            f'logits = model(**processor(images, return_tensors="pt")).logits\n```\n\n'
+            f"With derd_scale, `teachers.natural.arch=transformers:{repo_id}` (or `derd_scale.export.load_exported` on a "
+            "local copy) includes the normalisation and takes [0, 1] pixels."
+        )
+    elif library == "timm":
         load = (
             f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()\n'
             f"cfg = timm.data.resolve_data_config({{}}, model=model)  # {c}×{h}×{w}, mean/std from config.json\n```\n\n"
@@ -423,8 +437,10 @@ def stage_upload(run_dir: Path, repo_id: str, target: Path, license: str = "apac
         raise RunFolderError(f"{target}: not empty; the staging folder must hold exactly the upload")
     card = build_model_card(run_dir, repo_id, license)  # before writing anything: fails leave no half folder
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy2(run_dir / "student" / name, target / name)
+    # A transformers student also carries its image processor's config.
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        if name != "preprocessor_config.json" or (run_dir / "student" / name).is_file():
+            shutil.copy2(run_dir / "student" / name, target / name)
     shutil.copy2(run_dir / "config.yaml", target / "derd_config.yaml")
     if (run_dir / "eval" / "report.json").exists():
         shutil.copy2(run_dir / "eval" / "report.json", target / "eval_report.json")

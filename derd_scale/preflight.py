@@ -77,12 +77,13 @@ def check_weights_file(path: str | Path, key: str) -> None:
 def _check_model_spec(key: str, m: ModelConfig) -> None:
     if m.checkpoint:
         check_weights_file(m.checkpoint, f"{key}.checkpoint")
-    if m.arch.startswith("local-dir:"):
-        folder = Path(m.arch[len("local-dir:") :])
+    if m.arch.startswith(("local-dir:", "transformers-dir:")):
+        folder = Path(m.arch.split(":", 1)[1])
         if not folder.is_dir():
             raise InputError(f"{key}.arch: {m.arch}: folder not found")
         if not (folder / "config.json").is_file():
-            raise InputError(f"{key}.arch: {m.arch}: no config.json in {folder} (expected a timm-format export folder)")
+            kind = "a save_pretrained" if m.arch.startswith("transformers-dir:") else "a timm-format export"
+            raise InputError(f"{key}.arch: {m.arch}: no config.json in {folder} (expected {kind} folder)")
         weights = [folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()]
         if not weights:
             raise InputError(f"{key}.arch: {m.arch}: no model.safetensors or pytorch_model.bin in {folder}")

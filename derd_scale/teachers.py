@@ -14,6 +14,10 @@ Sources of ``arch``:
   ``hf-hub:ORG/REPO``: a timm-format Hub repo (e.g. a student pushed by launch/push_to_hub.py;
       derd_scale architectures timm cannot build are loaded by derd_scale);
   ``local-dir:DIR``: a timm-format folder (derd_scale's exports, timm's ``save_for_hf``) — offline;
+      a transformers ``save_pretrained`` folder is recognised and loaded as ``transformers-dir:``;
+  ``transformers:ORG/NAME`` / ``transformers-dir:DIR``: an ``AutoModelForImageClassification``
+      from the Hub / a ``save_pretrained`` folder, with its image processor's normalisation and
+      input size inside (``models.hf_models``); ``trust_remote_code`` only when set;
   ``robustbench:DATASET/THREAT/NAME``: RobustBench's model zoo (needs the robustbench package).
 Network sources fail with one line when the Hub is unreachable (see ``models.factory``).
 
@@ -36,6 +40,7 @@ import torch.nn as nn
 from .config import ModelConfig
 from .data import DatasetInfo
 from .models.factory import NormalizedModel, _looks_offline, create_model, read_class_subset
+from .models.hf_models import is_transformers_folder, load_transformers
 
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
 ROBUSTBENCH_THREATS = ("Linf", "L2", "corruptions", "corruptions_3d")
@@ -44,7 +49,14 @@ ROBUSTBENCH_THREATS = ("Linf", "L2", "corruptions", "corruptions_3d")
 def model_from_config(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     """Build the model ``mcfg`` describes for a dataset described by ``info``."""
     arch = mcfg.arch
-    if arch.startswith("local-dir:"):
+    transformers_source = arch.startswith(("transformers:", "transformers-dir:")) or (
+        arch.startswith("local-dir:") and is_transformers_folder(arch[len("local-dir:") :])
+    )
+    if mcfg.trust_remote_code and not transformers_source:
+        raise ValueError(f"{arch}: trust_remote_code applies to transformers sources only; remove it")
+    if transformers_source:
+        model = _from_transformers(mcfg, info)
+    elif arch.startswith("local-dir:"):
         model = _from_local_dir(mcfg, info)
     elif arch.startswith("robustbench:"):
         model = _robustbench(mcfg, info)
@@ -145,6 +157,51 @@ def _from_local_dir(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
     std = mcfg.std if mcfg.std is not None else (loaded.std.flatten().tolist() if loaded.has_norm else None)
     input_size = mcfg.input_size if mcfg.input_size is not None else loaded.input_size
     return NormalizedModel(loaded.model, mean, std, class_indices, input_size)
+
+
+def _from_transformers(mcfg: ModelConfig, info: DatasetInfo) -> NormalizedModel:
+    """``transformers:ORG/NAME`` (Hub), ``transformers-dir:FOLDER`` or a ``save_pretrained``
+    folder given as ``local-dir:`` — through ``AutoModelForImageClassification``."""
+    prefix, source = mcfg.arch.split(":", 1)
+    if prefix != "transformers":
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{mcfg.arch}: folder not found")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{mcfg.arch}: no config.json in {folder} (expected a save_pretrained folder)")
+    for key, value in (("checkpoint", mcfg.checkpoint), ("kwargs", dict(mcfg.kwargs) or None)):
+        if value:
+            raise ValueError(
+                f"{mcfg.arch}: {key} has no meaning for a transformers model (its folder or repo has them)"
+            )
+    if mcfg.pretrained:
+        raise ValueError(f"{mcfg.arch}: a transformers source always loads its weights; remove pretrained: true")
+    class_indices, backbone_classes = _class_indices(mcfg, info)
+    expected = mcfg.num_classes or (len(class_indices) if class_indices is not None else info.num_classes)
+    try:
+        model = load_transformers(
+            source,
+            num_labels=expected,
+            class_indices=class_indices,
+            trust_remote_code=mcfg.trust_remote_code,
+            mean=mcfg.mean,
+            std=mcfg.std,
+            input_size=mcfg.input_size,
+        )
+    except OSError as err:
+        if prefix == "transformers" and _looks_offline(err):
+            raise RuntimeError(
+                f"{mcfg.arch}: the Hugging Face Hub is unreachable here ({type(err).__name__}); "
+                f"use a save_pretrained folder (transformers-dir:FOLDER)"
+            ) from None
+        raise
+    outputs = model.model.get_classifier().out_features
+    if backbone_classes is not None and outputs != backbone_classes:
+        raise ValueError(f"{mcfg.arch}: class_subset needs a {backbone_classes}-class head, the model has {outputs}")
+    channels = getattr(model.model.hf.config, "num_channels", info.channels)
+    if channels != info.channels:
+        raise ValueError(f"{mcfg.arch}: the model takes {channels}-channel images, {info.name} has {info.channels}")
+    return model
 
 
 def _hub_repo_library(mcfg: ModelConfig) -> str:
