@@ -2,9 +2,9 @@
 
 A scenario builds the same teachers, student and generator from fixed seeds, calls
 ``distributed.prepare`` for the requested backend and runs a few real ``stage1_step`` /
-``stage2_step`` calls on a fixed global batch. ``run`` returns the full (gathered) student
-and generator state dicts, so a 2-process run can be compared with the 1-process run of
-the same global batch (``tests/parallel/test_parallel.py``).
+``stage2_step`` (or a baseline's ``method_step``) calls on a fixed global batch. ``run``
+returns the full (gathered) student and generator state dicts, so a 2-process run can be
+compared with the 1-process run of the same global batch (``tests/parallel/test_parallel.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,20 @@ SCENARIOS = {
     # The recommended preset: SA in the eps-ball, the student's inner maximisation (a
     # forward/backward of the wrapped or sharded student w.r.t. its input only), SGA.
     "recommended": (["preset=derd_recommended", "stage2.eps=0.1", "stage2.adv.steps=2"], 0, 2),
+    # A registered baseline (trainer.method_step): G steps through the plain student in train mode
+    # (DFAD's -D, global BatchNorm), then student steps with RSLAD's inner maximisation.
+    "dfad_rslad": (
+        [
+            "method=dfad",
+            "baselines.variant=rslad",
+            "stage1.enabled=false",
+            "stage2.eps=0.1",
+            "baselines.attack_steps=2",
+            "baselines.student_steps=2",
+        ],
+        0,
+        2,
+    ),
 }
 
 
@@ -103,7 +117,7 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
 
 
 def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra: tuple = ()) -> dict:
-    from derd_scale.trainer import TrainState, stage1_step, stage2_step
+    from derd_scale.trainer import TrainState, method_step, stage1_step, stage2_step
 
     cfg, models, par, scheds, (s1, s2) = build(name, backend, accelerator, ds_stage, tuple(extra))
     models.student.train()
@@ -116,7 +130,8 @@ def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra
         par.natural_expert.start(par.student)
     for i in range(s2):
         state.step = i
-        metrics.append(par.mean_metrics(stage2_step(models, cfg, state, scheds, par)))
+        step = stage2_step if cfg.method == "derd" else method_step
+        metrics.append(par.mean_metrics(step(models, cfg, state, scheds, par)))
     return {
         "student": {k: v.detach().cpu().clone() for k, v in par.student.full_state_dict().items()},
         "generator": {k: v.detach().cpu().clone() for k, v in par.generator.full_state_dict().items()},
