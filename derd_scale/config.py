@@ -36,17 +36,25 @@ class DataConfig:
     """Data is read only for evaluation and teacher training, never for distillation."""
 
     name: str = "cifar10"
-    """Dataset: a known name (cifar10, cifar100, fashion_mnist, mnist, imagenet100) or a Hub repo id."""
+    """Dataset: a known name (cifar10, cifar100, fashion_mnist, mnist, imagenet100), or any Hub image-classification repo id (or local `datasets` folder) with source=hub."""
     source: Literal["hub", "parquet", "imagefolder"] = "hub"
     """Where to read it: the Hub, local parquet files in the Hub layout, or an image folder."""
     path: Optional[str] = None
-    """Root of the local copy (parquet: a folder holding `<config>/<split>-*.parquet` or the split files; imagefolder: folder with `<split>/<class>/img`)."""
+    """Root of the local copy (parquet: a folder holding `<config>/<split>-*.parquet` or the split files; imagefolder: folder with `<split>/<class>/img`; hub: a local copy of the repo, read by datasets as the repo would be)."""
     eval_split: str = "test"
     train_split: str = "train"
     resize: Optional[int] = None
     """Evaluation resize of the shorter side before center crop (ImageNet: 256); None keeps the size."""
     crop: Optional[int] = None
     """Center-crop size for evaluation (ImageNet: 224); None keeps the size."""
+    image_column: Optional[str] = None
+    """Column holding the images; None = the known dataset's, else the dataset's only Image feature."""
+    label_column: Optional[str] = None
+    """Column holding the labels (a ClassLabel: its names are the classes); None = the known dataset's, else the only ClassLabel."""
+    hub_config: Optional[str] = None
+    """The Hub dataset's configuration name (datasets' `name`), for repos with several; None = the known dataset's or the default."""
+    streaming: bool = False
+    """source=hub: stream the split through datasets (nothing downloaded ahead, one example in memory; evaluation only)."""
 
 
 @dataclass

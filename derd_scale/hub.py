@@ -223,12 +223,10 @@ def _describe_teacher(mcfg: dict) -> str:
 
 
 def _dataset_hub_id(name: str) -> str:
-    from .data import dataset_info
+    from .data import known_dataset
 
-    try:
-        return dataset_info(name).hub_id
-    except ValueError:  # a Hub id given directly
-        return name
+    info = known_dataset(name)  # no network: any other name is a Hub id (or a local folder) already
+    return info.hub_id if info is not None else name
 
 
 def build_model_card(run_dir: Path, repo_id: str, license: str = "apache-2.0") -> str:

@@ -102,8 +102,8 @@ def check_inputs(cfg: RunConfig) -> None:
     from .data import dataset_info
 
     try:
-        info = dataset_info(cfg.data.name)
-    except ValueError as err:
+        info = dataset_info(cfg.data)
+    except (ValueError, RuntimeError) as err:  # a bad name or column; an unreadable Hub dataset
         raise InputError(one_line(err)) from None
     try:
         from .evaluation.runner import protocol_from_config

@@ -182,6 +182,7 @@ IGNORED_ON_RESUME = (
     "output.",  # root/name pick the folder; resume/overwrite/allow_config_change/checkpoint_every do not touch the math
     "data.source",
     "data.path",
+    "data.streaming",  # how the evaluation reads the split, not what it reads
     "data.eval_split",
     "data.train_split",
     "data.resize",

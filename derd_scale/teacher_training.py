@@ -280,7 +280,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     rank, size = world()
     out = Path(cfg.out)
     ckpt = out / "checkpoints" / "last.pt"
-    info = dataset_info(cfg.data.name)
+    info = dataset_info(cfg.data)
     stream = info.image_size > STREAM_ABOVE
     if stream and cfg.augment == "flip_crop":
         raise TeacherTrainError(
@@ -452,7 +452,7 @@ def evaluate_teacher(model, cfg: TeacherTrainConfig, accelerator) -> dict:
     """Clean and PGD_S (ε, ``eval_alpha``, ``eval_steps``) accuracy on the first ``eval_examples`` test images."""
     from .evaluation import Protocol, evaluate
 
-    data, info = cfg.data, dataset_info(cfg.data.name)
+    data, info = cfg.data, dataset_info(cfg.data)
     if info.image_size > STREAM_ABOVE and data.resize is None and data.crop is None:
         # Large images come in many sizes: the standard resize-256 / centre-crop-224 view.
         data = dataclasses.replace(data, resize=int(round(info.image_size / 0.875)), crop=info.image_size)

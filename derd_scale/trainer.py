@@ -69,7 +69,7 @@ def local_slice(t: Optional[torch.Tensor], rank: int, world_size: int) -> Option
 def build_models(cfg: RunConfig) -> Models:
     from .teachers import model_from_config
 
-    info = dataset_info(cfg.data.name)
+    info = dataset_info(cfg.data)
     natural = freeze(model_from_config(cfg.teachers.natural, info))
     robust = freeze(model_from_config(cfg.teachers.robust, info))
     student = model_from_config(cfg.student, info)

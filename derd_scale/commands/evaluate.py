@@ -116,9 +116,12 @@ def main(argv=None, prog: str = "derd-scale evaluate") -> int:
     data, ev = cfg.data, cfg.eval
     try:
         protocol = protocol_from_config(ev, data.name)
-        info = dataset_info(data.name)
+        info = dataset_info(data)
     except (ValueError, ConfigError) as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a Hub dataset that cannot be read (offline, missing)
+        print(f"input error: {err}", file=sys.stderr)
         return 2
     if cfg.out:
         out = Path(cfg.out)
