@@ -135,8 +135,11 @@ def test_kill_and_resume_gives_the_same_student(tmp_path):
     ]
     for item in TINY + ["stage1.steps=4", "stage2.steps=6"]:
         args += ["--set", item]
-    # Same intra-op thread count as this process: float reductions depend on it.
-    env = dict(os.environ, DERD_SIMULATE_PREEMPTION="stage2:2", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    # Same intra-op thread count as this process (OpenMP and MKL alike: conftest's
+    # set_num_threads overrides both here, an inherited MKL_NUM_THREADS would not be): float
+    # reductions depend on it.
+    threads = str(torch.get_num_threads())
+    env = dict(os.environ, DERD_SIMULATE_PREEMPTION="stage2:2", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode != 0 and "simulated preemption" in killed.stderr
     assert not (tmp_path / "resumed" / "DONE").exists()
