@@ -17,7 +17,8 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch/torchvision first and pinned: on this kind of machine pip serves them from local disk.
+	# torch/torchvision first and pinned: on this kind of machine pip serves them from local disk
+	# (torchvision is timm's dependency, not listed in pyproject.toml; pinned here to match torch).
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[test]"
 	# torchattacks pins requests~=2.25.1 (breaks huggingface_hub); it never imports requests.
