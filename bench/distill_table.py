@@ -20,7 +20,7 @@ docs/baselines.md): registered methods (``method: <name>``, derd_scale/methods) 
 by the same ``train`` with the same teachers, student, batch and *student-step* budget as the DERD
 rows (a method with n student steps per step runs budget/n steps; its G steps are stated in the
 table's budget section):
-  dafl_kd dafl_rslad dfad_kd dfad_rslad zskt_kd zskt_rslad deepinv_kd deepinv_rslad
+  dafl_kd dafl_rslad dfad_kd dfad_rslad zskt_kd zskt_rslad deepinv_kd deepinv_rslad cmi_kd cmi_rslad
                  clean-KD data-free methods, -KD (T_nat, original objective) and -RSLAD (T_rob,
                  RSLAD's student objective on the pseudo batch)
   dfard_recon dfhl_rs ferd_recon   robust data-free methods (reconstructions where noted)
@@ -102,6 +102,9 @@ METHOD_ROWS = {
         "generator.pseudo_labels=sampled",
         "optim.generator.lr=0.05",
     ],
+    # CMI: DeepInversion's terms on the project's generator plus the contrastive term (docs/baselines.md).
+    "cmi_kd": ["method=cmi", "baselines.variant=kd"],
+    "cmi_rslad": ["method=cmi", "baselines.variant=rslad"],
     "dfard_recon": ["method=dfard"],
     "dfhl_rs": ["method=dfhl_rs"],
     "ferd_recon": ["method=ferd"],

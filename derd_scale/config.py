@@ -329,6 +329,7 @@ METHOD_NAMES = (
     "dfad",
     "zskt",
     "deepinversion",
+    "cmi",
     "dfard",
     "dfhl_rs",
     "ferd",
@@ -388,6 +389,34 @@ class DeepInversionConfig:
     """Random roll of the images by up to ±jitter pixels each step."""
     student_temperature: float = 20.0
     """τ of the student's τ²·KL (the CMI framework's student side)."""
+
+
+@dataclass
+class CMIConfig:
+    """CMI (Fang et al. 2021): DeepInversion's terms on a generator plus a contrastive term over a memory bank; zju-vipa/CMI's CIFAR-10 script."""
+
+    lambda_bn: float = 1.0
+    """Weight of the BatchNorm-statistics distance R_BN (global view)."""
+    lambda_oh: float = 1.0
+    """Weight of CE(T(x), y)."""
+    lambda_adv: float = 0.5
+    """Weight of −KL(p_T ‖ p_S) on the images where S and T agree (0 = off)."""
+    lambda_cr: float = 0.8
+    """Weight of the instance-contrastive term."""
+    cr_temperature: float = 0.1
+    """τ of the contrastive logits."""
+    head_dim: int = 256
+    """Output width of the MLP projection head."""
+    head_lr: float = 0.001
+    """Adam learning rate of the head (the source's G learning rate)."""
+    bank_size: int = 4096
+    """Rows of the feature memory bank (source: 40 960; checkpointed, so smaller by default)."""
+    n_neg: int = 4096
+    """Bank rows drawn as extra negatives per step (all of them while fewer are filled)."""
+    feature_layers: list[str] = field(default_factory=list)
+    """Teacher modules whose inputs' channel means are the instance features (e.g. [layer1, layer2, layer3] for the CIFAR ResNets); [] = every BatchNorm layer (the source's default)."""
+    student_temperature: float = 20.0
+    """τ of the -KD student's τ²·KL."""
 
 
 @dataclass
@@ -478,7 +507,7 @@ class BaselinesConfig:
     stage2.steps counts steps, stage2.batch_size is the (global) batch, stage2.eps the training radius."""
 
     variant: Literal["kd", "rslad"] = "rslad"
-    """Clean-KD data-free methods (dafl, dfad, zskt, deepinversion): `kd` = the original objective on T_nat; `rslad` = the original generator on T_rob and RSLAD's student objective on the pseudo batch (BASELINES.md §0.3)."""
+    """Clean-KD data-free methods (dafl, dfad, zskt, deepinversion, cmi): `kd` = the original objective on T_nat; `rslad` = the original generator on T_rob and RSLAD's student objective on the pseudo batch (BASELINES.md §0.3)."""
     generator_steps: Optional[int] = None
     """G steps per step; None = the method's source ratio (docs/baselines.md)."""
     student_steps: Optional[int] = None
@@ -499,6 +528,7 @@ class BaselinesConfig:
     dfad: DFADConfig = field(default_factory=DFADConfig)
     zskt: ZSKTConfig = field(default_factory=ZSKTConfig)
     deepinversion: DeepInversionConfig = field(default_factory=DeepInversionConfig)
+    cmi: CMIConfig = field(default_factory=CMIConfig)
     dfard: DFARDConfig = field(default_factory=DFARDConfig)
     dfhl_rs: DFHLRSConfig = field(default_factory=DFHLRSConfig)
     ferd: FERDConfig = field(default_factory=FERDConfig)
@@ -513,7 +543,7 @@ class RunConfig:
     preset: Optional[str] = None
     """A named method preset applied under the YAML and --set (they win): derd_paper (the paper's method, the defaults) or derd_recommended (docs/derd.md)."""
     method: Literal[METHOD_NAMES] = "derd"  # type: ignore[valid-type]
-    """The training method (derd_scale/methods, docs/baselines.md): derd, a data-free baseline (dafl, dfad, zskt, deepinversion, dfard, dfhl_rs, ferd) or a data-driven bound on the real training split (natural, sat, trades, ard, rslad, iad, mtard)."""
+    """The training method (derd_scale/methods, docs/baselines.md): derd, a data-free baseline (dafl, dfad, zskt, deepinversion, cmi, dfard, dfhl_rs, ferd) or a data-driven bound on the real training split (natural, sat, trades, ard, rslad, iad, mtard)."""
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
@@ -933,7 +963,18 @@ def validate_baselines(cfg: RunConfig) -> None:
         raise ConfigError(f"baselines.attack_steps: must be >= 1, got {b.attack_steps}")
     if not 0.0 <= b.rslad_clean_weight <= 1.0:
         raise ConfigError(f"baselines.rslad_clean_weight: must be in [0, 1], got {b.rslad_clean_weight}")
-    for key in ("deepinversion.student_temperature", "dfard.temperature", "ard.temperature", "iad.temperature"):
+    for key in (
+        "deepinversion.student_temperature",
+        "cmi.student_temperature",
+        "cmi.cr_temperature",
+        "cmi.head_lr",
+        "cmi.head_dim",
+        "cmi.bank_size",
+        "cmi.n_neg",
+        "dfard.temperature",
+        "ard.temperature",
+        "iad.temperature",
+    ):
         section, leaf = key.split(".")
         if not getattr(getattr(b, section), leaf) > 0:
             raise ConfigError(f"baselines.{key}: must be > 0, got {getattr(getattr(b, section), leaf)}")

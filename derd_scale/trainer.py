@@ -424,6 +424,7 @@ def method_context(models: Models, cfg: RunConfig, state: TrainState, par: Paral
         uniform=noise.uniform,
         shared_uniform=noise.shared_uniform,
         global_mean=_global_mean(par),
+        all_gather=par.accelerator.gather if par.world_size > 1 else (lambda t: t),
         batch_mean=par.batch_mean,
     )
 

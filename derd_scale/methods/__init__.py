@@ -10,12 +10,12 @@ gradient adapters and checkpoints as DERD.
 
 from __future__ import annotations
 
-from . import ard, dafl, deepinversion, dfad, dfard, dfhl_rs, ferd, iad, mtard, natural, rslad, sat, trades, zskt
+from . import ard, cmi, dafl, deepinversion, dfad, dfard, dfhl_rs, ferd, iad, mtard, natural, rslad, sat, trades, zskt
 from .base import Batch, Context, Method
 
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD
-    for m in (dafl, dfad, zskt, deepinversion, dfard, dfhl_rs, ferd, natural, sat, trades, ard, rslad, iad, mtard)
+    for m in (dafl, dfad, zskt, deepinversion, cmi, dfard, dfhl_rs, ferd, natural, sat, trades, ard, rslad, iad, mtard)
 }
 
 __all__ = ["METHODS", "Batch", "Context", "Method", "get_method"]

@@ -1,7 +1,10 @@
 """Batch augmentations as pure functions of the images and given U[0, 1) draws (so every rank and
-every resume draws the same): the CIFAR recipe's random crop + flip, and DeepInversion's jitter."""
+every resume draws the same): the CIFAR recipe's random crop + flip, DeepInversion's jitter, and
+CMI's local view (random resized crop + flip)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,3 +31,29 @@ def jitter(x: torch.Tensor, u: torch.Tensor, max_shift: int) -> torch.Tensor:
         return x
     shifts = (u * (2 * max_shift + 1)).long().clamp(max=2 * max_shift) - max_shift
     return torch.roll(x, shifts=(int(shifts[0]), int(shifts[1])), dims=(2, 3))
+
+
+def resized_crop_flip(
+    x: torch.Tensor, u: torch.Tensor, scale: tuple = (0.25, 1.0), ratio: tuple = (3 / 4, 4 / 3)
+) -> torch.Tensor:
+    """Random resized crop back to the input size + horizontal flip, per sample, differentiable in x
+    (bilinear ``grid_sample``): CMI's local view (kornia ``RandomResizedCrop(scale=[0.25, 1])``).
+
+    ``u``: (B, 5) uniforms → area fraction in ``scale``, log aspect ratio in ``log(ratio)``, left and
+    top offset (fractions of the free room), flip if u > 0.5. A crop side longer than the image is
+    cut to the image (kornia retries instead; rare at these scales)."""
+    b = x.shape[0]
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u[:, 1])
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width / image width
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    left, top = u[:, 2] * (1 - w), u[:, 3] * (1 - h)
+    sign = torch.where(u[:, 4] > 0.5, -1.0, 1.0).to(x.dtype)
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = (w * sign).to(x.dtype)  # a negative x scale reads the crop right to left: the flip
+    theta[:, 0, 2] = (2 * left + w - 1).to(x.dtype)
+    theta[:, 1, 1] = h.to(x.dtype)
+    theta[:, 1, 2] = (2 * top + h - 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -64,6 +64,9 @@ class Context:
     """shared_uniform(shape) → U[0, 1), the same on every rank (e.g. one jitter for the whole batch)."""
     global_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     """Mean over ranks of a per-rank value (no gradient): running state stays equal on every rank."""
+    all_gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    """This rank's rows of a global batch → the global batch's rows, in rank order (no gradient):
+    running state built from batches (CMI's memory bank) stays equal on every rank."""
     batch_mean: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     """Differentiable global-batch mean of a per-rank batch mean (BN statistics, p̄); None in one process."""
 

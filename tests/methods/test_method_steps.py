@@ -47,6 +47,8 @@ CASES = [
         ],
     ),
     ("deepinversion", ["baselines.variant=rslad", "generator.kind=implicit", "generator.implicit_bank_size=12"]),
+    ("cmi", ["baselines.variant=kd"]),
+    ("cmi", ["baselines.variant=rslad", "baselines.cmi.bank_size=8", "baselines.cmi.n_neg=4"]),
     ("dfard", ["baselines.student_steps=2", "baselines.dfard.agb=ratio", "baselines.dfard.lambda_oh=1"]),
     ("dfhl_rs", ["baselines.student_steps=2"]),
     ("ferd", []),
@@ -117,6 +119,29 @@ def test_a_few_steps_of_each_method_run_and_move_the_student(name, extra, fake_t
     assert all(torch.equal(a, b) and b.grad is None for a, b in zip(teachers, now))
     if METHODS[name].data == "free":
         assert "l_g" in metrics
+
+
+def test_cmi_keeps_its_head_and_memory_bank_in_the_checkpointed_state(tmp_path):
+    """Two steps of batch 6 fill 12 rows of an 8-row bank (it wraps), the head moves by Adam, and
+    the state survives the checkpoint's torch.save / weights_only load."""
+    from accelerate import Accelerator
+
+    cfg = config_from_dict({}, BASE + ["method=cmi", "baselines.cmi.bank_size=8", "baselines.cmi.n_neg=4"])
+    models, par, scheds, _ = trainer.build_training(cfg, Accelerator(cpu=True), _models(cfg))
+    state = TrainState(stage="stage2")
+    heads = []
+    for step in range(2):
+        state.step = step
+        metrics = trainer.method_step(models, cfg, state, scheds, par)
+        heads.append([p.clone() for p in state.method_state["cmi_head"]])
+        assert metrics["l_cr"] > 0
+    st = state.method_state
+    assert st["cmi_bank_filled"] == 8 and st["cmi_bank_ptr"] == 12 % 8 and st["cmi_adam"]["t"] == 2
+    assert st["cmi_bank"].abs().sum(1).gt(0).all()  # every row written
+    assert any(not torch.equal(a, b) for a, b in zip(*heads))
+    torch.save(st, tmp_path / "state.pt")
+    back = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert torch.equal(back["cmi_bank"], st["cmi_bank"]) and back["cmi_adam"]["t"] == 2
 
 
 def test_every_registered_method_has_a_smoke_case():
