@@ -1,4 +1,4 @@
-"""Teacher training: natural (CE), Madry PGD-AT and TRADES, on any supported dataset.
+"""Teacher training: natural (CE), Madry PGD-AT, TRADES and FGSM-RS, on any supported dataset.
 
 Driven by ``launch/train_teacher.py`` (``TeacherTrainConfig`` loaded like the run config:
 ``--config``/``--set``/``--print-schema``); one explicit epoch loop through Accelerate. The
@@ -10,8 +10,18 @@ Objectives (x in [0, 1], L∞ ball of radius ε):
   ce:     CE(f(x), y)
   pgd:    CE(f(x'), y),  x' = PGD_S(x; ε, α, K)                       (Madry et al. 2018)
   trades: CE(f(x), y) + β · KL(f(x) ‖ f(x')),  x' = PGD_T(x; ε, α, K)  (Zhang et al. 2019)
+  fgsm_rs: CE(f(x'), y), x' = one FGSM step of size α from a uniform start in the ε-ball
+           ("fast is better than free", Wong et al. 2020; α = 1.25·ε there)
 Adversarial examples are crafted with the model in eval mode (BatchNorm running stats),
-as in the TRADES/RSLAD reference code, then the update runs in train mode.
+as in the TRADES/RSLAD reference code, then the update runs in train mode (Wong et al.'s
+FGSM-RS code attacks in train mode; one convention for every objective here).
+
+Early stopping (``val_examples`` > 0): the last N training images are held out; after every
+epoch their clean and PGD_S accuracy is logged, the best epoch's weights are kept in the
+checkpoint and exported, and ``patience`` stops the run after that many epochs without a
+better held-out PGD_S accuracy (Rice et al. 2020's early stopping; it also catches FGSM-RS's
+catastrophic overfitting, a sudden collapse of PGD accuracy, which Wong et al. watch with a
+PGD-5 check on one training batch per epoch).
 
 Data: small images (≤ 64 px: CIFAR, Fashion-MNIST) are decoded once into memory and
 augmented per batch (``flip_crop``: flip + 4-px padded crop, the CIFAR recipe); larger ones
@@ -20,7 +30,8 @@ Inception-style random-resized crop + flip at the dataset's size (``resized_crop
 crop of each image a function of (seed, epoch, index).
 
 Resume: ``OUT/checkpoints/last.pt`` is written after every epoch (model, optimiser,
-scheduler, epoch, torch RNG state, training seconds so far); the epoch's shuffle, crops
+scheduler, epoch, torch RNG state, training seconds so far, the best held-out epoch and its
+weights, whether early stopping ended the run); the epoch's shuffle, crops
 and attack starts come from a generator seeded by (seed, epoch) and dropout / drop-path
 from the restored global RNG, so a resumed run makes exactly the updates an uninterrupted
 one would. Re-running with different training settings on the same ``OUT`` is refused.
@@ -66,8 +77,8 @@ class TeacherTrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="small_cnn"))
-    method: Literal["ce", "pgd", "trades"] = "ce"
-    """Objective: natural CE, Madry PGD-AT, or TRADES."""
+    method: Literal["ce", "pgd", "trades", "fgsm_rs"] = "ce"
+    """Objective: natural CE, Madry PGD-AT, TRADES, or FGSM-RS (one FGSM step of size alpha from a uniform start; Wong et al. use alpha = 1.25·eps)."""
     eps: float = 8 / 255
     """L∞ radius in [0, 1] pixel units for pgd/trades (and the final PGD evaluation)."""
     alpha: float = 2 / 255
@@ -90,7 +101,11 @@ class TeacherTrainConfig:
     eval_steps: int = 10
     """PGD steps of the final evaluation."""
     eval_alpha: Optional[float] = None
-    """Step size of the final PGD evaluation; None = ``alpha``."""
+    """Step size of the PGD evaluations (final and held-out); None = ``alpha``."""
+    val_examples: int = 0
+    """Hold out the last N training images (never trained on): after every epoch their clean and PGD_S accuracy is logged and the export is the epoch with the best held-out PGD_S accuracy (early stopping); 0 = off, the last epoch is exported."""
+    patience: Optional[int] = None
+    """With val_examples: stop after this many epochs without a better held-out PGD_S accuracy; None = run every epoch."""
     workers: int = 4
     """DataLoader processes decoding large (streamed) training images; 0 = in the main process."""
     seed: int = 0
@@ -104,8 +119,8 @@ class TeacherTrainConfig:
         """Range checks the types cannot express; one line each, naming the key."""
         if not self.out:
             raise TeacherTrainError("out: required: the output (export) folder")
-        if self.method not in ("ce", "pgd", "trades"):
-            raise TeacherTrainError(f"method: invalid value {self.method!r}; allowed: ce, pgd, trades")
+        if self.method not in ("ce", "pgd", "trades", "fgsm_rs"):
+            raise TeacherTrainError(f"method: invalid value {self.method!r}; allowed: ce, pgd, trades, fgsm_rs")
         if self.augment not in AUGMENTS:
             raise TeacherTrainError(f"augment: invalid value {self.augment!r}; allowed: {', '.join(AUGMENTS)}")
         for key in ("epochs", "batch_size", "attack_steps", "eval_steps"):
@@ -127,6 +142,12 @@ class TeacherTrainConfig:
             raise TeacherTrainError(
                 f"eval_examples: must be > 0, or null for the whole split, got {self.eval_examples}"
             )
+        if self.val_examples < 0:
+            raise TeacherTrainError(f"val_examples: must be >= 0, got {self.val_examples}")
+        if self.patience is not None and self.patience <= 0:
+            raise TeacherTrainError(f"patience: must be > 0 or null, got {self.patience}")
+        if self.patience is not None and not self.val_examples:
+            raise TeacherTrainError("patience: early stopping needs held-out images; set val_examples > 0")
         if self.max_train_examples is not None and self.max_train_examples <= 0:
             raise TeacherTrainError(
                 f"max_train_examples: must be > 0, or null for the whole split, got {self.max_train_examples}"
@@ -158,6 +179,8 @@ _RESUME_KEYS = (
     "optim",
     "augment",
     "max_train_examples",
+    "val_examples",
+    "patience",
     "seed",
 )
 
@@ -247,14 +270,29 @@ class _StreamedEpoch(torch.utils.data.Dataset):
         return x, y
 
 
+def fgsm_rs(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, gen: torch.Generator) -> torch.Tensor:
+    """FGSM from a random start (Wong et al. 2020; locuslab/fast_adversarial CIFAR10/train_fgsm.py):
+    δ₀ ~ U(−ε, ε) cut so that x + δ₀ ∈ [0, 1]; δ = clip_ε(δ₀ + α·sign ∇_δ CE(f(x + δ₀), y));
+    x' = clip_[0, 1](x + δ). Detached."""
+    delta = (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device) - 1) * eps
+    delta = ((x + delta).clamp(0.0, 1.0) - x).requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x + delta), y), delta)
+    delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0.0, 1.0).detach()
+
+
 def teacher_loss(
     model, x: torch.Tensor, y: torch.Tensor, cfg: TeacherTrainConfig, gen: torch.Generator
 ) -> torch.Tensor:
     if cfg.method == "ce":
         return F.cross_entropy(model(x), y)
     model.eval()
-    if cfg.method == "pgd":
-        x_adv = A.pgd_s(model, x, y, cfg.eps, cfg.alpha, cfg.attack_steps, generator=gen)
+    if cfg.method in ("pgd", "fgsm_rs"):
+        if cfg.method == "pgd":
+            x_adv = A.pgd_s(model, x, y, cfg.eps, cfg.alpha, cfg.attack_steps, generator=gen)
+        else:
+            x_adv = fgsm_rs(model, x, y, cfg.eps, cfg.alpha, gen)
         model.train()
         return F.cross_entropy(model(x_adv), y)
     x_adv = A.pgd_t(model, x, y, cfg.eps, cfg.alpha, cfg.attack_steps, generator=gen)
@@ -262,6 +300,27 @@ def teacher_loss(
     logits = model(x)
     kl = F.kl_div(F.log_softmax(model(x_adv), 1), F.log_softmax(logits, 1), reduction="batchmean", log_target=True)
     return F.cross_entropy(logits, y) + cfg.beta * kl
+
+
+def held_out_accuracy(
+    model, x_u8: torch.Tensor, y: torch.Tensor, cfg: TeacherTrainConfig, epoch: int, device
+) -> tuple[float, float]:
+    """Clean and PGD_S (ε, ``eval_alpha``, ``eval_steps``) accuracy on held-out images (uint8), in
+    eval mode; the attack starts are a function of (seed, epoch), so a resumed run measures the same."""
+    alpha = cfg.eval_alpha if cfg.eval_alpha is not None else cfg.alpha
+    gen = torch.Generator().manual_seed(cfg.seed * 10_007 + 5_000_011 + epoch)
+    was = model.training
+    model.eval()
+    clean = robust = 0
+    for i in range(0, len(y), 256):
+        xb, yb = x_u8[i : i + 256].float().div(255).to(device), y[i : i + 256].to(device)
+        with torch.no_grad():
+            clean += int((model(xb).argmax(1) == yb).sum())
+        x_adv = A.pgd_s(model, xb, yb, cfg.eps, alpha, cfg.eval_steps, generator=gen)
+        with torch.no_grad():
+            robust += int((model(x_adv).argmax(1) == yb).sum())
+    model.train(was)
+    return clean / len(y), robust / len(y)
 
 
 def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
@@ -303,6 +362,18 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     else:
         x_all, y_all = train_set.tensors()
         augment = cfg.augment == "flip_crop" or (cfg.augment == "auto" and info.channels == 3 and info.image_size == 32)
+    x_val = y_val = None
+    if cfg.val_examples:
+        if stream:
+            raise TeacherTrainError(
+                f"val_examples: held-out early stopping needs the training images in memory (≤ {STREAM_ABOVE} px); {info.name} is streamed"
+            )
+        if cfg.val_examples >= len(y_all):
+            raise TeacherTrainError(
+                f"val_examples: {cfg.val_examples} leaves none of the {len(y_all)} training examples"
+            )
+        x_all, x_val = x_all[: -cfg.val_examples], x_all[-cfg.val_examples :]
+        y_all, y_val = y_all[: -cfg.val_examples], y_all[-cfg.val_examples :]
     steps_per_epoch = len(y_all) // cfg.batch_size
     if steps_per_epoch == 0:
         raise TeacherTrainError(f"batch_size: {cfg.batch_size} exceeds the {len(y_all)} training examples")
@@ -312,6 +383,8 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.epochs * steps_per_epoch, cfg.optim)
     start_epoch, trained_seconds = 0, 0.0
+    best: dict = {}  # held-out early stopping: epoch, clean, pgd_s and the weights of the best epoch
+    stopped = False
     if ckpt.exists():
         _check_resume_compatible(out, cfg)
         blob = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -320,6 +393,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
         scheduler.load_state_dict(blob["scheduler"])
         start_epoch = blob["epoch"]
         trained_seconds = float(blob.get("train_seconds", 0.0))
+        best, stopped = blob.get("best") or {}, bool(blob.get("stopped", False))
         if "rng" in blob:
             # Dropout / drop-path (ViTs) draw from the global RNG; restore it for exact resume.
             torch.set_rng_state(blob["rng"])
@@ -333,6 +407,8 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
             cfg, out / "teacher_config.yaml"
         )  # the resolved config: `--config OUT/teacher_config.yaml` re-runs it
     for epoch in range(start_epoch, cfg.epochs):
+        if stopped:  # early stopping ended the run before a kill: go straight to the export
+            break
         t_epoch = time.time()
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
@@ -374,6 +450,22 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.3f}")
         trained_seconds += time.time() - t_epoch
+        record = {}
+        if x_val is not None:
+            # Every rank measures the same held-out images, so every rank takes the same decision.
+            val_clean, val_pgd = held_out_accuracy(
+                accelerator.unwrap_model(model), x_val, y_val, cfg, epoch, accelerator.device
+            )
+            record = {"val_clean": val_clean, "val_pgd_s": val_pgd}
+            if not best or val_pgd > best["pgd_s"]:
+                weights = accelerator.unwrap_model(model).state_dict()
+                best = {
+                    "epoch": epoch + 1,
+                    "clean": val_clean,
+                    "pgd_s": val_pgd,
+                    "model": {k: v.detach().cpu().clone() for k, v in weights.items()},
+                }
+            stopped = cfg.patience is not None and epoch + 1 - best["epoch"] >= cfg.patience
         if accelerator.is_main_process:
             (out / "checkpoints").mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
@@ -385,6 +477,8 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
                     "epoch": epoch + 1,
                     "rng": torch.get_rng_state(),
                     "train_seconds": trained_seconds,
+                    "best": best,
+                    "stopped": stopped,
                 },
                 tmp,
             )
@@ -397,6 +491,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
                             "loss": total / max(seen, 1),
                             "lr": scheduler.get_last_lr()[0],
                             "train_seconds": trained_seconds,
+                            **record,
                         }
                     )
                     + "\n"
@@ -405,9 +500,13 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
         maybe_simulate_preemption("teacher", epoch + 1)
 
     plain = accelerator.unwrap_model(model)
+    if best:  # early stopping: the best held-out epoch is the teacher
+        plain.load_state_dict(best["model"])
     t_eval = time.time()
     metrics = evaluate_teacher(plain, cfg, accelerator)
     metrics["train_seconds"] = trained_seconds
+    if best:
+        metrics.update(best_epoch=best["epoch"], val_clean=best["clean"], val_pgd_s=best["pgd_s"], stopped=stopped)
     metrics["eval_seconds"] = time.time() - t_eval
     if accelerator.is_main_process:
         export_model(
@@ -441,8 +540,12 @@ def _recipe(cfg: TeacherTrainConfig, train_examples: int) -> dict:
         "init_checkpoint": cfg.model.checkpoint,
         "seed": cfg.seed,
     }
-    if cfg.method != "ce":
+    if cfg.method in ("pgd", "trades"):
         recipe.update(eps=cfg.eps, alpha=cfg.alpha, attack_steps=cfg.attack_steps)
+    if cfg.method == "fgsm_rs":
+        recipe.update(eps=cfg.eps, alpha=cfg.alpha)  # one step: attack_steps does not apply
+    if cfg.val_examples:
+        recipe.update(val_examples=cfg.val_examples, patience=cfg.patience)
     if cfg.method == "trades":
         recipe["beta"] = cfg.beta
     return recipe

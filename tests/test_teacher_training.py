@@ -114,7 +114,7 @@ def test_bad_method_and_kwargs_are_rejected():
     )
     assert (
         out.returncode == 2
-        and out.stderr.strip() == "config error: method: invalid value 'madry'; allowed: ce, pgd, trades"
+        and out.stderr.strip() == "config error: method: invalid value 'madry'; allowed: ce, pgd, trades, fgsm_rs"
     )
     out = subprocess.run(
         [sys.executable, str(REPO / "launch" / "train_teacher.py"), "--set", "model.kwargs={width:16}", "--out", "x"],
@@ -405,3 +405,107 @@ def test_two_process_ddp_adversarial_training_runs(tmp_path, shared_data, method
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((tmp_path / method / "metrics.json").read_text())["n"] == 64
+
+
+def test_fgsm_rs_is_one_signed_step_from_a_random_start_clipped_to_the_ball_and_the_image():
+    """On f(x) = [0, Σx] with y = 0 the CE gradient is positive everywhere, so with α ≥ 2ε the
+    step lands on +ε from any start (then [0, 1] cuts it at the bright pixel)."""
+    from derd_scale.teacher_training import fgsm_rs
+
+    class SumModel(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.zeros(len(x)), x.flatten(1).sum(1)], 1)
+
+    x = torch.tensor([[[[0.5, 0.98]]]])
+    out = fgsm_rs(SumModel(), x, torch.tensor([0]), eps=0.05, alpha=0.1, gen=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, torch.tensor([[[[0.55, 1.0]]]]))
+    # α < ε: the start matters; the result stays in the ε-ball and in [0, 1]
+    x = torch.rand(4, 1, 5, 5, generator=torch.Generator().manual_seed(1))
+    out = fgsm_rs(SumModel(), x, torch.zeros(4, dtype=torch.long), 0.1, 0.01, torch.Generator().manual_seed(2))
+    assert (out - x).abs().max() <= 0.1 + 1e-6 and out.min() >= 0 and out.max() <= 1
+
+
+def _early_cfg(shared_data, out, **kw):
+    from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
+    from derd_scale.teacher_training import TeacherTrainConfig
+
+    base = dict(
+        data=DataConfig(name="fashion_mnist", source="parquet", path=str(shared_data)),
+        model=ModelConfig(arch="small_cnn", kwargs={"width": 4}),
+        method="fgsm_rs",
+        eps=0.1,
+        alpha=0.125,
+        epochs=6,
+        batch_size=32,
+        max_train_examples=96,
+        val_examples=32,
+        patience=2,
+        eval_examples=16,
+        eval_steps=1,
+        eval_alpha=0.025,
+        optim=OptimizerConfig(name="sgd", lr=0.05),
+        out=str(out),
+        progress=False,
+    )
+    return TeacherTrainConfig(**{**base, **kw})
+
+
+def test_early_stopping_exports_the_best_held_out_epoch_and_resumes_after_a_kill(tmp_path, shared_data, monkeypatch):
+    """Held-out PGD accuracy scripted as .3, .4, .2, .1, … (the shape of catastrophic overfitting):
+    with patience 2 the run stops after epoch 4 and exports epoch 2's weights; killed after epoch 3
+    and resumed, it stops at the same epoch with the same export (and never trains epoch 5)."""
+    import derd_scale.checkpoint as checkpoint
+    import derd_scale.teacher_training as tt
+
+    scripted = [0.3, 0.4, 0.2, 0.1, 0.05, 0.05]
+    weights_at: dict = {}
+
+    def fake_held_out(model, x_u8, y, cfg, epoch, device):
+        assert len(y) == 32 and x_u8.dtype == torch.uint8  # the last 32 of the 96 training images
+        # the export holds the bare backbone's tensors (no "model." prefix of the normalising wrapper)
+        weights_at[(cfg.out, epoch + 1)] = {k.removeprefix("model."): v.clone() for k, v in model.state_dict().items()}
+        return 0.5, scripted[epoch]
+
+    monkeypatch.setattr(tt, "held_out_accuracy", fake_held_out)
+    straight = tt.train_teacher(_early_cfg(shared_data, tmp_path / "a"))
+    assert (straight["best_epoch"], straight["val_pgd_s"], straight["stopped"]) == (2, 0.4, True)
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4] and [r["val_pgd_s"] for r in log] == scripted[:4]
+    best = weights_at[(str(tmp_path / "a"), 2)]
+    a = _weights(tmp_path / "a")
+    assert all(torch.equal(a[k], best[k]) for k in a) and not all(
+        torch.equal(a[k], weights_at[(str(tmp_path / "a"), 4)][k]) for k in a
+    )
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["derd_scale"]["training"]["train_examples"] == 64
+
+    def preempt(stage, step):
+        if stage == "teacher" and step == 3:
+            raise _Preempted()
+
+    monkeypatch.setattr(checkpoint, "maybe_simulate_preemption", preempt)
+    with pytest.raises(_Preempted):
+        tt.train_teacher(_early_cfg(shared_data, tmp_path / "b"))
+    monkeypatch.setattr(checkpoint, "maybe_simulate_preemption", lambda stage, step: None)
+    with pytest.raises(ValueError, match="different patience"):
+        tt.train_teacher(_early_cfg(shared_data, tmp_path / "b", patience=3))
+    resumed = tt.train_teacher(_early_cfg(shared_data, tmp_path / "b"))
+    assert (resumed["best_epoch"], resumed["stopped"]) == (2, True)
+    b = _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    # A kill between the stopping epoch's checkpoint and the export: the re-run exports, trains nothing.
+    (tmp_path / "b" / "model.safetensors").unlink()
+    again = tt.train_teacher(_early_cfg(shared_data, tmp_path / "b"))
+    assert again["best_epoch"] == 2 and len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 4
+
+
+def test_early_stopping_settings_are_checked_in_one_line(tmp_path, shared_data):
+    from derd_scale.teacher_training import TeacherTrainError, train_teacher
+
+    with pytest.raises(
+        TeacherTrainError, match="^patience: early stopping needs held-out images; set val_examples > 0$"
+    ):
+        train_teacher(_early_cfg(shared_data, tmp_path / "c", val_examples=0))
+    with pytest.raises(TeacherTrainError, match="^val_examples: 96 leaves none of the 96 training examples$"):
+        train_teacher(_early_cfg(shared_data, tmp_path / "d", val_examples=96))

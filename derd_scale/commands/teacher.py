@@ -16,7 +16,7 @@
 Settings are ``derd_scale.teacher_training.TeacherTrainConfig``, loaded like ``derd-scale train``'s
 run config: a YAML file (``--config``), then dotted ``--set key=value`` overrides; ``--out DIR``
 is ``--set out=DIR``. A bad key or value stops with one line naming it
-(``config error: method: invalid value 'madry'; allowed: ce, pgd, trades``), exit code 2.
+(``config error: method: invalid value 'madry'; allowed: ce, pgd, trades, fgsm_rs``), exit code 2.
 
 Re-running the same command resumes from ``OUT/checkpoints/last.pt``. The output folder
 is an export folder: use it as ``teachers.natural.arch=local-dir:OUT``. The resolved
