@@ -1,7 +1,15 @@
 """The distillation tables: DERD's ablation rows next to data-driven references, on real test data.
 
-    python bench/distill_table.py --recipe fmnist  --data-path ../shared/data --out bench/out/fmnist
-    python bench/distill_table.py --recipe cifar10 --data-path ../shared/data --out bench/out/cifar10
+    python bench/distill_table.py --recipe fmnist    --data-path ../shared/data --out bench/out/fmnist
+    python bench/distill_table.py --recipe cifar10_2 --data-path ../shared/data --out bench/out/cifar10_2
+    python bench/distill_table.py --recipe cifar10_8 --data-path ../shared/data --rows table2 --seeds 0,1
+
+Recipes (each states its budget in the table): ``fmnist`` (ε = 0.1, the committed Fashion-MNIST
+teachers); ``cifar10_2`` (ε = 2/255, the shared akamaster ResNet-56 and alpha-beta-CROWN ResNet-4B
+teachers; ``cifar10`` is its old name and still works, its default output folder is
+bench/out/cifar10); ``cifar10_8`` (ε = 8/255, the paper's protocol, with the project's own
+FGSM-RS ResNet-20 robust teacher in bench/teachers/cifar10_8/, trained by
+``ensure_cifar10_8_teacher`` if it is missing — a few CPU hours, docs/models.md).
 
 Rows (every DERD row uses the same teachers, student architecture and step count):
   natural        student trained with CE on the real training set, no attack (data-driven)
@@ -35,7 +43,9 @@ hypothesis each about why the natural term costs robustness (docs/results.md, "R
 Stage I is run once (the ``stage1_only`` row) and every Stage-II row resumes from its final
 checkpoint, so rows differ only in what they change. Each row writes ``<out>/<row>/``;
 re-running skips finished rows (resumable). Outputs: ``results.json``, ``results.md``,
-``results.png`` (grouped bars) and ``<row>/curves.png`` for the DERD rows.
+``results.png`` (grouped bars), ``pareto.png`` (clean vs AA — PGD_S until AutoAttack ran — one
+point per row with the seed std as error bars, DERD rows, data-free baselines and data-driven
+bounds marked apart) and ``<row>/curves.png`` for the DERD rows.
 
 The Fashion-MNIST teachers are the committed ones in ``bench/teachers/fashion_mnist/``
 (trained with the recipe in ``ensure_fmnist_teachers`` if the folder is missing).
@@ -182,12 +192,19 @@ ROW_OVERRIDES = {
 }
 
 
+RECIPES = ("fmnist", "cifar10_2", "cifar10_8")
+RECIPE_ALIASES = {"cifar10": "cifar10_2"}  # the ε = 2/255 recipe's name before cifar10_8 existed
+CIFAR10_8_TEACHER = "fgsm_rs"  # bench/teachers/cifar10_8/<this>: the project's robust teacher at 8/255
+
+
 def recipe(name: str, data_path: str) -> dict:
     """Budgets chosen for this 2-core CPU (see docs/results.md for why)."""
+    name = RECIPE_ALIASES.get(name, name)
     if name == "fmnist":
         teachers = REPO / "bench" / "teachers" / "fashion_mnist"
         return {
             "teachers": teachers,
+            "ensure_teachers": ensure_fmnist_teachers,
             "config": [
                 "data.name=fashion_mnist",
                 "data.source=parquet",
@@ -218,46 +235,67 @@ def recipe(name: str, data_path: str) -> dict:
             "budget": "every row 800 student steps at batch 128 (DERD rows: Stage I 400 + Stage II 400; RSLAD: 800 on real images); "
             "ε = 0.1, step 0.025, 10 steps; AA (standard) on the first 1000 test images; fp32",
         }
-    if name == "cifar10":
-        w = Path(data_path) / "weights"
-        return {
-            "teachers": None,
-            "config": [
-                "data.name=cifar10",
-                "data.source=parquet",
-                f"data.path={data_path}",
-                "teachers.natural.arch=resnet56",
-                f"teachers.natural.checkpoint={w / 'akamaster_resnet_cifar10' / 'resnet56-4bfd9763.th'}",
-                "teachers.robust.arch=resnet4b",
-                f"teachers.robust.checkpoint={w / 'abcrown_robust_cifar10' / 'resnet4b.pth'}",
-                "student.arch=resnet20",
-                # One thread of this CPU: a Stage-I step (ResNet-56 forward+backward for G, batch 64) takes
-                # ~2.5 s, a Stage-II step with K = 3 ~4 s, white-box evaluation of 2000 images ~7 min a row.
-                # 200 Stage-I steps (the first attempt) left L_BN far from converged and the Stage-I
-                # student at 14 % clean, so Stage I gets the larger share of the budget.
-                "stage1.steps=400",
-                "stage1.batch_size=64",
-                "stage2.steps=120",
-                "stage2.batch_size=64",
-                "stage2.sa.steps=3",
-                "stage2.sa.alpha=0.00784313725490196",
-                "optim.student.lr=0.05",
-                "eval.protocol=cifar",
-                "eval.eps=0.00784313725490196",
-                "eval.alpha=0.00196078431372549",
-                "eval.n_examples=2000",
-                "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
-                "eval.every_steps=40",
-                "eval.probe_examples=200",
-                "eval.masking_check=true",
-                "logging.every_steps=10",
-                "output.checkpoint_every=40",
-            ],
-            "aa_examples": 1000,
-            "budget": "every row 520 student steps at batch 64 (DERD rows: Stage I 400 + Stage II 120; RSLAD: 520 on real images); "
-            "ε = 2/255, step 0.5/255, 10 steps; AA (standard) on the first 1000 test images; fp32",
-        }
-    raise ValueError(f"--recipe: {name!r}; allowed: fmnist, cifar10")
+    if name in ("cifar10_2", "cifar10_8"):
+        return _cifar10_recipe(name, data_path)
+    raise ValueError(f"--recipe: {name!r}; allowed: {', '.join(RECIPES)} (cifar10 = cifar10_2)")
+
+
+def _cifar10_recipe(name: str, data_path: str) -> dict:
+    """CIFAR-10 → ResNet-20 at ε = 2/255 (cifar10_2: the shared certified-training teacher) or 8/255
+    (cifar10_8: the project's FGSM-RS teacher); one student-step budget for both."""
+    w = Path(data_path) / "weights"
+    if name == "cifar10_2":
+        eps, alpha, eps_text = 2 / 255, 0.5 / 255, "ε = 2/255, step 0.5/255"
+        teachers = None
+        robust = [
+            "teachers.robust.arch=resnet4b",
+            f"teachers.robust.checkpoint={w / 'abcrown_robust_cifar10' / 'resnet4b.pth'}",
+        ]
+        teacher_text = "T_rob: alpha-beta-CROWN ResNet-4B (ε 2/255)"
+    else:
+        eps, alpha, eps_text = 8 / 255, 2 / 255, "ε = 8/255, step 2/255 (the paper's protocol)"
+        teachers = REPO / "bench" / "teachers" / "cifar10_8"
+        robust = [f"teachers.robust.arch=local-dir:{teachers / CIFAR10_8_TEACHER}"]
+        teacher_text = "T_rob: the project's FGSM-RS ResNet-20 (ε 8/255, bench/teachers/cifar10_8, docs/models.md)"
+    return {
+        "teachers": teachers,
+        "ensure_teachers": ensure_cifar10_8_teacher if teachers is not None else None,
+        "config": [
+            "data.name=cifar10",
+            "data.source=parquet",
+            f"data.path={data_path}",
+            "teachers.natural.arch=resnet56",
+            f"teachers.natural.checkpoint={w / 'akamaster_resnet_cifar10' / 'resnet56-4bfd9763.th'}",
+            *robust,
+            "student.arch=resnet20",
+            # One thread of this CPU: a Stage-I step (ResNet-56 forward+backward for G, batch 64) takes
+            # ~2.5 s, a Stage-II step with K = 3 ~4 s, white-box evaluation of 2000 images ~7 min a row.
+            # 200 Stage-I steps (the first attempt) left L_BN far from converged and the Stage-I
+            # student at 14 % clean, so Stage I gets the larger share of the budget.
+            "stage1.steps=400",
+            "stage1.batch_size=64",
+            "stage2.steps=120",
+            "stage2.batch_size=64",
+            "stage2.sa.steps=3",
+            # The SA ascent step: 2/255 at both radii (one ε-sized step at 2/255, a quarter of ε at 8/255).
+            "stage2.sa.alpha=0.00784313725490196",
+            "optim.student.lr=0.05",
+            "eval.protocol=cifar",
+            f"eval.eps={eps}",
+            f"eval.alpha={alpha}",
+            "eval.n_examples=2000",
+            "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
+            "eval.every_steps=40",
+            "eval.probe_examples=200",
+            "eval.masking_check=true",
+            "logging.every_steps=10",
+            "output.checkpoint_every=40",
+        ],
+        "aa_examples": 1000,
+        "budget": "every row 520 student steps at batch 64 (DERD rows: Stage I 400 + Stage II 120; RSLAD: 520 on real images); "
+        f"{eps_text}, 10 steps; AA (standard) on the first 1000 test images; fp32; "
+        f"T_nat: akamaster ResNet-56; {teacher_text}; student ResNet-20",
+    }
 
 
 def ensure_fmnist_teachers(folder: Path, data_path: str) -> None:
@@ -289,6 +327,77 @@ def ensure_fmnist_teachers(folder: Path, data_path: str) -> None:
         )
         print(f"[bench] training the {name} Fashion-MNIST teacher", flush=True)
         train_teacher(cfg)
+
+
+def cifar10_8_teacher_config(out: Path, data_path: str, **overrides):
+    """The recipe of the project's CIFAR-10 robust teacher at ε = 8/255 (docs/models.md, "CIFAR-10
+    teacher at 8/255"): ResNet-20 by FGSM-RS ("fast is better than free": one FGSM step of
+    1.25·ε = 10/255 from a uniform start in the ball), 15 epochs of SGD (lr 0.2 after a linear
+    warm-up over the first 2 epochs, then cosine; momentum 0.9, weight decay 5e-4, batch 128, flip +
+    4-px crop), early stopping on the last 1000 training images (PGD-10 at step 2/255 after every
+    epoch, best epoch exported, patience 3: catastrophic overfitting shows as a PGD collapse).
+    ``overrides`` replace fields (the tests' few-step run)."""
+    from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
+    from derd_scale.teacher_training import TeacherTrainConfig
+
+    steps_per_epoch = (50_000 - 1000) // 128
+    settings = dict(
+        data=DataConfig(name="cifar10", source="parquet", path=data_path),
+        model=ModelConfig(arch="resnet20"),
+        method="fgsm_rs",
+        eps=8 / 255,
+        alpha=10 / 255,
+        epochs=15,
+        batch_size=128,
+        optim=OptimizerConfig(
+            name="sgd", lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_steps=2 * steps_per_epoch
+        ),
+        val_examples=1000,
+        patience=3,
+        eval_examples=1000,
+        eval_steps=10,
+        eval_alpha=2 / 255,
+        progress=False,
+        out=str(out),
+    )
+    return TeacherTrainConfig(**{**settings, **overrides})
+
+
+TEACHER_COLUMNS = ["clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa"]
+
+
+def ensure_cifar10_8_teacher(folder: Path, data_path: str, aa_examples: int = 1000, **overrides) -> Path:
+    """``folder/fgsm_rs``: trains it with ``cifar10_8_teacher_config`` unless it is exported already
+    (a killed training resumes from its last epoch: re-run the same command), then evaluates it with
+    the six columns at ε = 8/255 on the first ``aa_examples`` test images into ``folder/fgsm_rs/eval``
+    unless that report exists. Returns the teacher's folder, a ``local-dir:`` teacher source."""
+    from derd_scale.teacher_training import train_teacher
+
+    out = folder / CIFAR10_8_TEACHER
+    if not ((out / "metrics.json").exists() and (out / "model.safetensors").exists()):
+        print(f"[bench] training the CIFAR-10 ε = 8/255 teacher into {out} (resumable)", flush=True)
+        train_teacher(cifar10_8_teacher_config(out, data_path, **overrides))
+    if not (out / "eval" / "report.json").exists():
+        print(f"[bench] evaluating {out} with {', '.join(TEACHER_COLUMNS)}", flush=True)
+        evaluate_teacher_columns(out, data_path, aa_examples)
+    return out
+
+
+def evaluate_teacher_columns(teacher: Path, data_path: str, n_examples: int) -> dict:
+    """The tables' six columns (AA = standard AutoAttack) at ε = 8/255, step 2/255, on the first
+    ``n_examples`` CIFAR-10 test images → ``teacher/eval/report.{json,md}``."""
+    from derd_scale.config import DataConfig, EvalConfig, ModelConfig
+    from derd_scale.data import dataset_info, load_dataset_split
+    from derd_scale.evaluation import evaluate, protocol_from_config
+    from derd_scale.teachers import model_from_config
+
+    data = DataConfig(name="cifar10", source="parquet", path=data_path)
+    model = model_from_config(ModelConfig(arch=f"local-dir:{teacher}"), dataset_info(data.name))
+    test, _ = load_dataset_split(data, data.eval_split)
+    protocol = protocol_from_config(EvalConfig(protocol="cifar", eps=8 / 255, alpha=2 / 255), data.name)
+    report = evaluate(model, test, TEACHER_COLUMNS, protocol, n_examples=n_examples, seed=0, progress=False)
+    report.save(teacher / "eval")
+    return report.to_json()
 
 
 def run_name(row: str, seed: int) -> str:
@@ -514,8 +623,18 @@ def finished_rows(out: Path) -> dict:
     return found
 
 
+def row_group(row: str) -> str:
+    """The Pareto plot's group of a row: a DERD-loop row, a data-free baseline or a data-driven bound."""
+    if row not in METHOD_ROWS:
+        return "DERD rows"
+    from derd_scale.methods import get_method
+
+    name = next(o.split("=", 1)[1] for o in METHOD_ROWS[row] if o.startswith("method="))
+    return "data-driven bound" if get_method(name).data == "real" else "data-free baseline"
+
+
 def write_tables(out: Path, r: dict, title: str) -> None:
-    from derd_scale.plots import plot_results_bars
+    from derd_scale.plots import plot_pareto, plot_results_bars
 
     results = finished_rows(out)
     cols = [
@@ -597,11 +716,13 @@ def write_tables(out: Path, r: dict, title: str) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_results_bars(bars, out / "results.png", title)
+    robust = "aa" if any("aa" in res["attacks"] for res in results.values()) else "pgd_s"
+    plot_pareto(results, out / "pareto.png", title, {row: row_group(row) for row in results}, y=robust)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", required=True, choices=["fmnist", "cifar10"])
+    p.add_argument("--recipe", required=True, choices=[*RECIPES, *RECIPE_ALIASES], help="cifar10 = cifar10_2")
     p.add_argument("--data-path", default="../shared/data")
     p.add_argument("--out", default=None, help="default bench/out/<recipe>")
     p.add_argument(
@@ -624,10 +745,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     r = recipe(args.recipe, args.data_path)
-    out = Path(args.out or f"bench/out/{args.recipe}")
+    out = Path(args.out or f"bench/out/{args.recipe}")  # as named: an old `--recipe cifar10` folder resumes
     out.mkdir(parents=True, exist_ok=True)
-    if r["teachers"] is not None:
-        ensure_fmnist_teachers(r["teachers"], args.data_path)
+    if r["ensure_teachers"] is not None:
+        r["ensure_teachers"](r["teachers"], args.data_path)  # trains (resumably) only what is missing
     rows = [
         y for x in args.rows.split(",") if x.strip() for y in (TABLE2_ROWS if x.strip() == "table2" else [x.strip()])
     ]
@@ -640,7 +761,7 @@ def main(argv=None) -> int:
         rows.append("stage1_only")  # a DERD row still to train resumes from the shared Stage I
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r["config"] = r["config"] + args.overrides
-    title = f"{args.recipe}: DERD rows and data-driven references"
+    title = f"{RECIPE_ALIASES.get(args.recipe, args.recipe)}: DERD rows and data-driven references"
     t0 = time.time()
     for seed in seeds:
         for row in rows:

@@ -1,7 +1,10 @@
-"""Plots (PNG, matplotlib, no display needed): training curves and results bars.
+"""Plots (PNG, matplotlib, no display needed): training curves, results bars and the clean-vs-robust
+Pareto plot of a table.
 
 plot_training_curves("runs/x/metrics.jsonl", "runs/x/curves.png")
 plot_results_bars({"full DERD": {"clean": .8, "pgd_s": .5}, ...}, "bench/out/x/results.png")
+plot_pareto({"rslad": {"attacks": {"clean": .8, "aa": .4}, "std": {"clean": .01, "aa": .02}}, ...},
+            "bench/out/x/pareto.png", groups={"rslad": "data-driven bound"})
 """
 
 from __future__ import annotations
@@ -131,6 +134,84 @@ def plot_results_bars(rows: dict[str, dict[str, float]], out_png: str | Path, ti
     ax.set_xticks(range(len(attacks)), [ATTACK_LABELS[a] for a in attacks])
     ax.set_ylabel("accuracy (%)"), ax.set_ylim(0, 100), ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+PARETO_STYLES = {  # group → (marker, colour); groups not listed get a marker of their own
+    "DERD rows": ("*", "tab:red"),
+    "data-free baseline": ("o", "tab:blue"),
+    "data-driven bound": ("s", "tab:grey"),
+}
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The names of the points no other point beats on both axes (≥ on both, > on one), by x."""
+    front = [
+        name
+        for name, (x, y) in points.items()
+        if not any((ox >= x and oy >= y) and (ox > x or oy > y) for ox, oy in points.values())
+    ]
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def plot_pareto(
+    results: dict[str, dict],
+    out_png: str | Path,
+    title: str = "",
+    groups: dict[str, str] | None = None,
+    x: str = "clean",
+    y: str = "aa",
+) -> Path:
+    """Clean (``x``) against robust (``y``, AA by default) accuracy, one point per row with the seed
+    standard deviations as error bars, marker and colour by group (DERD, data-free baseline,
+    data-driven bound, …), the rows' Pareto front as a dashed line. ``results``: the tables' rows
+    (``{"attacks": {k: mean}, "std": {k: std}}``); rows without both columns are left out."""
+    plt = _plt()
+    groups = groups or {}
+    pts = {
+        row: (100 * r["attacks"][x], 100 * r["attacks"][y])
+        for row, r in results.items()
+        if r.get("attacks", {}).get(x) is not None and r["attacks"].get(y) is not None
+    }
+    fig, ax = plt.subplots(figsize=(8, 6))
+    extra = iter(("^", "D", "v", "P", "X"))
+    styles = dict(PARETO_STYLES)
+    labelled = set()
+    for row, (px, py) in pts.items():
+        group = groups.get(row, "other")
+        if group not in styles:
+            styles[group] = (next(extra, "o"), None)
+        marker, colour = styles[group]
+        std = results[row].get("std", {})
+        ax.errorbar(
+            px,
+            py,
+            xerr=100 * std.get(x, 0.0),
+            yerr=100 * std.get(y, 0.0),
+            fmt=marker,
+            color=colour,
+            markersize=10 if marker == "*" else 7,
+            capsize=3,
+            label=group if group not in labelled else None,
+        )
+        labelled.add(group)
+        ax.annotate(row, (px, py), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front = pareto_front(pts)
+    if len(front) > 1:
+        ax.plot([pts[n][0] for n in front], [pts[n][1] for n in front], ls="--", color="black", lw=0.8, zorder=0)
+    if not pts:
+        ax.text(0.5, 0.5, f"no row has both {x} and {y} yet", transform=ax.transAxes, ha="center", color="grey")
+    ax.set_xlabel(f"{ATTACK_LABELS.get(x, x)} accuracy (%)")
+    ax.set_ylabel(f"{ATTACK_LABELS.get(y, y)} accuracy (%)")
+    ax.set_title(title or f"{ATTACK_LABELS.get(x, x)} vs {ATTACK_LABELS.get(y, y)}: mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    if labelled:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

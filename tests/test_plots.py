@@ -1,6 +1,6 @@
 import json
 
-from derd_scale.plots import plot_results_bars, plot_training_curves
+from derd_scale.plots import pareto_front, plot_pareto, plot_results_bars, plot_training_curves
 
 
 def test_plots_write_pngs(tmp_path):
@@ -44,3 +44,28 @@ def test_stage1_comes_from_the_run_it_resumed(tmp_path):
     same_input = plot_training_curves(row, tmp_path / "again.png").read_bytes()
     assert alone == same_input  # deterministic, so a difference below is the Stage-I panel
     assert merged != alone
+
+
+def test_pareto_front_by_hand():
+    pts = {"a": (80.0, 30.0), "b": (70.0, 40.0), "c": (60.0, 35.0), "d": (80.0, 20.0), "e": (50.0, 40.0)}
+    # c is beaten by b on both axes, d by a, e by b (same AA, less clean)
+    assert pareto_front(pts) == ["b", "a"]
+    assert pareto_front({"x": (1.0, 1.0), "y": (1.0, 1.0)}) == ["x", "y"]  # ties beat nobody
+
+
+def test_pareto_plot_writes_a_png_with_error_bars_and_groups(tmp_path):
+    results = {
+        "derd_recommended": {"attacks": {"clean": 0.6, "aa": 0.45}, "std": {"clean": 0.05, "aa": 0.03}},
+        "dfad_rslad": {"attacks": {"clean": 0.5, "aa": 0.3}, "std": {}},
+        "rslad": {"attacks": {"clean": 0.78, "aa": 0.67}, "std": {"clean": 0.01, "aa": 0.01}},
+        "sat": {"attacks": {"clean": 0.7}, "std": {}},  # AutoAttack not run yet: left out
+    }
+    groups = {"derd_recommended": "DERD rows", "dfad_rslad": "data-free baseline", "rslad": "data-driven bound"}
+    out = plot_pareto(results, tmp_path / "p" / "pareto.png", "t", groups)
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5000
+    without_sat = plot_pareto({k: v for k, v in results.items() if k != "sat"}, tmp_path / "q.png", "t", groups)
+    assert without_sat.read_bytes() == out.read_bytes()  # the row without AA draws nothing
+    other = plot_pareto(results, tmp_path / "r.png", "t", {})  # no groups: one marker for all
+    assert other.read_bytes() != out.read_bytes()
+    empty = plot_pareto({"sat": results["sat"]}, tmp_path / "e.png")
+    assert empty.read_bytes()[:4] == b"\x89PNG"

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +47,15 @@ def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
     assert "| sa_only | 1 | 80.00 | 50.00 | 44.00 | 60.00 | 40.00 | 40.50 |" in table  # its cached AutoAttack too
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved) == {"sa_only", "derd_paper", "rslad"} and saved["derd_paper"]["attacks"]["pgd_s"] == 0.0587
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"  # beside results.png
+    assert [dt.row_group(r) for r in ("derd_paper", "rslad_gz", "dfad_rslad", "cmi_kd", "rslad", "mtard")] == [
+        "DERD rows",
+        "DERD rows",
+        "data-free baseline",
+        "data-free baseline",
+        "data-driven bound",
+        "data-driven bound",
+    ]
 
 
 def test_seeds_are_one_row_with_mean_std_and_per_seed_values(tmp_path):
@@ -62,7 +72,7 @@ def test_seeds_are_one_row_with_mean_std_and_per_seed_values(tmp_path):
     assert "| sa_only | 3 | 80.00 ± 0.00 | 50.00 ± 0.00 | 44.00 ± 4.00 |" in (tmp_path / "results.md").read_text()
 
 
-@pytest.mark.parametrize("recipe", ["fmnist", "cifar10"])
+@pytest.mark.parametrize("recipe", ["fmnist", "cifar10", "cifar10_2", "cifar10_8"])
 def test_every_baseline_row_is_a_valid_config_with_the_derd_rows_student_budget(recipe):
     from derd_scale.config import config_from_dict
 
@@ -117,3 +127,69 @@ def test_rows_table2_expands_and_an_unknown_row_is_refused(tmp_path, monkeypatch
     assert ran == sorted(dt.TABLE2_ROWS + ("stage1_only",), key=dt.ALL_ROWS.index)
     assert dt.main(["--recipe", "cifar10", "--out", str(tmp_path), "--rows", "dfad_kd,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_cifar10_is_cifar10_2_and_cifar10_8_is_the_papers_protocol_on_the_projects_teacher():
+    from derd_scale.config import config_from_dict
+
+    dt = _load()
+    assert dt.recipe("cifar10", "D") == dt.recipe("cifar10_2", "D")  # the old name keeps working
+    two = config_from_dict({}, dt.recipe("cifar10_2", "D")["config"])
+    r8 = dt.recipe("cifar10_8", "D")
+    eight = config_from_dict({}, r8["config"])
+    assert two.eval.eps == pytest.approx(2 / 255) and eight.eval.eps == pytest.approx(8 / 255)
+    assert eight.eval.alpha == pytest.approx(2 / 255) and two.eval.alpha == pytest.approx(0.5 / 255)
+    assert eight.teachers.robust.arch == f"local-dir:{REPO / 'bench' / 'teachers' / 'cifar10_8' / 'fgsm_rs'}"
+    assert two.teachers.robust.arch == "resnet4b" and eight.teachers.natural == two.teachers.natural
+    assert dt.student_budget(eight) == dt.student_budget(two) == 520
+    assert "ε = 8/255" in r8["budget"] and "FGSM-RS ResNet-20" in r8["budget"]
+    assert r8["ensure_teachers"] is dt.ensure_cifar10_8_teacher and dt.recipe("cifar10", "D")["ensure_teachers"] is None
+    teacher = dt.cifar10_8_teacher_config(Path("t"), "D")
+    teacher.validate()
+    assert (teacher.method, teacher.model.arch, teacher.eps, teacher.alpha) == (
+        "fgsm_rs",
+        "resnet20",
+        8 / 255,
+        10 / 255,
+    )
+    assert teacher.val_examples == 1000 and teacher.patience == 3 and teacher.optim.warmup_steps == 2 * 382
+
+
+def test_main_ensures_the_recipes_teacher_and_names_the_folder_as_asked(tmp_path, monkeypatch):
+    dt = _load()
+    ensured = []
+    monkeypatch.setattr(dt, "ensure_cifar10_8_teacher", lambda folder, data_path: ensured.append(folder))
+    monkeypatch.setattr(dt, "run_row", lambda *a, **k: None)
+    monkeypatch.setattr(dt, "write_tables", lambda out, r, title: (out / "results.md").write_text(title))
+    monkeypatch.chdir(tmp_path)
+    assert dt.main(["--recipe", "cifar10_8", "--rows", "sat", "--no-aa"]) == 0
+    assert ensured == [REPO / "bench" / "teachers" / "cifar10_8"]
+    assert dt.main(["--recipe", "cifar10", "--rows", "sat", "--no-aa"]) == 0 and len(ensured) == 1
+    assert (tmp_path / "bench/out/cifar10/results.md").read_text().startswith("cifar10_2:")
+
+
+@pytest.mark.slow
+def test_the_cifar10_8_teacher_recipe_trains_resumably_loads_as_local_dir_and_gets_six_columns(
+    tmp_path, shared_data, monkeypatch
+):
+    """The real recipe (ResNet-20, FGSM-RS, held-out early stopping) for one short epoch on 192
+    images, then the six columns on 4 test images; a second call trains and evaluates nothing."""
+    from derd_scale.config import ModelConfig
+    from derd_scale.data import dataset_info
+    from derd_scale.teachers import model_from_config
+
+    dt = _load()
+    few = dict(max_train_examples=192, val_examples=64, batch_size=64, epochs=1, eval_examples=8, eval_steps=1)
+    teacher = dt.ensure_cifar10_8_teacher(tmp_path, str(shared_data), aa_examples=4, **few)
+    assert teacher == tmp_path / "fgsm_rs"
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and metrics["n"] == 8 and metrics["eps"] == pytest.approx(8 / 255)
+    report = json.loads((teacher / "eval" / "report.json").read_text())
+    assert set(report["attacks"]) == set(dt.TEACHER_COLUMNS) and report["attacks"]["aa"]["n"] == 4
+    model = model_from_config(ModelConfig(arch=f"local-dir:{teacher}"), dataset_info("cifar10"))
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    import derd_scale.teacher_training as tt
+
+    monkeypatch.setattr(tt, "train_teacher", lambda cfg: pytest.fail("trained again"))
+    monkeypatch.setattr(dt, "evaluate_teacher_columns", lambda *a: pytest.fail("evaluated again"))
+    assert dt.ensure_cifar10_8_teacher(tmp_path, str(shared_data), aa_examples=4, **few) == teacher
