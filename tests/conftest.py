@@ -77,3 +77,94 @@ def free_port() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return str(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------
+# The toy run: the end-to-end tests' training run (tests/test_trainer.py, test_run_safety.py,
+# test_bad_inputs.py, test_trackers.py): small CNNs on Fashion-MNIST, a few steps, a
+# checkpoint every 2 steps, every step logged.
+# --------------------------------------------------------------------------------------
+
+TINY = [
+    "data.name=fashion_mnist",
+    "teachers.natural.arch=small_cnn",
+    "teachers.natural.kwargs={width: 4}",
+    "teachers.robust.arch=small_cnn",
+    "teachers.robust.kwargs={width: 4}",
+    "student.arch=small_cnn",
+    "student.kwargs={width: 4}",
+    "generator.latent_dim=16",
+    "generator.base_channels=4",
+    "generator.implicit_bank_size=32",
+    "stage1.steps=4",
+    "stage1.batch_size=8",
+    "stage2.steps=4",
+    "stage2.batch_size=8",
+    "stage2.sa.steps=2",
+    "eval.final=false",
+    "eval.probe_attacks=[]",
+    "logging.every_steps=1",
+    "logging.progress_bar=false",
+    "output.checkpoint_every=2",
+]
+
+
+def tiny_config(root: Path, *extra: str, name: str = "run"):
+    """The toy run's config, its folder ``root/name``, with ``extra`` dotted overrides."""
+    from derd_scale.config import config_from_dict
+
+    return config_from_dict({}, TINY + [f"output.root={root}", f"output.name={name}", *extra])
+
+
+def train_tiny(root: Path, *extra: str, name: str = "run"):
+    """Train the toy run in this process; returns its ``RunDir``."""
+    from derd_scale.trainer import train
+
+    return train(tiny_config(root, *extra, name=name), "tiny")
+
+
+class Interrupted(Exception):
+    """What ``interrupted_run``'s preemption hook raises instead of exiting."""
+
+
+def interrupted_run(root: Path, monkeypatch, at: str, *extra: str, name: str = "run") -> Path:
+    """Train the toy run until just after step ``at`` ("stage2:3") and its checkpoint, if one
+    is due, and stop there as a kill would (``checkpoint.maybe_simulate_preemption``, raising
+    here instead of exiting the test process). Returns the run folder."""
+    import derd_scale.trainer as trainer
+
+    def hook(stage, step, phase=""):
+        if f"{stage}:{step}" == at and not phase:
+            raise Interrupted(at)
+
+    monkeypatch.setattr(trainer, "maybe_simulate_preemption", hook)
+    with pytest.raises(Interrupted):
+        train_tiny(root, *extra, name=name)
+    monkeypatch.undo()
+    return root / name
+
+
+def student_weights(run_path: Path) -> dict:
+    """The exported student's tensors (``<run>/student/model.safetensors``)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(run_path / "student" / "model.safetensors"))
+
+
+def assert_same_student(a: Path, b: Path) -> None:
+    """The two runs exported bitwise the same student."""
+    sa, sb = student_weights(a), student_weights(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for a training subprocess: this one without the rehearsal hooks, with
+    this process's intra-op thread count for OpenMP and MKL alike (float reductions depend on
+    it; conftest's set_num_threads overrides both here, an inherited MKL_NUM_THREADS would
+    not be), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DERD_SIMULATE_PREEMPTION", "DERD_INJECT_NAN")}
+    threads = str(torch.get_num_threads())
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **extra)
+    return env

@@ -16,29 +16,8 @@ from typing import Callable
 
 import pytest
 import torch
+from conftest import TINY  # the toy run
 
-TINY = [  # tests/test_trainer.py's toy run
-    "data.name=fashion_mnist",
-    "teachers.natural.arch=small_cnn",
-    "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn",
-    "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn",
-    "student.kwargs={width: 4}",
-    "generator.latent_dim=16",
-    "generator.base_channels=4",
-    "generator.implicit_bank_size=32",
-    "stage1.steps=4",
-    "stage1.batch_size=8",
-    "stage2.steps=4",
-    "stage2.batch_size=8",
-    "stage2.sa.steps=2",
-    "eval.final=false",
-    "eval.probe_attacks=[]",
-    "logging.every_steps=1",
-    "logging.progress_bar=false",
-    "output.checkpoint_every=2",
-]
 REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO.parent / "shared" / "data").resolve()
 
@@ -221,7 +200,7 @@ CASES: list[tuple[str, Callable, list[str], int, str]] = [
         _file("c.yaml", "stage3: {steps: 1}\n"),
         ["--config", "c.yaml"],
         2,
-        r"^config error: stage3: unknown key; allowed: preset, seed",
+        r"^config error: stage3: unknown key; allowed: preset, method, seed",
     ),
     (
         "unknown_preset",

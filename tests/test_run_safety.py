@@ -1,7 +1,7 @@
 """Runs that cannot lose work: divergence stops, resume outside the happy path, safe run folders.
 
-Fast tests run in-process on the TINY config of tests/test_trainer.py (an interruption is a
-monkeypatched preemption hook raising instead of exiting); the ``slow`` ones launch
+Fast tests run in-process on the toy run of tests/conftest.py (an interruption is a
+monkeypatched preemption hook raising instead of exiting: ``interrupted_run``); the ``slow`` ones launch
 launch/train.py in subprocesses and kill it for real.
 """
 
@@ -20,76 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY, assert_same_student, interrupted_run, subprocess_env, train_tiny
 
 from derd_scale.config import ConfigError, config_from_dict, load_config, schema_lines
 from derd_scale.errors import DivergenceError, ResumeError, RunExistsError
 
 REPO = Path(__file__).resolve().parent.parent
-
-TINY = [
-    "data.name=fashion_mnist",
-    "teachers.natural.arch=small_cnn",
-    "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn",
-    "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn",
-    "student.kwargs={width: 4}",
-    "generator.latent_dim=16",
-    "generator.base_channels=4",
-    "generator.implicit_bank_size=32",
-    "stage1.steps=4",
-    "stage1.batch_size=8",
-    "stage2.steps=4",
-    "stage2.batch_size=8",
-    "stage2.sa.steps=2",
-    "eval.final=false",
-    "eval.probe_attacks=[]",
-    "logging.every_steps=1",
-    "logging.progress_bar=false",
-    "output.checkpoint_every=2",
-]
-
-
-class Interrupted(Exception):
-    pass
-
-
-def _cfg(tmp_path, *extra, name="run"):
-    return config_from_dict({}, TINY + [f"output.root={tmp_path}", f"output.name={name}", *extra])
-
-
-def _train(tmp_path, *extra, name="run"):
-    from derd_scale.trainer import train
-
-    return train(_cfg(tmp_path, *extra, name=name), "tiny")
-
-
-def _interrupted(tmp_path, monkeypatch, at: str, *extra, name="run") -> Path:
-    """Train until just after step ``at`` ("stage2:3") and stop there as a kill would."""
-    import derd_scale.trainer as trainer
-
-    def hook(stage, step, phase=""):
-        if f"{stage}:{step}" == at and not phase:
-            raise Interrupted(at)
-
-    monkeypatch.setattr(trainer, "maybe_simulate_preemption", hook)
-    with pytest.raises(Interrupted):
-        _train(tmp_path, *extra, name=name)
-    monkeypatch.undo()
-    return tmp_path / name
-
-
-def _student(run_path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_path / "student" / "model.safetensors"))
-
-
-def _same_student(a: Path, b: Path) -> None:
-    sa, sb = _student(a), _student(b)
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
 
 
 def _checkpoint_names(run_path: Path) -> list[str]:
@@ -117,7 +53,7 @@ def test_nan_in_a_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_pat
 
     monkeypatch.setenv("DERD_INJECT_NAN", "stage2:3")
     with pytest.raises(DivergenceError) as err:
-        _train(tmp_path)
+        train_tiny(tmp_path)
     line = str(err.value)
     assert line.startswith("divergence: stage2 step 3: l_1 is nan") and "\n" not in line
     run = tmp_path / "run"
@@ -132,7 +68,7 @@ def test_nan_in_a_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_pat
 def test_nan_in_stage1_names_its_loss(tmp_path, monkeypatch):
     monkeypatch.setenv("DERD_INJECT_NAN", "stage1:2")
     with pytest.raises(DivergenceError, match=r"^divergence: stage1 step 2: l_s is nan$"):
-        _train(tmp_path)
+        train_tiny(tmp_path)
     assert _checkpoint_names(tmp_path / "run") == []
 
 
@@ -142,11 +78,11 @@ def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
     with pytest.raises(
         DivergenceError, match=r"^divergence: stage2 step 2: student weight \S+ is nan; the checkpoint was not written"
     ):
-        _train(tmp_path)
+        train_tiny(tmp_path)
     assert _checkpoint_names(tmp_path / "run") == ["stage1-00000002", "stage1-00000004"]
     # ... and a resume from the last good checkpoint finishes once the cause is gone.
     monkeypatch.delenv("DERD_INJECT_NAN")
-    run = _train(tmp_path)
+    run = train_tiny(tmp_path)
     assert run.is_finished()
 
 
@@ -158,7 +94,7 @@ def test_a_non_finite_student_is_never_exported(tmp_path, monkeypatch):
     with pytest.raises(
         DivergenceError, match=r"^divergence: stage2 step 4: student weight \S+ is nan; nothing exported$"
     ):
-        _train(tmp_path)
+        train_tiny(tmp_path)
     assert not (tmp_path / "run" / "student").exists() and not (tmp_path / "run" / "DONE").exists()
 
 
@@ -230,23 +166,23 @@ def test_nested_relative_names_stay_allowed():
 def test_resume_continues_metrics_without_duplicates_and_accumulates_time(tmp_path, monkeypatch):
     from derd_scale.checkpoint import read_checkpoint_state
 
-    run_path = _interrupted(tmp_path, monkeypatch, "stage2:3")
+    run_path = interrupted_run(tmp_path, monkeypatch, "stage2:3")
     assert _metric_steps(run_path)["stage2"] == [1, 2, 3]  # step 3 was logged, its checkpoint never written
     saved = read_checkpoint_state(run_path / "checkpoints" / "stage2-00000002")["train_seconds"]
     assert saved > 0
     with open(run_path / "metrics.jsonl", "a") as fh:
         fh.write('{"stage": "stage2", "step": 4, "l_')  # a line torn by the kill
-    run = _train(tmp_path)
+    run = train_tiny(tmp_path)
     assert _metric_steps(run.path) == {"stage1": [1, 2, 3, 4], "stage2": [1, 2, 3, 4]}
     summary = json.loads(run.done_marker.read_text())
     assert summary["train_seconds"] > saved  # the first attempt's time plus the resumed one's
 
 
 def test_resuming_with_a_changed_config_is_refused_naming_the_keys(tmp_path, monkeypatch):
-    run_path = _interrupted(tmp_path, monkeypatch, "stage2:2")
+    run_path = interrupted_run(tmp_path, monkeypatch, "stage2:2")
     before = (run_path / "config.yaml").read_text()
     with pytest.raises(ResumeError) as err:
-        _train(tmp_path, "stage2.sa.steps=3", "optim.student.lr=0.05")
+        train_tiny(tmp_path, "stage2.sa.steps=3", "optim.student.lr=0.05")
     msg = str(err.value)
     assert "the config changed since the run started: stage2.sa.steps (2 -> 3), optim.student.lr (0.01 -> 0.05);" in msg
     assert "output.allow_config_change=true" in msg and "\n" not in msg
@@ -260,7 +196,7 @@ def test_resuming_with_a_changed_config_is_refused_naming_the_keys(tmp_path, mon
         "eval.n_examples=10",
     ]
     with pytest.warns(UserWarning, match="changed config") as record:
-        run = _train(tmp_path, "stage2.sa.steps=3", "output.allow_config_change=true", *quiet)
+        run = train_tiny(tmp_path, "stage2.sa.steps=3", "output.allow_config_change=true", *quiet)
     changed = [str(w.message) for w in record if "changed config" in str(w.message)]
     assert len(changed) == 1 and "(stage2.sa.steps (2 -> 3));" in changed[0]
     assert run.is_finished() and len(list(run.path.glob("config.replaced-*.yaml"))) == 1
@@ -301,34 +237,34 @@ def test_config_changes_ignore_only_keys_that_cannot_change_results(tmp_path):
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch):
-    run_path = _interrupted(tmp_path, monkeypatch, "stage2:2")
+    run_path = interrupted_run(tmp_path, monkeypatch, "stage2:2")
     newest = run_path / "checkpoints" / "stage2-00000002" / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated
     with pytest.warns(
         UserWarning,
         match=rf"checkpoint {re.escape(str(newest))} is unreadable \(.*\); resuming from stage1-00000004 instead",
     ):
-        run = _train(tmp_path)
+        run = train_tiny(tmp_path)
     assert run.is_finished() and (run_path / "checkpoints" / "stage2-00000002.unreadable").is_dir()
     assert _metric_steps(run.path)["stage2"] == [1, 2, 3, 4]
-    _same_student(run.path, _train(tmp_path, name="straight").path)
+    assert_same_student(run.path, train_tiny(tmp_path, name="straight").path)
 
 
 def test_no_readable_checkpoint_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    run_path = _interrupted(tmp_path, monkeypatch, "stage2:2")
+    run_path = interrupted_run(tmp_path, monkeypatch, "stage2:2")
     for p in run_path.glob("checkpoints/*/state.pt"):
         p.write_bytes(b"garbage")
     with pytest.raises(
         ResumeError, match=r"^no readable checkpoint in .*checkpoints: .*stage2-00000002/state.pt: unreadable \("
     ) as err:
-        _train(tmp_path)
+        train_tiny(tmp_path)
     assert "output.resume=false output.overwrite=true" in str(err.value)
 
 
 def test_an_unfinished_run_without_checkpoints_starts_fresh(tmp_path, monkeypatch):
-    run_path = _interrupted(tmp_path, monkeypatch, "stage1:1", "output.checkpoint_every=0")
+    run_path = interrupted_run(tmp_path, monkeypatch, "stage1:1", "output.checkpoint_every=0")
     assert _checkpoint_names(run_path) == [] and _metric_steps(run_path) == {"stage1": [1]}
-    run = _train(tmp_path, "output.checkpoint_every=0")
+    run = train_tiny(tmp_path, "output.checkpoint_every=0")
     assert _metric_steps(run.path) == {"stage1": [1, 2, 3, 4], "stage2": [1, 2, 3, 4]}
 
 
@@ -338,16 +274,16 @@ def test_overwrite_deletes_only_run_folders(tmp_path):
     precious.write_text("years of work")
     for extra in ([], ["output.overwrite=true"]):
         with pytest.raises(RunExistsError, match="is not a derd_scale run folder"):
-            _train(tmp_path, *extra)
+            train_tiny(tmp_path, *extra)
     assert precious.read_text() == "years of work"
     # An empty folder is fine to use, and a finished run folder is deleted on overwrite.
     precious.unlink()
-    run = _train(tmp_path)
+    run = train_tiny(tmp_path)
     with pytest.raises(RunExistsError, match="holds a finished run"):
-        _train(tmp_path)
+        train_tiny(tmp_path)
     marker = run.path / "extra.txt"
     marker.write_text("x")
-    _train(tmp_path, "output.overwrite=true")
+    train_tiny(tmp_path, "output.overwrite=true")
     assert not marker.exists()
 
 
@@ -417,9 +353,7 @@ def _cli(
     ]
     for item in TINY + list(steps) + list(extra):
         args += ["--set", item]
-    env = {k: v for k, v in os.environ.items() if k not in ("DERD_SIMULATE_PREEMPTION", "DERD_INJECT_NAN")}
-    # Same intra-op thread count as this process: float reductions depend on it.
-    env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), **(env_extra or {}))
+    env = subprocess_env(**(env_extra or {}))  # the same thread count as this process
     if not wait:
         return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -430,16 +364,9 @@ def straight_run(tmp_path_factory):
     """The uninterrupted reference (stage1 4 steps, stage2 6 steps)."""
     from accelerate.state import AcceleratorState
 
-    from derd_scale.trainer import train
-
     root = tmp_path_factory.mktemp("straight")
     AcceleratorState._reset_state(reset_partial_state=True)
-    return train(
-        config_from_dict(
-            {}, TINY + ["stage1.steps=4", "stage2.steps=6", f"output.root={root}", "output.name=straight"]
-        ),
-        "tiny",
-    ).path
+    return train_tiny(root, "stage1.steps=4", "stage2.steps=6", name="straight").path
 
 
 @pytest.mark.slow
@@ -467,7 +394,7 @@ def test_cli_corrupt_newest_checkpoint_falls_back_to_identical_weights(tmp_path,
         or f"checkpoint {state} is unreadable" in resumed.stderr
     )
     assert "resumed from" in resumed.stdout and "stage2-00000002" in resumed.stdout
-    _same_student(straight_run, tmp_path / "run")
+    assert_same_student(straight_run, tmp_path / "run")
     assert _metric_steps(tmp_path / "run") == {"stage1": [1, 2, 3, 4], "stage2": [1, 2, 3, 4, 5, 6]}
 
 
@@ -485,7 +412,7 @@ def test_kill_at_a_random_point_resumes_to_identical_weights(tmp_path, straight_
     assert not (tmp_path / "run" / "DONE").exists()
     resumed = _cli(tmp_path, "run")
     assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
-    _same_student(straight_run, tmp_path / "run")
+    assert_same_student(straight_run, tmp_path / "run")
     assert _metric_steps(tmp_path / "run") == {"stage1": [1, 2, 3, 4], "stage2": [1, 2, 3, 4, 5, 6]}, point
 
 
@@ -508,7 +435,7 @@ def test_real_sigkill_mid_run_resumes_to_identical_weights(tmp_path, straight_ru
         proc.communicate(timeout=60)
     resumed = _cli(tmp_path, "run")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    _same_student(straight_run, tmp_path / "run")
+    assert_same_student(straight_run, tmp_path / "run")
     assert _metric_steps(tmp_path / "run") == {"stage1": [1, 2, 3, 4], "stage2": [1, 2, 3, 4, 5, 6]}
 
 

@@ -14,29 +14,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import TINY  # the toy run
 
 from derd_scale.config import ConfigError, config_from_dict
 from derd_scale.run_dir import RunDir, read_jsonl
 from derd_scale.trackers import Trackers, flat_config, scalars, start_trackers
-
-TINY = [  # tests/test_trainer.py's toy run
-    "data.name=fashion_mnist",
-    "teachers.natural.arch=small_cnn",
-    "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn",
-    "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn",
-    "student.kwargs={width: 4}",
-    "generator.latent_dim=16",
-    "generator.base_channels=4",
-    "stage1.batch_size=8",
-    "stage2.batch_size=8",
-    "stage2.sa.steps=2",
-    "eval.final=false",
-    "eval.probe_attacks=[]",
-    "logging.every_steps=1",
-    "logging.progress_bar=false",
-]
 
 SHARED = (Path(__file__).resolve().parent.parent.parent / "shared" / "data").resolve()
 

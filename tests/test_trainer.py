@@ -1,49 +1,17 @@
 """The training loops end to end at toy scale: ablations, logging, run folder, exact resume."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, assert_same_student, student_weights, subprocess_env, train_tiny
 
-from derd_scale.config import config_from_dict
 from derd_scale.run_dir import RunExistsError
 
 REPO = Path(__file__).resolve().parent.parent
-
-TINY = [
-    "data.name=fashion_mnist",
-    "teachers.natural.arch=small_cnn",
-    "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn",
-    "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn",
-    "student.kwargs={width: 4}",
-    "generator.latent_dim=16",
-    "generator.base_channels=4",
-    "generator.implicit_bank_size=32",
-    "stage1.steps=4",
-    "stage1.batch_size=8",
-    "stage2.steps=4",
-    "stage2.batch_size=8",
-    "stage2.sa.steps=2",
-    "eval.final=false",
-    "eval.probe_attacks=[]",
-    "logging.every_steps=1",
-    "logging.progress_bar=false",
-    "output.checkpoint_every=2",
-]
-
-
-def _train(tmp_path, *extra, name="run"):
-    from derd_scale.trainer import train
-
-    cfg = config_from_dict({}, TINY + [f"output.root={tmp_path}", f"output.name={name}", *extra])
-    return train(cfg, "tiny")
-
 
 ABLATIONS = {
     "full_derd": [],
@@ -81,7 +49,7 @@ ABLATIONS = {
 
 @pytest.mark.parametrize("variant", sorted(ABLATIONS))
 def test_every_ablation_runs(tmp_path, variant):
-    run = _train(tmp_path, *ABLATIONS[variant])
+    run = train_tiny(tmp_path, *ABLATIONS[variant])
     records = run.read_metrics()
     stages = {r["stage"] for r in records}
     assert ("stage1" in stages) == (variant != "no_stage1")
@@ -109,22 +77,16 @@ def test_every_ablation_runs(tmp_path, variant):
 
 
 def test_run_folder_holds_resolved_config_and_refuses_overwrite(tmp_path):
-    run = _train(tmp_path)
+    run = train_tiny(tmp_path)
     saved = (run.path / "config.yaml").read_text()
     assert "discrepancy_on: probs" in saved and "stage2:" in saved
     with pytest.raises(RunExistsError, match="finished run"):
-        _train(tmp_path)
-    _train(tmp_path, "output.overwrite=true")
-
-
-def _student_state(run_path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_path / "student" / "model.safetensors"))
+        train_tiny(tmp_path)
+    train_tiny(tmp_path, "output.overwrite=true")
 
 
 def test_kill_and_resume_gives_the_same_student(tmp_path):
-    straight = _train(tmp_path, "stage1.steps=4", "stage2.steps=6", name="straight")
+    straight = train_tiny(tmp_path, "stage1.steps=4", "stage2.steps=6", name="straight")
     args = [
         sys.executable,
         str(REPO / "launch" / "train.py"),
@@ -135,11 +97,7 @@ def test_kill_and_resume_gives_the_same_student(tmp_path):
     ]
     for item in TINY + ["stage1.steps=4", "stage2.steps=6"]:
         args += ["--set", item]
-    # Same intra-op thread count as this process (OpenMP and MKL alike: conftest's
-    # set_num_threads overrides both here, an inherited MKL_NUM_THREADS would not be): float
-    # reductions depend on it.
-    threads = str(torch.get_num_threads())
-    env = dict(os.environ, DERD_SIMULATE_PREEMPTION="stage2:2", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = subprocess_env(DERD_SIMULATE_PREEMPTION="stage2:2")  # the same thread count as this process
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode != 0 and "simulated preemption" in killed.stderr
     assert not (tmp_path / "resumed" / "DONE").exists()
@@ -147,10 +105,7 @@ def test_kill_and_resume_gives_the_same_student(tmp_path):
     resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
-    a, b = _student_state(straight.path), _student_state(tmp_path / "resumed")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_student(straight.path, tmp_path / "resumed")
     # metrics of the resumed run continue where the killed one stopped
     steps = [
         json.loads(line)["step"]
@@ -185,23 +140,17 @@ def test_train_help_documents_every_option():
 
 
 def test_bf16_mixed_precision_runs_both_stages(tmp_path):
-    run = _train(tmp_path, "distributed.mixed_precision=bf16", "stage1.steps=2", "stage2.steps=2")
+    run = train_tiny(tmp_path, "distributed.mixed_precision=bf16", "stage1.steps=2", "stage2.steps=2")
     s2 = [r for r in run.read_metrics() if r["stage"] == "stage2"]
     assert len(s2) == 2 and all(
         torch.isfinite(torch.tensor([r["l_1"], r["l_2"], r["tau1"], r["cos_g1_g2"]])).all() for r in s2
     )
     # the student's master weights stay fp32 (autocast computes in bf16)
-    from safetensors.torch import load_file
-
-    assert all(
-        t.dtype == torch.float32
-        for t in load_file(str(run.student_dir / "model.safetensors")).values()
-        if t.is_floating_point()
-    )
+    assert all(t.dtype == torch.float32 for t in student_weights(run.path).values() if t.is_floating_point())
 
 
 def test_probe_runs_on_its_own_schedule(tmp_path, shared_data):
-    run = _train(
+    run = train_tiny(
         tmp_path,
         "eval.probe_attacks=[clean]",
         "eval.probe_examples=20",
