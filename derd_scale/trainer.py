@@ -208,10 +208,15 @@ def stage1_step(models: Models, cfg: RunConfig, step: int, scheds: dict, par: Pa
     return metrics
 
 
-def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel) -> dict:
+def stage2_step(
+    models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel, eps: Optional[float] = None
+) -> dict:
     """One Stage-II step, in the order of docs/derd.md:
     G update (Eq. 11) → SA: discrepancy data (Eqs. 13–16) → student inputs and targets (Eq. 17's
-    switches) → SA only: one loss | EG: two task gradients → GA/SGA (Eqs. 18–26) → student step."""
+    switches) → SA only: one loss | EG: two task gradients → GA/SGA (Eqs. 18–26) → student step.
+
+    ``eps`` is ``training_eps(cfg)``, which ``train`` resolves once before the loop; a caller
+    that leaves it out (a benchmark, a test) gets it resolved here."""
     s2 = cfg.stage2
     expert = par.natural_expert.module  # T_nat: the natural teacher, or the student's snapshot / EMA
     latents = sample_latents(models, cfg, "stage2", state.step, s2.batch_size, par)
@@ -227,7 +232,7 @@ def stage2_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict,
 
     # 1. Self-adversary: discrepancy data x_d (local to each rank, per micro-batch).
     sa_steps = s2.sa.steps if s2.sa.enabled else 0  # no ascent: x_d = G(z)
-    eps = training_eps(cfg)
+    eps = training_eps(cfg) if eps is None else eps
     with par.autocast():
         dds = [
             craft_discrepancy_data(
@@ -408,7 +413,10 @@ def _global_mean(par: Parallel):
     return mean
 
 
-def method_context(models: Models, cfg: RunConfig, state: TrainState, par: Parallel) -> Context:
+def method_context(
+    models: Models, cfg: RunConfig, state: TrainState, par: Parallel, eps: Optional[float] = None
+) -> Context:
+    """What a method's objectives see this step (``eps``: ``training_eps(cfg)`` when not given)."""
     noise = _StepNoise(cfg.seed, state.step, par)
     return Context(
         natural_teacher=models.natural_teacher,
@@ -416,7 +424,7 @@ def method_context(models: Models, cfg: RunConfig, state: TrainState, par: Paral
         student=par.student.module,
         plain_student=par.student.unwrapped,
         settings=cfg.baselines,
-        eps=training_eps(cfg),
+        eps=training_eps(cfg) if eps is None else eps,
         num_classes=models.info.num_classes,
         progress=state.step / max(1, cfg.stage2.steps),
         state=state.method_state,
@@ -429,17 +437,20 @@ def method_context(models: Models, cfg: RunConfig, state: TrainState, par: Paral
     )
 
 
-def method_step(models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel) -> dict:
+def method_step(
+    models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel, eps: Optional[float] = None
+) -> dict:
     """One step of the registered method ``cfg.method``: ``generator_steps`` G steps on its generator
     objective (data-free methods), then ``student_steps`` student steps on its student objective,
-    each through the same gradient adapters as DERD (plain, DDP, ZeRO, FSDP2)."""
+    each through the same gradient adapters as DERD (plain, DDP, ZeRO, FSDP2). ``eps`` as in
+    ``stage2_step``."""
     method = get_method(cfg.method)
     b = cfg.baselines
     n_g = (
         0 if method.data == "real" else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
     )
     n_s = b.student_steps if b.student_steps is not None else method.student_steps
-    ctx = method_context(models, cfg, state, par)
+    ctx = method_context(models, cfg, state, par, eps)
     metrics: dict = {}
 
     # 1. Generator steps: x = G(z), the method's objective on x, one optimiser step each.
@@ -603,6 +614,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     if state.stage == "stage1" and steps["stage1"] == 0:
         state.stage, state.step = "stage2", 0
 
+    eps = training_eps(cfg)  # Stage II's radius, resolved once (it builds the evaluation protocol)
     seconds_before, start_time = state.train_seconds, time.time()
 
     def checkpoint(stage: str) -> None:
@@ -630,9 +642,9 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             if stage == "stage1":
                 metrics = stage1_step(models, cfg, state.step, scheds, par)
             elif cfg.method == "derd":
-                metrics = stage2_step(models, cfg, state, scheds, par)
+                metrics = stage2_step(models, cfg, state, scheds, par, eps)
             else:  # a registered baseline (docs/baselines.md), in Stage II's slot
-                metrics = method_step(models, cfg, state, scheds, par)
+                metrics = method_step(models, cfg, state, scheds, par, eps)
             state.step += 1
             window_steps += 1
             bar.update(1)

@@ -76,6 +76,18 @@ def test_every_ablation_runs(tmp_path, variant):
     assert run.is_finished()
 
 
+@pytest.mark.parametrize("method", ["derd", "dfad"])
+def test_the_training_radius_is_resolved_once_per_run(tmp_path, monkeypatch, method):
+    """training_eps builds the evaluation protocol: train resolves it once, not every Stage-II step."""
+    import derd_scale.trainer as trainer
+
+    calls = []
+    real = trainer.training_eps
+    monkeypatch.setattr(trainer, "training_eps", lambda cfg: calls.append(1) or real(cfg))
+    train_tiny(tmp_path, f"method={method}", "stage1.enabled=false", "stage2.steps=3")
+    assert len(calls) == 1
+
+
 def test_run_folder_holds_resolved_config_and_refuses_overwrite(tmp_path):
     run = train_tiny(tmp_path)
     saved = (run.path / "config.yaml").read_text()
