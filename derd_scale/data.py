@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import DataConfig
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -317,11 +318,11 @@ class StreamingImageDataset(Dataset):
         return image.float().div_(255.0), torch.tensor(int(row[self.info.label_column]))
 
     def tensors(self):
-        raise ValueError("data.streaming: training reads the whole split; set data.streaming=false for it")
+        raise InputError("data.streaming: training reads the whole split; set data.streaming=false for it")
 
     @property
     def labels(self):
-        raise ValueError("data.streaming: the labels of a streamed split are not held; set data.streaming=false")
+        raise InputError("data.streaming: the labels of a streamed split are not held; set data.streaming=false")
 
 
 class _ArrowColumn:

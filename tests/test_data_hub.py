@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from derd_scale.config import DataConfig
 from derd_scale.data import StreamingImageDataset, dataset_info, load_dataset_split
+from derd_scale.errors import InputError
 from derd_scale.evaluation import Protocol, evaluate
 
 
@@ -99,8 +100,33 @@ def test_streamed_evaluation_equals_the_loaded_one_and_reads_only_what_it_evalua
     b = evaluate(model, part, ["clean", "pgd_s"], protocol, progress=False)
     assert b.n == 7 and torch.equal(a.correct, b.correct) and a.labels == b.labels
     assert part.decoded == 7  # one pass, nothing beyond the evaluated examples
-    with pytest.raises(ValueError, match="data.streaming: training reads the whole split"):
+    with pytest.raises(InputError, match="data.streaming: training reads the whole split"):
         streamed.tensors()
+    with pytest.raises(InputError, match="data.streaming: the labels of a streamed split are not held"):
+        streamed.labels
+
+
+def test_teacher_training_on_a_streamed_split_is_one_input_error_line(repo, tmp_path, capsys):
+    """derd-scale teacher reads whole training splits: data.streaming=true is refused in one line,
+    before the output folder is written."""
+    from derd_scale.commands.teacher import main
+
+    sets = [
+        f"data.name={repo}",
+        "data.image_column=pixels",
+        "data.streaming=true",
+        "data.train_split=test",
+        "data.eval_split=test",
+        "model.arch=small_cnn",
+        "model.kwargs={width: 4}",
+        "epochs=1",
+        "batch_size=2",
+        f"out={tmp_path / 'teacher'}",
+    ]
+    assert main([a for item in sets for a in ("--set", item)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["input error: data.streaming: training reads the whole split; set data.streaming=false for it"], err
+    assert not (tmp_path / "teacher").exists()
 
 
 def test_imagenet100_streamed_from_a_repo_copy_through_the_cli(tmp_path, hub_offline, capsys):

@@ -80,6 +80,7 @@ def main(argv=None, prog: str = "derd-scale teacher") -> int:
         return 0
     import json
 
+    from derd_scale.errors import RunError, describe
     from derd_scale.teacher_training import train_teacher
 
     try:
@@ -87,6 +88,9 @@ def main(argv=None, prog: str = "derd-scale teacher") -> int:
     except ConfigError as err:  # settings that do not fit the data or an existing checkpoint: one line
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:  # input the run cannot use (a streamed split to train on, ...): one line
+        print(describe(err), file=sys.stderr)
+        return err.exit_code
     except FileNotFoundError as err:  # data problems: one line
         print(str(err), file=sys.stderr)
         return 2
