@@ -135,10 +135,24 @@ class Trackers:
                 tracker.log_images({"curves": [image]}, step=self.last_step)
 
 
-def start_trackers(accelerator, cfg: RunConfig, run: RunDir, stage_steps: Optional[dict[str, int]] = None) -> Trackers:
+def start_trackers(
+    accelerator,
+    cfg: RunConfig,
+    run: RunDir,
+    stage_steps: Optional[dict[str, int]] = None,
+    starts_after: tuple[str, int] = ("stage1", 0),
+) -> Trackers:
     """Set ``logging.trackers`` on ``accelerator``, ``init_trackers`` with the resolved config and
     subscribe to ``run``'s metrics log. Called once the run folder is open (an overwrite may
-    have just emptied it), on every rank; only the main process logs.
+    have just emptied it) and any resume has chosen its checkpoint, on every rank; only the main
+    process logs.
+
+    ``starts_after`` is the (stage, step) the run continues from: a resume's checkpoint, else
+    the start. metrics.jsonl keeps the records up to it and the run re-logs what follows
+    (``RunDir.truncate_metrics``); TensorBoard is told the same (``purge_step``: when read, the
+    events an earlier attempt wrote from the next global step on are discarded), so its
+    scalars equal metrics.jsonl after a kill and resume. Other trackers start a new tracker run
+    per attempt (unless their own environment resumes one), which holds what that attempt logged.
 
     The accelerator is usually built before the run folder is known (and callers may pass their
     own), so the trackers are set on it here rather than in its constructor; ``init_trackers``
@@ -153,8 +167,14 @@ def start_trackers(accelerator, cfg: RunConfig, run: RunDir, stage_steps: Option
     accelerator.log_with = filter_trackers(names, logging_dir)
     if len(accelerator.log_with) != len(set(names)):  # check_trackers ran before; a package vanished since
         check_trackers(names)
-    accelerator.init_trackers(cfg.logging.project or run.path.name, config=flat_config(cfg))
     stage_steps = stage_steps or {"stage1": cfg.stage1.steps}
     trackers = Trackers(accelerator, names, {"stage2": stage_steps.get("stage1", 0)})
+    stage, step = starts_after
+    first_step = trackers.global_step({"stage": stage, "step": step}) + 1  # the first step this run logs
+    accelerator.init_trackers(
+        cfg.logging.project or run.path.name,
+        config=flat_config(cfg),
+        init_kwargs={"tensorboard": {"purge_step": first_step}},
+    )
     run.listeners.append(trackers.log)
     return trackers

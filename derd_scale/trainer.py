@@ -603,7 +603,6 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     models, par, scheds, steps = _build_checked(cfg, accelerator)
     check_models(models, par)
     run = _on_main_agreed(par, lambda: open_run_dir(plan, cfg, accelerator.is_main_process), plan.run)
-    trackers = start_trackers(accelerator, cfg, run, steps)  # logging.trackers: they receive every run.log record
 
     state = TrainState()
     if plan.action == "resume":
@@ -611,6 +610,8 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         if accelerator.is_main_process:
             run.truncate_metrics(state.stage, state.step)  # the resumed run re-logs what came after
         accelerator.print(f"resumed from {chosen} ({state.stage} step {state.step})")
+    # logging.trackers: they receive every run.log record from here on, and keep what metrics.jsonl keeps
+    trackers = start_trackers(accelerator, cfg, run, steps, starts_after=(state.stage, state.step))
     if state.stage == "stage1" and steps["stage1"] == 0:
         state.stage, state.step = "stage2", 0
 

@@ -1,6 +1,7 @@
 """Experiment trackers (derd_scale/trackers.py): a run with ``logging.trackers=[tensorboard]``
-leaves event files whose scalars equal metrics.jsonl, plus the config, the final evaluation and
-the curves image; a missing tracker package is one line before anything is written.
+leaves event files whose scalars equal metrics.jsonl (also after a kill and resume), plus the
+config, the final evaluation and the curves image; a missing tracker package is one line before
+anything is written.
 
     pytest -q tests/test_trackers.py
 """
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import TINY  # the toy run
+from conftest import TINY, interrupted_run, train_tiny  # the toy run
 
 from derd_scale.config import ConfigError, config_from_dict
 from derd_scale.run_dir import RunDir, read_jsonl
@@ -89,6 +90,44 @@ def test_tensorboard_event_scalars_equal_metrics_jsonl(tmp_path):
 
     stored = yaml.safe_load(hparams[0].read_text())
     assert stored["stage2.sa.steps"] == 2 and stored["logging.trackers"] == '["tensorboard"]'
+
+
+def _scalar_stream(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar event of the TensorBoard run ``folder`` (all its event files, as TensorBoard
+    reads them: in file order, honouring a restarted writer's purge), as (step, value) per tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_after_a_kill_and_resume_tensorboard_holds_each_step_once_as_metrics_jsonl(tmp_path, monkeypatch):
+    """The killed attempt logged stage-II step 3 past its last checkpoint (step 2); the resumed
+    run logs step 3 again. metrics.jsonl keeps the resumed run's record only, and so must the
+    TensorBoard stream: every scalar once per step, with metrics.jsonl's value."""
+    pytest.importorskip("tensorboard")
+    tb = ["logging.trackers=[tensorboard]", "logging.project=tb"]
+    run_path = interrupted_run(tmp_path, monkeypatch, "stage2:3", *tb)
+    before = _scalar_stream(run_path / "trackers" / "tb")
+    assert [s for s, _ in before["stage2/l_1"]] == [5, 6, 7]  # step 3 (global 4 + 3) reached the event file
+
+    run = train_tiny(tmp_path, *tb)
+    records = read_jsonl(run.metrics_path)
+    assert [(r["stage"], r["step"]) for r in records] == [("stage1", s) for s in range(1, 5)] + [
+        ("stage2", s) for s in range(1, 5)
+    ]
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        step = r["step"] + (4 if r["stage"] == "stage2" else 0)
+        for tag, value in scalars(r).items():
+            expected.setdefault(tag, []).append((step, value))
+    logged = _scalar_stream(run.path / "trackers" / "tb")
+    assert set(logged) == set(expected), sorted(set(logged) ^ set(expected))
+    for tag, stream in expected.items():
+        assert [s for s, _ in logged[tag]] == [s for s, _ in stream], tag  # each step once, in order
+        for (step, got), (_, value) in zip(logged[tag], stream):
+            assert np.isnan(got) if np.isnan(value) else got == np.float32(value), (tag, step, got, value)
 
 
 def test_missing_tracker_package_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
