@@ -58,12 +58,17 @@ def test_train_and_evaluate_dispatch_to_the_commands(capsys):
     assert capsys.readouterr().err.startswith("config error: stage2.sa.stepz: unknown key")
 
 
-def test_train_usage_error_names_the_cli(capsys):
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_a_usage_error_is_one_line_naming_the_cli(name, capsys):
     with pytest.raises(SystemExit) as stop:
-        cli.main(["train", "--frobnicate"])
+        cli.main([name, "--frobnicate"])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "derd-scale train: error: unrecognized arguments: --frobnicate (--help lists the options)"
+    if name == "push":  # its required options are named first
+        assert err.startswith("derd-scale push: error: the following arguments are required: --model, --repo-id")
+        assert "\n" not in err and err.endswith("(--help lists the options)")
+    else:
+        assert err == f"derd-scale {name}: error: unrecognized arguments: --frobnicate (--help lists the options)"
 
 
 def test_launch_shims_are_the_package_commands():

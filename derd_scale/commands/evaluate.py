@@ -37,25 +37,16 @@ import sys
 import time
 from pathlib import Path
 
+from derd_scale.commands import config_parser
 from derd_scale.config import ConfigError, EvaluateConfig, load_evaluate_config, save_config, schema_lines, to_dict
 
 
 def build_parser(prog: str = "derd-scale evaluate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__ + "\nOptions (use with --set KEY=VALUE):\n" + "\n".join(schema_lines(EvaluateConfig)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--config", default=None, help="evaluation YAML with any of the options below; omitted = all defaults"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, repeatable (e.g. eval.eps=0.03, eval.attacks=[clean,pgd_s])",
+    p = config_parser(
+        prog,
+        __doc__ + "\nOptions (use with --set KEY=VALUE):\n" + "\n".join(schema_lines(EvaluateConfig)),
+        "evaluation YAML with any of the options below",
+        "eval.eps=0.03, eval.attacks=[clean,pgd_s]",
     )
     p.add_argument(
         "--model",
@@ -64,8 +55,6 @@ def build_parser(prog: str = "derd-scale evaluate") -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="output folder: the same as --set out=OUT")
     p.add_argument("--overwrite", action="store_true", default=None, help="the same as --set overwrite=true")
-    p.add_argument("--print-schema", action="store_true", help="print every option with type and default, then exit")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
     return p
 
 

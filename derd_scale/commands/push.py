@@ -16,9 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from derd_scale.commands import OneLineParser
+
 
 def build_parser(prog: str = "derd-scale push") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--model", required=True, help="finished run folder (config.yaml, student/, and eval/report.json if evaluated)"
     )

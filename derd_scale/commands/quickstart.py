@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from derd_scale.commands import OneLineParser
+
 # The DERD run's settings, shipped inside the package so the quickstart works from a plain
 # (non-editable) install; tests/test_cli.py keeps it identical to configs/fmnist_quickstart.yaml.
 QUICKSTART_CONFIG = Path(__file__).resolve().parent.parent / "resources" / "configs" / "fmnist_quickstart.yaml"
@@ -55,7 +57,7 @@ BUDGETS = {
 
 
 def build_parser(prog: str = "derd-scale quickstart") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", default=None, help="local parquet root (e.g. ../shared/data); default: the Hub")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full (~15 min) or tiny (CI)")
     p.add_argument("--out", default="runs/quickstart", help="output folder (teachers are cached here)")

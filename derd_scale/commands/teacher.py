@@ -28,30 +28,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from derd_scale.commands import config_parser
 from derd_scale.config import ConfigError, apply_overrides, config_from_dict, read_config_file, schema_lines, to_dict
 from derd_scale.teacher_training import TeacherTrainConfig
 
 
 def build_parser(prog: str = "derd-scale teacher") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__ + "\nOptions (use with --set KEY=VALUE):\n" + "\n".join(schema_lines(TeacherTrainConfig)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--config", default=None, help="teacher YAML (e.g. configs/teachers/fmnist_pgd.yaml); omitted = all defaults"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, repeatable (e.g. method=pgd, model.kwargs.width=16)",
+    p = config_parser(
+        prog,
+        __doc__ + "\nOptions (use with --set KEY=VALUE):\n" + "\n".join(schema_lines(TeacherTrainConfig)),
+        "teacher YAML (e.g. configs/teachers/fmnist_pgd.yaml)",
+        "method=pgd, model.kwargs.width=16",
     )
     p.add_argument("--out", default=None, help="output (export) folder: the same as --set out=OUT")
-    p.add_argument("--print-schema", action="store_true", help="print every option with type and default, then exit")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
     return p
 
 

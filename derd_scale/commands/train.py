@@ -27,36 +27,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from derd_scale.commands import config_parser
 from derd_scale.config import ConfigError, load_config, schema_lines
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage block)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
-
-
 def build_parser(prog: str = "derd-scale train") -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog=prog,
-        description="Data-free robustness distillation (DERD). Options (use with --set KEY=VALUE):\n"
-        + "\n".join(schema_lines()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = config_parser(
+        prog,
+        "Data-free robustness distillation (DERD). Options (use with --set KEY=VALUE):\n" + "\n".join(schema_lines()),
+        "run YAML (configs/*.yaml)",
+        "stage2.sa.steps=5",
     )
-    parser.add_argument("--config", type=str, default=None, help="run YAML (configs/*.yaml); omitted = all defaults")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, repeatable (e.g. stage2.sa.steps=5)",
-    )
-    parser.add_argument(
-        "--print-schema", action="store_true", help="print every option with type and default, then exit"
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an expected error instead of its one line"
     )
