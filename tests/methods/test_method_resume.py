@@ -7,38 +7,18 @@ its Adam moments and the memory bank — all ``TrainState.method_state``, checkp
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, assert_same_student, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 
-TINY = [
-    "data.name=fashion_mnist",
-    "data.source=parquet",
-    "teachers.natural.arch=small_cnn",
-    "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn",
-    "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn",
-    "student.kwargs={width: 4}",
-    "generator.latent_dim=16",
-    "generator.base_channels=4",
-    "stage1.enabled=false",
-    "stage2.steps=5",
-    "stage2.batch_size=8",
-    "stage2.eps=0.1",
-    "baselines.attack_steps=2",
-    "eval.final=false",
-    "eval.probe_attacks=[]",
-    "logging.every_steps=1",
-    "logging.progress_bar=false",
-    "output.checkpoint_every=2",
-]
+# The toy run (conftest.TINY) as a baseline: Stage II's slot only, 5 steps, a checkpoint every 2.
+METHOD_RUN = ["stage1.enabled=false", "stage2.steps=5", "stage2.eps=0.1", "baselines.attack_steps=2"]
 CASES = {
     "mtard": ["method=mtard"],
     "cmi": ["method=cmi", "baselines.variant=rslad", "baselines.cmi.bank_size=12", "baselines.cmi.n_neg=6"],
@@ -47,29 +27,21 @@ CASES = {
 
 def _run(tmp_path: Path, shared_data: Path, name: str, extra: list, env: dict) -> subprocess.CompletedProcess:
     args = [sys.executable, str(REPO / "launch" / "train.py")]
-    for item in TINY + extra + [f"data.path={shared_data}", f"output.root={tmp_path}", f"output.name={name}"]:
+    data = ["data.source=parquet", f"data.path={shared_data}"]  # MTARD reads the real training split
+    for item in TINY + METHOD_RUN + extra + data + [f"output.root={tmp_path}", f"output.name={name}"]:
         args += ["--set", item]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _student(run: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "student" / "model.safetensors"))
-
-
 @pytest.mark.parametrize("method", list(CASES))
 def test_a_killed_method_run_resumes_its_state_to_the_straight_runs_student(tmp_path, shared_data, method):
-    # Same intra-op thread count in every process (float reductions depend on it).
-    threads = str(torch.get_num_threads())
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    env.pop("DERD_SIMULATE_PREEMPTION", None)
+    env = subprocess_env()  # this process's thread count for OpenMP and MKL: float reductions depend on it
     straight = _run(tmp_path, shared_data, "straight", CASES[method], env)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     # Killed after step 3: the checkpoint of step 2 is the newest, so step 3 is redone from it and
     # the method state must come back as it was after step 2 (not as the killed process left it).
-    killed = _run(tmp_path, shared_data, "resumed", CASES[method], dict(env, DERD_SIMULATE_PREEMPTION="stage2:3"))
+    killed = _run(tmp_path, shared_data, "resumed", CASES[method], subprocess_env(DERD_SIMULATE_PREEMPTION="stage2:3"))
     assert killed.returncode != 0 and "simulated preemption" in killed.stderr
     assert not (tmp_path / "resumed" / "DONE").exists()
     saved = torch.load(tmp_path / "resumed" / "checkpoints" / "stage2-00000002" / "state.pt", weights_only=True)
@@ -82,7 +54,4 @@ def test_a_killed_method_run_resumes_its_state_to_the_straight_runs_student(tmp_
     resumed = _run(tmp_path, shared_data, "resumed", CASES[method], env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr and "stage2 step 2" in resumed.stdout + resumed.stderr
-    a, b = _student(tmp_path / "straight"), _student(tmp_path / "resumed")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_student(tmp_path / "straight", tmp_path / "resumed")
