@@ -10,8 +10,9 @@ Objectives (x in [0, 1], L∞ ball of radius ε):
   ce:     CE(f(x), y)
   pgd:    CE(f(x'), y),  x' = PGD_S(x; ε, α, K)                       (Madry et al. 2018)
   trades: CE(f(x), y) + β · KL(f(x) ‖ f(x')),  x' = PGD_T(x; ε, α, K)  (Zhang et al. 2019)
-  fgsm_rs: CE(f(x'), y), x' = one FGSM step of size α from a uniform start in the ε-ball
-           ("fast is better than free", Wong et al. 2020; α = 1.25·ε there)
+  fgsm_rs: CE(f(x'), y), x' = PGD_S(x; ε, α, 1): one FGSM step of size α from a uniform
+           start in the ε-ball, projected onto the ball and [0, 1] ("fast is better than free",
+           Wong et al. 2020, locuslab/fast_adversarial CIFAR10/train_fgsm.py; α = 1.25·ε there)
 Adversarial examples are crafted with the model in eval mode (BatchNorm running stats),
 as in the TRADES/RSLAD reference code, then the update runs in train mode (Wong et al.'s
 FGSM-RS code attacks in train mode; one convention for every objective here).
@@ -80,11 +81,11 @@ class TeacherTrainConfig:
     method: Literal["ce", "pgd", "trades", "fgsm_rs"] = "ce"
     """Objective: natural CE, Madry PGD-AT, TRADES, or FGSM-RS (one FGSM step of size alpha from a uniform start; Wong et al. use alpha = 1.25·eps)."""
     eps: float = 8 / 255
-    """L∞ radius in [0, 1] pixel units for pgd/trades (and the final PGD evaluation)."""
+    """L∞ radius in [0, 1] pixel units for pgd/trades/fgsm_rs (and the PGD evaluations)."""
     alpha: float = 2 / 255
     """Attack step size while training."""
     attack_steps: int = 10
-    """Attack iterations while training."""
+    """Attack iterations while training (pgd/trades; fgsm_rs takes one step)."""
     beta: float = 6.0
     """TRADES β."""
     epochs: int = 10
@@ -99,7 +100,7 @@ class TeacherTrainConfig:
     eval_examples: Optional[int] = 1000
     """First N eval-split images for the final clean/PGD numbers; None = the whole split."""
     eval_steps: int = 10
-    """PGD steps of the final evaluation."""
+    """PGD steps of the PGD evaluations (final and held-out)."""
     eval_alpha: Optional[float] = None
     """Step size of the PGD evaluations (final and held-out); None = ``alpha``."""
     val_examples: int = 0
@@ -183,6 +184,9 @@ _RESUME_KEYS = (
     "patience",
     "seed",
 )
+# With held-out early stopping the held-out PGD (eval_steps, eval_alpha) picks the exported epoch
+# and ends the run, so a resumed run must measure it as the killed one did.
+_EARLY_STOPPING_KEYS = ("eval_steps", "eval_alpha")
 
 
 def _check_resume_compatible(out: Path, cfg: "TeacherTrainConfig") -> None:
@@ -191,7 +195,8 @@ def _check_resume_compatible(out: Path, cfg: "TeacherTrainConfig") -> None:
         return
     saved = json.loads(saved_path.read_text())
     now = json.loads(json.dumps(asdict(cfg), default=str))
-    changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    keys = _RESUME_KEYS + (_EARLY_STOPPING_KEYS if cfg.val_examples else ())
+    changed = [k for k in keys if saved.get(k) != now.get(k)]
     if saved.get("data", {}).get("name") != now["data"]["name"]:
         changed.append("data.name")
     if changed:
@@ -270,18 +275,6 @@ class _StreamedEpoch(torch.utils.data.Dataset):
         return x, y
 
 
-def fgsm_rs(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, gen: torch.Generator) -> torch.Tensor:
-    """FGSM from a random start (Wong et al. 2020; locuslab/fast_adversarial CIFAR10/train_fgsm.py):
-    δ₀ ~ U(−ε, ε) cut so that x + δ₀ ∈ [0, 1]; δ = clip_ε(δ₀ + α·sign ∇_δ CE(f(x + δ₀), y));
-    x' = clip_[0, 1](x + δ). Detached."""
-    delta = (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device) - 1) * eps
-    delta = ((x + delta).clamp(0.0, 1.0) - x).requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(F.cross_entropy(model(x + delta), y), delta)
-    delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
-    return (x + delta).clamp(0.0, 1.0).detach()
-
-
 def teacher_loss(
     model, x: torch.Tensor, y: torch.Tensor, cfg: TeacherTrainConfig, gen: torch.Generator
 ) -> torch.Tensor:
@@ -289,10 +282,10 @@ def teacher_loss(
         return F.cross_entropy(model(x), y)
     model.eval()
     if cfg.method in ("pgd", "fgsm_rs"):
-        if cfg.method == "pgd":
-            x_adv = A.pgd_s(model, x, y, cfg.eps, cfg.alpha, cfg.attack_steps, generator=gen)
-        else:
-            x_adv = fgsm_rs(model, x, y, cfg.eps, cfg.alpha, gen)
+        # FGSM-RS is PGD_S with one step: uniform start in the ε-ball cut to [0, 1], one signed
+        # step of α, projection onto the ball and [0, 1] (Wong et al.'s train_fgsm.py, step for step).
+        steps = 1 if cfg.method == "fgsm_rs" else cfg.attack_steps
+        x_adv = A.pgd_s(model, x, y, cfg.eps, cfg.alpha, steps, generator=gen)
         model.train()
         return F.cross_entropy(model(x_adv), y)
     x_adv = A.pgd_t(model, x, y, cfg.eps, cfg.alpha, cfg.attack_steps, generator=gen)

@@ -1,6 +1,7 @@
 """Teacher training: each objective runs, a killed run resumes to the same weights."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -407,22 +409,40 @@ def test_two_process_ddp_adversarial_training_runs(tmp_path, shared_data, method
     assert json.loads((tmp_path / method / "metrics.json").read_text())["n"] == 64
 
 
-def test_fgsm_rs_is_one_signed_step_from_a_random_start_clipped_to_the_ball_and_the_image():
-    """On f(x) = [0, Σx] with y = 0 the CE gradient is positive everywhere, so with α ≥ 2ε the
-    step lands on +ε from any start (then [0, 1] cuts it at the bright pixel)."""
-    from derd_scale.teacher_training import fgsm_rs
+class _SumModel(torch.nn.Module):
+    """f(x) = [0, Σx]: with y = 0, CE = softplus(Σx) and ∂CE/∂x > 0 everywhere; keeps its last input."""
 
-    class SumModel(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([torch.zeros(len(x)), x.flatten(1).sum(1)], 1)
+    def forward(self, x):
+        self.last = x.detach()
+        return torch.stack([torch.zeros(len(x)), x.flatten(1).sum(1)], 1)
 
-    x = torch.tensor([[[[0.5, 0.98]]]])
-    out = fgsm_rs(SumModel(), x, torch.tensor([0]), eps=0.05, alpha=0.1, gen=torch.Generator().manual_seed(0))
-    assert torch.allclose(out, torch.tensor([[[[0.55, 1.0]]]]))
-    # α < ε: the start matters; the result stays in the ε-ball and in [0, 1]
+
+def _fgsm_rs(x, eps, alpha, seed):
+    """teacher_loss with method fgsm_rs (attack_steps=10 must not matter); → (loss, x')."""
+    from derd_scale.teacher_training import TeacherTrainConfig, teacher_loss
+
+    cfg = TeacherTrainConfig(method="fgsm_rs", eps=eps, alpha=alpha, attack_steps=10, out="unused")
+    model = _SumModel()
+    loss = teacher_loss(model, x, torch.zeros(len(x), dtype=torch.long), cfg, torch.Generator().manual_seed(seed))
+    return loss, model.last  # the last forward is the update's, on x'
+
+
+def test_fgsm_rs_is_one_signed_step_from_a_uniform_start_clipped_to_the_ball_and_the_image():
+    """Wong et al.'s train_fgsm.py: δ₀ ~ U(−ε, ε) cut so that x + δ₀ ∈ [0, 1], δ = clip_ε(δ₀ + α·sign ∇),
+    x' = clip_[0, 1](x + δ); the gradient is positive here, so the step is +α. One step, whatever
+    attack_steps says."""
+    # α ≥ 2ε: +ε from any start, and [0, 1] cuts the bright pixel: x' = [0.55, 1.0], CE = softplus(1.55).
+    loss, x_adv = _fgsm_rs(torch.tensor([[[[0.5, 0.98]]]]), 0.05, 0.1, 0)
+    assert torch.allclose(x_adv, torch.tensor([[[[0.55, 1.0]]]]))
+    assert loss.item() == pytest.approx(math.log1p(math.exp(1.55)), rel=1e-6)
+    # α < ε: the start counts. It is the generator's first draw u: x + (2u − 1)ε, cut to [0, 1].
     x = torch.rand(4, 1, 5, 5, generator=torch.Generator().manual_seed(1))
-    out = fgsm_rs(SumModel(), x, torch.zeros(4, dtype=torch.long), 0.1, 0.01, torch.Generator().manual_seed(2))
-    assert (out - x).abs().max() <= 0.1 + 1e-6 and out.min() >= 0 and out.max() <= 1
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
+    start = (x + (2 * u - 1) * 0.1).clamp(0.0, 1.0)
+    expected = torch.minimum(start + 0.01, x + 0.1).clamp(0.0, 1.0)  # 10 steps would reach x + ε
+    loss, x_adv = _fgsm_rs(x, 0.1, 0.01, 2)
+    assert torch.allclose(x_adv, expected, atol=1e-6)
+    assert loss.item() == pytest.approx(F.softplus(expected.flatten(1).sum(1)).mean().item(), rel=1e-5)
 
 
 def _early_cfg(shared_data, out, **kw):
@@ -488,6 +508,9 @@ def test_early_stopping_exports_the_best_held_out_epoch_and_resumes_after_a_kill
     monkeypatch.setattr(checkpoint, "maybe_simulate_preemption", lambda stage, step: None)
     with pytest.raises(ValueError, match="different patience"):
         tt.train_teacher(_early_cfg(shared_data, tmp_path / "b", patience=3))
+    # the held-out PGD picks the epoch and stops the run: its settings cannot change either
+    with pytest.raises(ValueError, match="different eval_steps, eval_alpha"):
+        tt.train_teacher(_early_cfg(shared_data, tmp_path / "b", eval_steps=2, eval_alpha=0.05))
     resumed = tt.train_teacher(_early_cfg(shared_data, tmp_path / "b"))
     assert (resumed["best_epoch"], resumed["stopped"]) == (2, True)
     b = _weights(tmp_path / "b")
