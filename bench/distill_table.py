@@ -112,9 +112,11 @@ METHOD_ROWS = {
         "generator.pseudo_labels=sampled",
         "optim.generator.lr=0.05",
     ],
-    # CMI: DeepInversion's terms on the project's generator plus the contrastive term (docs/baselines.md).
-    "cmi_kd": ["method=cmi", "baselines.variant=kd"],
-    "cmi_rslad": ["method=cmi", "baselines.variant=rslad"],
+    # CMI: DeepInversion's terms on the project's generator plus the contrastive term (docs/baselines.md);
+    # CE(T(x), y) on sampled labels G is conditioned on, as the source's random targets (argmax would
+    # make it DAFL's one-hot term).
+    "cmi_kd": ["method=cmi", "baselines.variant=kd", "generator.pseudo_labels=sampled"],
+    "cmi_rslad": ["method=cmi", "baselines.variant=rslad", "generator.pseudo_labels=sampled"],
     "dfard_recon": ["method=dfard"],
     "dfhl_rs": ["method=dfhl_rs"],
     "ferd_recon": ["method=ferd"],

@@ -4,8 +4,10 @@ Sources: arXiv:2105.08584; zju-vipa/CMI (datafree/synthesis/contrastive.py: the 
 MLP head and memory bank; datafree/hooks.py: the instance-mean hook; datafree_kd.py; the CIFAR-10
 script scripts/cmi/scratch_cmi_cifar10_wrn402_wrn161.sh). Read for facts, not copied.
 
-One G step on x = G(z) with labels y (G's sampled labels, or argmax T(x_g) without them), T the
-KD teacher (T_nat for ``-KD``, T_rob for ``-RSLAD``), S in eval:
+One G step on x = G(z) with labels y, T the KD teacher (T_nat for ``-KD``, T_rob for ``-RSLAD``),
+S in eval. y: G's sampled labels (``generator.pseudo_labels=sampled``, G conditioned on them: the
+table rows; the source draws random targets and learns one z per target); with ``argmax`` there are
+none and y = argmax T(x_g), which makes CE DAFL's one-hot term.
 
     x_g    = crop_flip(x)  (4-px padded crop + flip)                        global view
     x_l    = resized_crop_flip(x; area ∈ [0.25, 1], ratio ∈ [3/4, 4/3])     local view

@@ -107,14 +107,14 @@ def test_instance_means_are_per_sample_channel_means_of_layer_inputs():
     x[0, 0] = t([1, 2], [3, 4])  # channel mean 2.5
     with cmi.instance_means(model, []) as feats:
         model(x)
-    bn0_out = model[0](x)  # the second BN's input: sum of the first BN's output channels
-    expected0 = torch.stack([x.mean((2, 3))[i] for i in range(2)])
-    assert feats[0].shape == (2, 3)
-    assert torch.allclose(feats[0][:, :2], expected0)
-    assert torch.allclose(feats[0][:, 2], bn0_out.sum(1).mean((1, 2)))
+    # The first BN's input: x's channel means. The second BN's input: the conv's sum over the first
+    # BN's outputs, x / √(1 + 1e-5) in eval with the fresh running statistics (mean 0, var 1).
+    scale = 1 / math.sqrt(1 + 1e-5)
+    assert len(feats) == 1 and feats[0].shape == (2, 3)
+    assert torch.allclose(feats[0], t([2.5, 1.0, 3.5 * scale], [1.0, 1.0, 2.0 * scale]))
     with cmi.instance_means(model, ["1"]) as feats:  # a named layer: the conv's input
         model(x)
-    assert torch.allclose(feats[0], bn0_out.mean((2, 3)))
+    assert torch.allclose(feats[0], t([2.5 * scale, scale], [scale, scale]))
     with pytest.raises(ValueError, match="baselines.cmi.feature_layers: .* has no module 'nope'"):
         with cmi.instance_means(model, ["nope"]):
             pass

@@ -47,7 +47,7 @@ CASES = [
         ],
     ),
     ("deepinversion", ["baselines.variant=rslad", "generator.kind=implicit", "generator.implicit_bank_size=12"]),
-    ("cmi", ["baselines.variant=kd"]),
+    ("cmi", ["baselines.variant=kd", "generator.pseudo_labels=sampled"]),
     ("cmi", ["baselines.variant=rslad", "baselines.cmi.bank_size=8", "baselines.cmi.n_neg=4"]),
     ("dfard", ["baselines.student_steps=2", "baselines.dfard.agb=ratio", "baselines.dfard.lambda_oh=1"]),
     ("dfhl_rs", ["baselines.student_steps=2"]),
