@@ -43,9 +43,10 @@ hypothesis each about why the natural term costs robustness (docs/results.md, "R
 Stage I is run once (the ``stage1_only`` row) and every Stage-II row resumes from its final
 checkpoint, so rows differ only in what they change. Each row writes ``<out>/<row>/``;
 re-running skips finished rows (resumable). Outputs: ``results.json``, ``results.md``,
-``results.png`` (grouped bars), ``pareto.png`` (clean vs AA — PGD_S until AutoAttack ran — one
-point per row with the seed std as error bars, DERD rows, data-free baselines and data-driven
-bounds marked apart) and ``<row>/curves.png`` for the DERD rows.
+``results.png`` (grouped bars), ``pareto.png`` (clean vs AA — vs PGD_S while no row has AA; once
+one has, rows without AA are left out — one point per row with the seed std as error bars, DERD
+rows, data-free baselines and data-driven bounds marked apart) and ``<row>/curves.png`` for the
+DERD rows.
 
 The Fashion-MNIST teachers are the committed ones in ``bench/teachers/fashion_mnist/``
 (trained with the recipe in ``ensure_fmnist_teachers`` if the folder is missing).
