@@ -387,6 +387,11 @@ def plan(recipes, threads, precisions, steps, cuda: bool = False) -> list[dict]:
     return specs
 
 
+def _key(row: dict) -> tuple:
+    """A measurement's identity (a spec or a result row)."""
+    return (row["recipe"], row["stage"], row.get("variant", "default"), row["threads"], row["precision"])
+
+
 def ratios(rows: list[dict]) -> list[dict]:
     """SGA ÷ GA and prepared ÷ bare, for every (threads, precision) measured."""
     out = []
@@ -475,6 +480,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--batch", type=int, default=None, help="per-device batch for every recipe (default: each recipe's)")
     p.add_argument("--out", default="bench/out/throughput.json")
+    p.add_argument("--fresh", action="store_true", help="start over instead of keeping the rows already in --out")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -513,6 +519,14 @@ def main(argv=None) -> int:
     specs = plan(recipes, threads, precisions, args.steps, torch.cuda.is_available())
     for spec in specs:
         spec["batch"] = args.batch
+    if out.exists() and not args.fresh:
+        # Resumable: keep the rows measured before (e.g. 1 thread while another job held the other
+        # core, 2 threads later) and measure only what is missing.
+        previous = json.loads(out.read_text())
+        result["rows"] = previous["rows"]
+        result["machine"]["loadavg_start_previous"] = previous["machine"]["loadavg_start"]
+        done = {_key(r) for r in result["rows"]}
+        specs = [s for s in specs if _key(s) not in done]
     t0 = time.time()
     for i, spec in enumerate(specs, 1):
         label = (
