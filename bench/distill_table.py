@@ -236,7 +236,7 @@ def recipe(name: str, data_path: str) -> dict:
             ],
             "aa_examples": 1000,
             "budget": "every row 800 student steps at batch 128 (DERD rows: Stage I 400 + Stage II 400; RSLAD: 800 on real images); "
-            "ε = 0.1, step 0.025, 10 steps; AA (standard) on the first 1000 test images; fp32",
+            "ε = 0.1, step 0.025, 10 steps; AA (standard) on the first 1000 test images",
         }
     if name in ("cifar10_2", "cifar10_8"):
         return _cifar10_recipe(name, data_path)
@@ -296,7 +296,7 @@ def _cifar10_recipe(name: str, data_path: str) -> dict:
         ],
         "aa_examples": 1000,
         "budget": "every row 520 student steps at batch 64 (DERD rows: Stage I 400 + Stage II 120; RSLAD: 520 on real images); "
-        f"{eps_text}, 10 steps; AA (standard) on the first 1000 test images; fp32; "
+        f"{eps_text}, 10 steps; AA (standard) on the first 1000 test images; "
         f"T_nat: akamaster ResNet-56; {teacher_text}; student ResNet-20",
     }
 
@@ -401,6 +401,19 @@ def evaluate_teacher_columns(teacher: Path, data_path: str, n_examples: int) -> 
     report = evaluate(model, test, TEACHER_COLUMNS, protocol, n_examples=n_examples, seed=0, progress=False)
     report.save(teacher / "eval")
     return report.to_json()
+
+
+def training_precision(overrides: list[str]) -> str:
+    """What the rows train in under these overrides: fp32, or bf16 (``distributed.mixed_precision``
+    bf16, or auto on a processor with native bf16, which is what ran here)."""
+    import torch
+
+    from derd_scale.config import config_from_dict
+    from derd_scale.distributed import resolve_mixed_precision
+
+    setting = config_from_dict({}, overrides).distributed.mixed_precision
+    resolved = resolve_mixed_precision(setting, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return "bf16 autocast" if resolved == "bf16" else "fp32"
 
 
 def run_name(row: str, seed: int) -> str:
@@ -764,6 +777,7 @@ def main(argv=None) -> int:
         rows.append("stage1_only")  # a DERD row still to train resumes from the shared Stage I
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r["config"] = r["config"] + args.overrides
+    r["budget"] += f"; training in {training_precision(r['config'])}, evaluation in fp32"
     title = f"{RECIPE_ALIASES.get(args.recipe, args.recipe)}: DERD rows and data-driven references"
     t0 = time.time()
     for seed in seeds:
