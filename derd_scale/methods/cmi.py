@@ -51,8 +51,8 @@ import torch.nn.functional as F
 
 from ..derd.losses import BNStatistics
 from .augment import crop_flip, resized_crop_flip
-from .base import Batch, Context, Method, kd_teacher, kl_b, kl_per_sample
-from .rslad import rslad_objective
+from .base import Batch, Context, Method, kd_teacher, kl_per_sample
+from .rslad import kd_or_rslad_student
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults: the source builds the head's Adam with them
 ADAM_EPS = 1e-8
@@ -244,12 +244,7 @@ def _generator(ctx: Context, x: torch.Tensor, y: Optional[torch.Tensor]) -> tupl
 
 
 def _student(ctx: Context, batch: Batch) -> tuple[torch.Tensor, dict]:
-    if ctx.settings.variant == "rslad":
-        return rslad_objective(ctx, batch.x, ctx.robust_teacher)
-    with torch.no_grad():
-        t_logits = ctx.natural_teacher(batch.x).float()
-    loss = kl_b(t_logits, ctx.student(batch.x), ctx.settings.cmi.student_temperature)
-    return loss, {"l_s": loss.detach()}
+    return kd_or_rslad_student(ctx, batch.x, ctx.settings.cmi.student_temperature)
 
 
 METHOD = Method(

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..derd.losses import activation_loss, one_hot_loss
-from .base import Batch, Context, Method, kd_teacher, kl_b
-from .rslad import rslad_objective
+from .base import Batch, Context, Method, kd_teacher
+from .rslad import kd_or_rslad_student
 
 
 def dafl_entropy_loss(logits: torch.Tensor, batch_mean=None) -> torch.Tensor:
@@ -48,12 +48,7 @@ def _generator(ctx: Context, x: torch.Tensor, y: Optional[torch.Tensor]) -> tupl
 
 
 def _student(ctx: Context, batch: Batch) -> tuple[torch.Tensor, dict]:
-    if ctx.settings.variant == "rslad":
-        return rslad_objective(ctx, batch.x, ctx.robust_teacher)
-    with torch.no_grad():
-        t_logits = ctx.natural_teacher(batch.x).float()
-    loss = kl_b(t_logits, ctx.student(batch.x))
-    return loss, {"l_s": loss.detach()}
+    return kd_or_rslad_student(ctx, batch.x)
 
 
 METHOD = Method(

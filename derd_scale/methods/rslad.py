@@ -63,6 +63,17 @@ def rslad_objective(
     return loss, {"l_s": loss.detach(), "student_agree": (s_adv.argmax(1) == t_logits.argmax(1)).float().mean()}
 
 
+def kd_or_rslad_student(ctx: Context, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """The student objective of a clean-KD baseline's two variants (BASELINES.md §0.3): ``-KD``
+    distils T_nat's soft labels at ``temperature`` (KL, batch mean), ``-RSLAD`` runs RSLAD with T_rob."""
+    if ctx.settings.variant == "rslad":
+        return rslad_objective(ctx, x, ctx.robust_teacher)
+    with torch.no_grad():
+        t_logits = ctx.natural_teacher(x).float()
+    loss = kl_b(t_logits, ctx.student(x), temperature)
+    return loss, {"l_s": loss.detach()}
+
+
 def _student(ctx: Context, batch: Batch) -> tuple[torch.Tensor, dict]:
     return rslad_objective(ctx, batch.x, ctx.robust_teacher)
 
