@@ -271,13 +271,14 @@ def _cifar10_recipe(name: str, data_path: str) -> dict:
             f"teachers.natural.checkpoint={w / 'akamaster_resnet_cifar10' / 'resnet56-4bfd9763.th'}",
             *robust,
             "student.arch=resnet20",
-            # One thread of this CPU: a Stage-I step (ResNet-56 forward+backward for G, batch 64) takes
-            # ~2.5 s, a Stage-II step with K = 3 ~4 s, white-box evaluation of 2000 images ~7 min a row.
-            # 200 Stage-I steps (the first attempt) left L_BN far from converged and the Stage-I
-            # student at 14 % clean, so Stage I gets the larger share of the budget.
-            "stage1.steps=400",
+            # One thread of this CPU in bf16 (docs/performance.md): a Stage-I step (ResNet-56
+            # forward+backward for G, batch 64) takes ~0.8 s, a Stage-II step with K = 3 ~2.3 s, white-box
+            # evaluation of 2000 images ~7 min a row. 400 Stage-I + 120 Stage-II steps (the 2026-12-01
+            # table, fp32) left L_BN far from converged and every data-free student near 22 % clean, so
+            # the budget grew 4x and Stage I keeps the larger share: ≤ 1 h of training per row.
+            "stage1.steps=1600",
             "stage1.batch_size=64",
-            "stage2.steps=120",
+            "stage2.steps=600",
             "stage2.batch_size=64",
             "stage2.sa.steps=3",
             # The SA ascent step: 2/255 at both radii (one ε-sized step at 2/255, a quarter of ε at 8/255).
@@ -288,14 +289,14 @@ def _cifar10_recipe(name: str, data_path: str) -> dict:
             f"eval.alpha={alpha}",
             "eval.n_examples=2000",
             "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
-            "eval.every_steps=40",
+            "eval.every_steps=200",
             "eval.probe_examples=200",
             "eval.masking_check=true",
-            "logging.every_steps=10",
-            "output.checkpoint_every=40",
+            "logging.every_steps=20",
+            "output.checkpoint_every=100",
         ],
         "aa_examples": 1000,
-        "budget": "every row 520 student steps at batch 64 (DERD rows: Stage I 400 + Stage II 120; RSLAD: 520 on real images); "
+        "budget": "every row 2200 student steps at batch 64 (DERD rows: Stage I 1600 + Stage II 600; RSLAD: 2200 on real images); "
         f"{eps_text}, 10 steps; AA (standard) on the first 1000 test images; "
         f"T_nat: akamaster ResNet-56; {teacher_text}; student ResNet-20",
     }

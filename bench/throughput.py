@@ -392,35 +392,20 @@ def _key(row: dict) -> tuple:
     return (row["recipe"], row["stage"], row.get("variant", "default"), row["threads"], row["precision"])
 
 
+# variant measured against the default step → (ratio name, issue 16's target)
+_RATIOS = {"ga": ("sga_over_ga", "<= 1.10"), "bare": ("prepared_over_bare_stage1", "<= 1.05")}
+
+
 def ratios(rows: list[dict]) -> list[dict]:
-    """SGA ÷ GA and prepared ÷ bare, for every (threads, precision) measured."""
+    """SGA ÷ GA and prepared ÷ bare, for every (threads, precision) measured: default's time over the variant's."""
     out = []
     by = {(r["recipe"], r["stage"], r["variant"], r["threads"], r["precision"]): r for r in rows}
     for (recipe, stage, variant, t, p), r in by.items():
-        if variant == "ga" and (recipe, stage, "default", t, p) in by:
-            sga = by[(recipe, stage, "default", t, p)]
-            out.append(
-                dict(
-                    name="sga_over_ga",
-                    recipe=recipe,
-                    threads=t,
-                    precision=p,
-                    value=sga["seconds_per_step"] / r["seconds_per_step"],
-                    target="<= 1.10",
-                )
-            )
-        if variant == "bare" and (recipe, stage, "default", t, p) in by:
-            prepared = by[(recipe, stage, "default", t, p)]
-            out.append(
-                dict(
-                    name="prepared_over_bare_stage1",
-                    recipe=recipe,
-                    threads=t,
-                    precision=p,
-                    value=prepared["seconds_per_step"] / r["seconds_per_step"],
-                    target="<= 1.05",
-                )
-            )
+        default = by.get((recipe, stage, "default", t, p))
+        if variant in _RATIOS and default is not None:
+            name, target = _RATIOS[variant]
+            value = default["seconds_per_step"] / r["seconds_per_step"]
+            out.append(dict(name=name, recipe=recipe, threads=t, precision=p, value=value, target=target))
     return out
 
 
