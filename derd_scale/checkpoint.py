@@ -63,6 +63,7 @@ def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict
             "models": entries,
             "schedulers": {k: s.state_dict() for k, s in scheds.items()},
             "expert": par.natural_expert.state_dict(),  # the student's snapshot or EMA, if it plays T_nat
+            "student_average": par.student_average.state_dict(),  # stage2.student_ema's average, once Stage II began
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -120,6 +121,7 @@ def load_checkpoint(
     par.natural_expert.load_state_dict(
         blob["expert"] if "expert" in blob else par.natural_expert.legacy_entry(blob), par.student
     )
+    par.student_average.load_state_dict(blob.get("student_average"), par.student)
     torch.set_rng_state(blob["torch_rng"])
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])

@@ -217,6 +217,8 @@ class Stage2Config:
     kd_temperature: float = 1.0
     generator_updates: bool = True
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
+    student_ema: float = 0.0
+    """Decay of an EMA of the student's Stage-II weights (derd_scale/weight_average.py); > 0: the average is probed, exported and evaluated. 0 = off (the paper)."""
     eps: Optional[float] = None
     """Training radius ε (L∞, pixel units) of the ball mechanisms (sa.ball, the student's inner maximisation); None = the evaluation protocol's ε."""
     sa: SAConfig = field(default_factory=SAConfig)
@@ -900,6 +902,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.stage2.adv.alpha is not None:
         positive("stage2.adv.alpha", cfg.stage2.adv.alpha)
     positive("stage2.adv.steps", cfg.stage2.adv.steps)
+    if not 0.0 <= cfg.stage2.student_ema < 1.0:
+        raise ConfigError(f"stage2.student_ema: must be in [0, 1), got {cfg.stage2.student_ema}")
     if not 0.0 <= cfg.stage2.eg.ema_decay < 1.0:
         raise ConfigError(f"stage2.eg.ema_decay: must be in [0, 1), got {cfg.stage2.eg.ema_decay}")
     positive("stage2.aggregation.sigma_r", cfg.stage2.aggregation.sigma_r, strict=False)

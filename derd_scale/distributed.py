@@ -46,6 +46,7 @@ from .models.factory import freeze
 from .natural_expert import NaturalExpert
 from .parallel.adapters import GradientAdapter, ReplicatedGradients, ShardView, unwrap, world
 from .parallel.batchnorm import convert_batchnorm, global_mean
+from .weight_average import StudentAverage
 
 __all__ = [
     "build_accelerator",
@@ -177,6 +178,17 @@ class Parallel:
     """Mean over the global batch of a per-process batch mean (None in one process)."""
     natural_expert: Optional[NaturalExpert] = None
     """Who plays T_nat in Stage II (``derd_scale.natural_expert``); ``prepare`` always sets it."""
+    student_average: Optional[StudentAverage] = None
+    """The EMA of the student's Stage-II weights (``derd_scale.weight_average``); ``prepare`` always sets it."""
+
+    def shipped_student(self) -> tuple[nn.Module, Optional[dict]]:
+        """What is probed, exported and evaluated: the student's EMA when ``stage2.student_ema`` > 0
+        and Stage II has begun (with its state dict), else the live student's evaluation module
+        (and None: the caller gathers ``student.full_state_dict()``)."""
+        average = self.student_average.module if self.student_average is not None else None
+        if average is not None:
+            return average, average.state_dict()
+        return self.student.eval_module(), None
 
     @property
     def optimizers(self) -> dict:
@@ -324,6 +336,7 @@ def prepare(models, cfg, accelerator) -> Parallel:
         precision,
         batch_mean,
         expert,
+        StudentAverage(cfg.stage2.student_ema),
     )
 
 

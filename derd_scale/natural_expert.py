@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn as nn
+
+from .weight_average import ema_update
 
 MODES = ("teacher", "student", "ema")
 
@@ -83,13 +84,3 @@ class NaturalExpert:
         if blob.get("natural_expert") is not None:
             return {"mode": "student", "module": blob["natural_expert"]}
         return None
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, current: dict, decay: float) -> None:
-    """EMA of the parameters; buffers (BatchNorm statistics) are copied."""
-    for name, e in ema.named_parameters():
-        e.mul_(decay).add_(current[name].to(e.device, e.dtype), alpha=1 - decay)
-    for name, b in ema.named_buffers():
-        if name in current:
-            b.copy_(current[name])

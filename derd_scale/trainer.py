@@ -628,6 +628,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             continue
         if stage == "stage2":
             par.natural_expert.start(par.student)  # who plays T_nat (a snapshot is a collective when sharded)
+            par.student_average.start(par.student)  # stage2.student_ema: the average starts at Stage I's student
         par.student.module.train()
         models.generator.train()
         bar = tqdm(
@@ -647,6 +648,8 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             else:  # a registered baseline (docs/baselines.md), in Stage II's slot
                 metrics = method_step(models, cfg, state, scheds, par, eps)
             state.step += 1
+            if stage == "stage2":
+                par.student_average.update(par.student, state.step)  # a no-op when stage2.student_ema = 0
             window_steps += 1
             bar.update(1)
             bad = _nonfinite_terms(metrics, par)  # every step: one small sync (and all-reduce)
@@ -803,8 +806,9 @@ def _first_nonfinite(named) -> Optional[tuple[str, str]]:
 
 
 def _check_finite_weights(models: Models, state: TrainState, par: Parallel, stage: str) -> None:
-    """Student, generator (parameters and buffers) and the EMA must be finite before a
-    checkpoint; every rank checks (a gather on ZeRO-3/FSDP2) and all stop together."""
+    """Student, generator (parameters and buffers) and the EMAs (T_nat's, the shipped student's)
+    must be finite before a checkpoint; every rank checks (a gather on ZeRO-3/FSDP2) and all
+    stop together."""
     from .errors import DivergenceError
 
     found = None
@@ -814,11 +818,11 @@ def _check_finite_weights(models: Models, state: TrainState, par: Parallel, stag
         if hit:
             found = (f"{who} weight {hit[0]}", hit[1])
             break
-    ema = par.natural_expert.ema
-    if found is None and ema is not None:
-        hit = _first_nonfinite(ema.state_dict().items())
-        if hit:
-            found = (f"EMA weight {hit[0]}", hit[1])
+    for who, ema in (("EMA", par.natural_expert.ema), ("student average", par.student_average.module)):
+        if found is None and ema is not None:
+            hit = _first_nonfinite(ema.state_dict().items())
+            if hit:
+                found = (f"{who} weight {hit[0]}", hit[1])
     if _any_rank(par, found is not None):
         name, kind = found or ("a weight on another rank", "non-finite")
         raise DivergenceError(
@@ -887,8 +891,9 @@ def _probe(models: Models, cfg: RunConfig, par: Parallel) -> dict:
     from .evaluation import evaluate, protocol_from_config
 
     # Replicated: the live module; sharded: a gathered copy (a sharded forward is a
-    # collective, and ranks evaluate different numbers of batches).
-    student = par.student.eval_module()
+    # collective, and ranks evaluate different numbers of batches). With stage2.student_ema the
+    # average is what ships, so it is what the probe measures.
+    student, _ = par.shipped_student()
     was = student.training
     device = par.accelerator.device
     # The evaluation seeds the global RNG: fork it, so probes never change what training draws.
@@ -925,7 +930,9 @@ def _export_student(run: RunDir, models: Models, cfg: RunConfig, par: Parallel, 
     from .export import export_model
 
     accelerator = par.accelerator
-    state_dict = par.student.full_state_dict()  # consolidated on every rank (ZeRO-3 gather, FSDP2 full_tensor)
+    _, state_dict = par.shipped_student()  # the EMA's weights when stage2.student_ema > 0
+    if state_dict is None:
+        state_dict = par.student.full_state_dict()  # consolidated on every rank (ZeRO-3 gather, FSDP2 full_tensor)
     hit = _first_nonfinite(state_dict.items())
     if hit:
         raise DivergenceError(f"divergence: {where}: student weight {hit[0]} is {hit[1]}; nothing exported")
@@ -963,7 +970,7 @@ def _final_eval(run: RunDir, models: Models, cfg: RunConfig, par: Parallel) -> d
         warnings.warn(f"final evaluation skipped: {err}", stacklevel=1)
         return {"skipped": str(err)}
     accelerator = par.accelerator
-    student = par.student.eval_module()
+    student, _ = par.shipped_student()
     surrogate = None
     if cfg.eval.surrogate:
         from .config import ModelConfig
