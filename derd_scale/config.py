@@ -136,6 +136,8 @@ class Stage1Config:
     lambda_ie: float = 5.0
     lambda_tv: float = 0.0
     """Total-variation prior on G(z); 0 for CNN teachers, >0 for ViTs (no BatchNorm)."""
+    lambda_adv: float = 0.0
+    """Not in the paper (0 = Eq. 11): G also maximises KL(T_nat(G(z)) ‖ S(G(z))) where S and T_nat agree (CMI's / Fast-DFKD's adversarial term, methods/cmi.py::agreement_adv; S in eval mode, T_nat's logits detached), so G keeps making images the student has not learnt; G's objective in both stages."""
     student_steps: int = 1
     """Student updates per generator update, on the same detached batch (Decision)."""
     kd_temperature: float = 1.0
@@ -887,7 +889,7 @@ def validate(cfg: RunConfig) -> None:
         positive(f"{stage}.steps", sc.steps, strict=False)
         positive(f"{stage}.batch_size", sc.batch_size)
         positive(f"{stage}.kd_temperature", sc.kd_temperature)
-    for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv"):
+    for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv"):
         positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
     positive("stage1.student_steps", cfg.stage1.student_steps)
     positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)

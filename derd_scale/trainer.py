@@ -153,7 +153,7 @@ def sample_latents(
 def generator_update(
     models: Models, teacher: nn.Module, latents: list, cfg: RunConfig, sched, par: Parallel
 ) -> tuple[list, list, dict]:
-    """Eq. 11 on ``teacher`` (frozen), one optimiser step for G.
+    """Eq. 11 on ``teacher`` (frozen), one optimiser step for G (+ λ_adv·L_adv, ``stage1.lambda_adv``).
 
     Returns, per micro-batch, G(z) before the update (detached, fp32 pixels) and the
     teacher's logits on it — Stage I's KD targets — plus the loss parts."""
@@ -174,6 +174,8 @@ def generator_update(
                     targets=y,
                     batch_mean=par.batch_mean,
                 )
+            if s1.lambda_adv:
+                loss = loss + _adversarial_term(x, t_logits, s1.lambda_adv, par, p)
             par.generator.backward(loss)
         images.append(x.detach().float())
         logits.append(t_logits.detach())
@@ -181,6 +183,21 @@ def generator_update(
     par.generator.step()
     sched.step()
     return images, logits, _mean_dicts(parts)
+
+
+def _adversarial_term(x: torch.Tensor, teacher_logits: torch.Tensor, weight: float, par: Parallel, parts: dict):
+    """λ_adv·L_adv as a surrogate whose gradient w.r.t. G is λ_adv·⟨∂L_adv/∂x, ∂x/∂θ_G⟩: L_adv is
+    differentiated w.r.t. the images only (a leaf), so no parameter gradient reaches the student
+    under any backend (its plain module, eval mode, as the inner maximisation uses it)."""
+    from .methods.base import mode
+    from .methods.cmi import agreement_adv
+
+    leaf = x.detach().float().requires_grad_(True)
+    with mode(par.student.unwrapped, False), par.autocast():
+        l_adv = agreement_adv(par.student.unwrapped(leaf).float(), teacher_logits.detach().float())
+    (grad,) = torch.autograd.grad(weight * l_adv, leaf)
+    parts["l_adv"] = l_adv.detach()
+    return (x.float() * grad).sum()
 
 
 def _mean_dicts(items: list[dict]) -> dict:

@@ -175,3 +175,60 @@ def test_probe_runs_on_its_own_schedule(tmp_path, shared_data):
     )
     probed = [(r["stage"], r["step"]) for r in run.read_metrics() if "probe_clean" in r]
     assert probed == [("stage1", 3), ("stage1", 6), ("stage2", 3)]
+
+
+def test_stage1_adversarial_term_moves_g_along_its_gradient_and_leaves_the_student_alone():
+    """stage1.lambda_adv: with Eq. 11's weights at 0, G's SGD step is exactly −lr·λ·∇_θ L_adv, with
+    L_adv = −mean 1{agree}·KL(T(G(z)) ‖ S(G(z))) (S in eval mode, T's logits detached), and no
+    gradient reaches the student."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from derd_scale.config import config_from_dict
+    from derd_scale.data import dataset_info
+    from derd_scale.derd.generator import PseudoImageGenerator
+    from derd_scale.methods.cmi import agreement_adv
+    from derd_scale.models import create_model, freeze
+    from derd_scale.state import Models
+    from derd_scale.trainer import build_training, generator_update, sample_latents
+
+    zero = [f"stage1.{k}=0" for k in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie")]
+    cfg = config_from_dict(
+        {"data": {"name": "fashion_mnist"}},
+        [
+            "stage1.batch_size=8",
+            *zero,
+            "stage1.lambda_adv=2.0",
+            "optim.generator.name=sgd",
+            "optim.generator.lr=0.1",
+            "optim.generator.schedule=constant",
+            "distributed.channels_last=false",
+        ],
+    )
+    torch.manual_seed(0)
+    teacher = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
+    with torch.no_grad():  # an untrained net's logits are flat: sharpen them so argmaxes survive a nudge
+        [head for head in teacher.modules() if isinstance(head, torch.nn.Linear)][-1].weight.mul_(50)
+    student = copy.deepcopy(teacher).train()
+    with torch.no_grad():  # near the teacher: most images agree, so the mask keeps terms
+        for p in student.parameters():
+            p.requires_grad_(True)
+            p.add_(0.01 * torch.randn_like(p))
+    gen = PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4)
+    ref_gen, ref_student = copy.deepcopy(gen), copy.deepcopy(student).eval()
+    models, par, scheds, _ = build_training(
+        cfg, Accelerator(cpu=True), Models(teacher, teacher, student, gen, dataset_info("fashion_mnist"))
+    )
+    latents = sample_latents(models, cfg, "stage1", 0, 8, par)
+    (z, y) = latents[0]
+    x = ref_gen(z, y)
+    l_adv = agreement_adv(ref_student(x), teacher(x).detach())
+    assert l_adv.item() < 0  # the mask kept some images
+    grads = torch.autograd.grad(2.0 * l_adv, list(ref_gen.parameters()))
+    _, _, parts = generator_update(models, teacher, latents, cfg, scheds["generator"], par)
+    assert parts["l_adv"].item() == pytest.approx(l_adv.item(), rel=1e-5)
+    for (name, got), before, g in zip(models.generator.named_parameters(), ref_gen.parameters(), grads):
+        assert torch.allclose(got, before - 0.1 * g, atol=1e-6), name
+    assert all(p.grad is None for p in models.student.parameters())
+    assert models.student.training  # the eval-mode forward put it back
