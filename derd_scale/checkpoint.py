@@ -51,6 +51,8 @@ def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict
         path.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     entries = {name: adapter.save(path) for name, adapter in par.adapters.items()}
+    if state.replay is not None and state.stage == "stage1":  # Stage II never reads the bank again
+        state.replay.save(path, par.rank)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         blob = {
@@ -112,6 +114,8 @@ def load_checkpoint(
     state.stage, state.step = blob["stage"], blob["step"]
     state.train_seconds = float(blob.get("train_seconds", 0.0))
     state.method_state = dict(blob.get("method_state", {}))
+    if state.replay is not None and state.stage == "stage1":
+        state.replay.load(path, par.rank, par.accelerator.device)
     for name, adapter in par.adapters.items():
         adapter.load(path, blob["models"][name])
     for k, s in scheds.items():

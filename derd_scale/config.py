@@ -140,6 +140,8 @@ class Stage1Config:
     """Not in the paper (0 = Eq. 11): G also maximises KL(T_nat(G(z)) ‖ S(G(z))) where S and T_nat agree (CMI's / Fast-DFKD's adversarial term, methods/cmi.py::agreement_adv; S in eval mode, T_nat's logits detached), so G keeps making images the student has not learnt; G's objective in both stages."""
     student_steps: int = 1
     """Student updates per generator update, on the same detached batch (Decision)."""
+    replay_steps: int = 0
+    """Not in the paper (0 = off): keep the last N steps' G(z) and T_nat logits (derd/replay.py) and append one earlier step's batch, drawn uniformly, to every student update, so the student does not forget what G's earlier modes taught it."""
     kd_temperature: float = 1.0
 
 
@@ -889,6 +891,8 @@ def validate(cfg: RunConfig) -> None:
         positive(f"{stage}.steps", sc.steps, strict=False)
         positive(f"{stage}.batch_size", sc.batch_size)
         positive(f"{stage}.kd_temperature", sc.kd_temperature)
+    if cfg.stage1.replay_steps < 0:
+        raise ConfigError(f"stage1.replay_steps: must be ≥ 0 (0 = no replay), got {cfg.stage1.replay_steps}")
     for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv"):
         positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
     positive("stage1.student_steps", cfg.stage1.student_steps)

@@ -9,6 +9,7 @@ models and the natural expert have one owner each: ``par.student`` / ``par.gener
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch.nn as nn
 
@@ -37,3 +38,6 @@ class TrainState:
     """Wall time spent in the training loops, summed over every resume (saved in checkpoints)."""
     method_state: dict = field(default_factory=dict)
     """A baseline's running state (MTARD's weights, FERD's class probabilities; saved in checkpoints)."""
+    replay: Any = None
+    """Stage I's replay bank (``derd.replay.ReplayBank``) when stage1.replay_steps > 0; each rank
+    saves its own beside the Stage-I checkpoints."""

@@ -38,11 +38,13 @@ from .derd.aggregation import aggregate
 from .derd.expert_guiding import student_batch, student_losses
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
+from .derd.replay import ReplayBank
 from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
 from .methods import Batch, Context, get_method
 from .methods.augment import crop_flip
 from .methods.base import mode
+from .methods.cmi import agreement_adv
 from .models import freeze
 from .optim import build_scheduler, build_two_stage_scheduler
 from .run_dir import RunDir
@@ -189,9 +191,6 @@ def _adversarial_term(x: torch.Tensor, teacher_logits: torch.Tensor, weight: flo
     """λ_adv·L_adv as a surrogate whose gradient w.r.t. G is λ_adv·⟨∂L_adv/∂x, ∂x/∂θ_G⟩: L_adv is
     differentiated w.r.t. the images only (a leaf), so no parameter gradient reaches the student
     under any backend (its plain module, eval mode, as the inner maximisation uses it)."""
-    from .methods.base import mode
-    from .methods.cmi import agreement_adv
-
     leaf = x.detach().float().requires_grad_(True)
     with mode(par.student.unwrapped, False), par.autocast():
         l_adv = agreement_adv(par.student.unwrapped(leaf).float(), teacher_logits.detach().float())
@@ -204,12 +203,21 @@ def _mean_dicts(items: list[dict]) -> dict:
     return {k: sum(d[k] for d in items) / len(items) for k in items[0]}
 
 
-def stage1_step(models: Models, cfg: RunConfig, step: int, scheds: dict, par: Parallel) -> dict:
-    """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12."""
+def stage1_step(
+    models: Models, cfg: RunConfig, step: int, scheds: dict, par: Parallel, replay: Optional[ReplayBank] = None
+) -> dict:
+    """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12 —
+    with ``replay`` (stage1.replay_steps), on that batch and one earlier step's batch appended."""
     latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par)
     images, teacher_logits, metrics = generator_update(
         models, models.natural_teacher, latents, cfg, scheds["generator"], par
     )
+    if replay is not None:
+        earlier = replay.draw(cfg.seed, step)  # drawn before this step joins the bank: always an earlier one
+        replay.add(step, images, teacher_logits)
+        if earlier is not None:
+            images = [torch.cat([x, old_x]) for x, (old_x, _) in zip(images, earlier)]
+            teacher_logits = [torch.cat([t.float(), old_t]) for t, (_, old_t) in zip(teacher_logits, earlier)]
     for _ in range(cfg.stage1.student_steps):
         losses = []
         for m, (x, t) in enumerate(zip(images, teacher_logits)):
@@ -621,7 +629,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     check_models(models, par)
     run = _on_main_agreed(par, lambda: open_run_dir(plan, cfg, accelerator.is_main_process), plan.run)
 
-    state = TrainState()
+    state = TrainState(replay=ReplayBank(cfg.stage1.replay_steps) if cfg.stage1.replay_steps else None)
     if plan.action == "resume":
         chosen = resume(run, plan.checkpoints, state, models, scheds, par)
         if accelerator.is_main_process:
@@ -659,7 +667,7 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         while state.step < steps[stage]:
             maybe_inject_nan(stage, state.step + 1, "before", models)
             if stage == "stage1":
-                metrics = stage1_step(models, cfg, state.step, scheds, par)
+                metrics = stage1_step(models, cfg, state.step, scheds, par, state.replay)
             elif cfg.method == "derd":
                 metrics = stage2_step(models, cfg, state, scheds, par, eps)
             else:  # a registered baseline (docs/baselines.md), in Stage II's slot

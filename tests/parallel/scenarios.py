@@ -49,6 +49,7 @@ BASE = [
 # name: (extra overrides, Stage-I steps, Stage-II steps)
 SCENARIOS = {
     "stage1": ([], 1, 0),
+    "stage1_replay": (["stage1.replay_steps=2"], 3, 0),  # steps 2 and 3 replay an earlier step's local slices
     "stage2": ([], 0, 3),  # full DERD: G update + SA + EG + GA + SGA, three steps
     "gz_per_tensor_clip": (
         ["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.05"],
@@ -117,14 +118,16 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
 
 
 def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra: tuple = ()) -> dict:
+    from derd_scale.derd.replay import ReplayBank
     from derd_scale.trainer import TrainState, method_step, stage1_step, stage2_step
 
     cfg, models, par, scheds, (s1, s2) = build(name, backend, accelerator, ds_stage, tuple(extra))
     models.student.train()
     models.generator.train()
     metrics = []
+    replay = ReplayBank(cfg.stage1.replay_steps) if cfg.stage1.replay_steps else None
     for i in range(s1):
-        metrics.append(par.mean_metrics(stage1_step(models, cfg, i, scheds, par)))
+        metrics.append(par.mean_metrics(stage1_step(models, cfg, i, scheds, par, replay)))
     state = TrainState(stage="stage2")
     if s2:
         par.natural_expert.start(par.student)
