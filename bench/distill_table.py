@@ -519,12 +519,13 @@ def row_overrides(row: str, cfg) -> list[str]:
 
 
 def student_budget(cfg) -> int:
-    """Student steps of a DERD row: Stage I + Stage II."""
-    return cfg.stage1.steps + cfg.stage2.steps
+    """Student steps of a DERD row: Stage I (stage1.student_steps per G step) + Stage II."""
+    return cfg.stage1.steps * cfg.stage1.student_steps + cfg.stage2.steps
 
 
 def step_counts(cfg) -> tuple[int, int]:
-    """(G steps, student steps) per step of ``cfg.method`` (DERD: 1 and stage1.student_steps in Stage I, 1 and 1 in Stage II)."""
+    """(G steps, student steps) per step of a registered method's ``cfg.method`` (a DERD row's
+    budget is ``student_budget``: its two stages step differently)."""
     from derd_scale.methods import get_method
 
     if cfg.method == "derd":
@@ -540,9 +541,10 @@ def row_budget(row: str, r: dict) -> str:
 
     base = config_from_dict({}, r["config"])
     if row not in METHOD_ROWS:
-        s1 = base.stage1.steps
+        s1, k = base.stage1.steps, base.stage1.student_steps
         s2 = 0 if row == "stage1_only" else base.stage2.steps
-        return f"{s1 + s2} student steps (Stage I {s1} + Stage II {s2}), {s1 + s2} G steps, data-free"
+        stage1 = f"{s1 * k} ({s1} × {k})" if k > 1 else f"{s1}"
+        return f"{s1 * k + s2} student steps (Stage I {stage1} + Stage II {s2}), {s1 + s2} G steps, data-free"
     cfg = config_from_dict({}, r["config"] + row_overrides(row, base))
     g, s = step_counts(cfg)
     n = cfg.stage2.steps

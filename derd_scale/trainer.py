@@ -206,21 +206,23 @@ def _mean_dicts(items: list[dict]) -> dict:
 def stage1_step(
     models: Models, cfg: RunConfig, step: int, scheds: dict, par: Parallel, replay: Optional[ReplayBank] = None
 ) -> dict:
-    """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12 —
-    with ``replay`` (stage1.replay_steps), on that batch and one earlier step's batch appended."""
+    """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12, for
+    ``stage1.student_steps`` updates — with ``replay`` (stage1.replay_steps), each update on that
+    batch with one earlier step's batch appended (a new draw per update)."""
     latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par)
     images, teacher_logits, metrics = generator_update(
         models, models.natural_teacher, latents, cfg, scheds["generator"], par
     )
-    if replay is not None:
-        earlier = replay.draw(cfg.seed, step)  # drawn before this step joins the bank: always an earlier one
+    earlier = [None] * cfg.stage1.student_steps
+    if replay is not None:  # drawn before this step joins the bank: always earlier steps
+        earlier = [replay.draw(cfg.seed, step, update) for update in range(cfg.stage1.student_steps)]
         replay.add(step, images, teacher_logits)
-        if earlier is not None:
-            images = [torch.cat([x, old_x]) for x, (old_x, _) in zip(images, earlier)]
-            teacher_logits = [torch.cat([t.float(), old_t]) for t, (_, old_t) in zip(teacher_logits, earlier)]
-    for _ in range(cfg.stage1.student_steps):
+    for old in earlier:
         losses = []
-        for m, (x, t) in enumerate(zip(images, teacher_logits)):
+        batches = zip(images, teacher_logits)
+        if old is not None:
+            batches = [(torch.cat([x, ox]), torch.cat([t.float(), ot])) for (x, t), (ox, ot) in zip(batches, old)]
+        for m, (x, t) in enumerate(batches):
             with par.student.micro_batch(m):
                 with par.autocast():
                     loss = kd_kl(t, par.student.module(x), cfg.stage1.kd_temperature)

@@ -10,8 +10,10 @@ catastrophic forgetting and distribution mismatch in knowledge distillation via 
 no teacher pass: T_nat is frozen, so the logits computed when an image was made stay its target.
 
 The bank is a ring buffer of whole *steps*: per stored step, this rank's micro-batches of G(z)
-(fp16 pixels — finer than 8-bit images) and T_nat's logits (fp32). Each Stage-I step draws one
-earlier stored step with a generator seeded by (seed, step) — the same draw on every rank — and
+(fp16 pixels — finer than 8-bit images) and T_nat's logits (fp32). Each student update of a
+Stage-I step (``stage1.student_steps`` of them: many cheap student updates per teacher backward)
+draws one earlier stored step with a generator seeded by (seed, step, update) — the same draw on
+every rank — and
 each rank replays its own micro-batches of it, so the global replayed batch is that step's
 global batch under any number of processes. Every rank saves its own bank beside the checkpoint
 (``replay-rank<r>.pt``), as the sharded backends save their shards.
@@ -25,9 +27,10 @@ from typing import Optional
 import torch
 
 
-def replay_noise(seed: int, step: int) -> torch.Generator:
-    """The draw of Stage-I step ``step`` (a pure function of its inputs, equal on every rank)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + 104_729 * 3 + step) % (2**63 - 1))
+def replay_noise(seed: int, step: int, update: int = 0) -> torch.Generator:
+    """The draw for student update ``update`` of Stage-I step ``step`` (a pure function of its
+    inputs, equal on every rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + 104_729 * (3 + update) + step) % (2**63 - 1))
 
 
 class ReplayBank:
@@ -43,12 +46,12 @@ class ReplayBank:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def draw(self, seed: int, step: int) -> Optional[list[tuple[torch.Tensor, torch.Tensor]]]:
+    def draw(self, seed: int, step: int, update: int = 0) -> Optional[list[tuple[torch.Tensor, torch.Tensor]]]:
         """One stored step, uniformly (None while the bank is empty): per micro-batch, (images
         in fp32, logits) on the device they were stored from."""
         if not self.steps:
             return None
-        i = int(torch.randint(len(self.steps), (1,), generator=replay_noise(seed, step)))
+        i = int(torch.randint(len(self.steps), (1,), generator=replay_noise(seed, step, update)))
         return [(x.float(), t) for x, t in self.entries[i]]
 
     def add(self, step: int, images: list[torch.Tensor], logits: list[torch.Tensor]) -> None:
