@@ -168,3 +168,13 @@ def subprocess_env(**extra: str) -> dict:
     threads = str(torch.get_num_threads())
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **extra)
     return env
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

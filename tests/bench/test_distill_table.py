@@ -1,20 +1,17 @@
 """bench/distill_table.py's bookkeeping: the table always covers every finished row of the folder."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("distill_table", REPO / "bench" / "distill_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("distill_table")
 
 
 def _row(out: Path, name: str, pgd: float, aa: float | None = None, seed: int = 0) -> dict:

@@ -1,18 +1,13 @@
 """bench/throughput.py's bookkeeping: the ratios issue 16 targets, computed from measured rows."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("throughput", REPO / "bench" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("throughput")
 
 
 def _row(stage: str, variant: str, seconds: float, threads: int = 1, precision: str = "fp32") -> dict:
