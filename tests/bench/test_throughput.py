@@ -5,7 +5,6 @@ import pytest
 from conftest import load_bench
 
 
-
 def _load():
     return load_bench("throughput")
 
