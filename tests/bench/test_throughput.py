@@ -1,6 +1,5 @@
 """bench/throughput.py's bookkeeping: the ratios issue 16 targets, computed from measured rows."""
 
-
 import pytest
 from conftest import load_bench
 
