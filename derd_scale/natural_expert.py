@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from .weight_average import ema_update
+from .weight_average import ema_update, restored_snapshot
 
 MODES = ("teacher", "student", "ema")
 
@@ -71,9 +71,7 @@ class NaturalExpert:
         """Restore what ``state_dict`` saved (a snapshot of ``student`` receives the weights)."""
         if entry is None:
             return
-        copy = student.snapshot()
-        copy.load_state_dict(entry["module"])
-        self.copy, self._copy_mode = copy, entry["mode"]
+        self.copy, self._copy_mode = restored_snapshot(student, entry["module"]), entry["mode"]
 
     @staticmethod
     def legacy_entry(blob: dict) -> Optional[dict]:

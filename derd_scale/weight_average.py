@@ -53,6 +53,14 @@ def ema_update(ema: nn.Module, current: dict, decay: float, average_buffers: boo
             b.copy_(current[name])
 
 
+def restored_snapshot(student, weights: dict) -> nn.Module:
+    """A frozen copy of ``student`` (its ``snapshot()``) holding ``weights`` — how a checkpointed
+    averaged/copied student comes back on resume, whatever wraps the live student."""
+    copy = student.snapshot()
+    copy.load_state_dict(weights)
+    return copy
+
+
 class StudentAverage:
     """The EMA of the student over Stage II (``stage2.student_ema``; 0 = off, the paper)."""
 
@@ -85,6 +93,4 @@ class StudentAverage:
         """Restore what ``state_dict`` saved (a snapshot of ``student`` receives the weights)."""
         if entry is None or not self.enabled:
             return
-        copy = student.snapshot()
-        copy.load_state_dict(entry)
-        self.module = copy
+        self.module = restored_snapshot(student, entry)
