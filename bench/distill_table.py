@@ -1,7 +1,8 @@
 """The distillation tables: DERD's ablation rows next to data-driven references, on real test data.
 
     python bench/distill_table.py --recipe fmnist    --data-path ../shared/data --out bench/out/fmnist
-    python bench/distill_table.py --recipe cifar10_2 --data-path ../shared/data --out bench/out/cifar10_2
+    python bench/distill_table.py --recipe cifar10_2 --data-path ../shared/data --out bench/out/cifar10_2 \
+        --archive docs/results/cifar10   # a new machine resumes from the committed runs (no retraining)
     python bench/distill_table.py --recipe cifar10_8 --data-path ../shared/data --rows table2 --seeds 0,1
 
 Recipes (each states its budget in the table): ``fmnist`` (ε = 0.1, the committed Fashion-MNIST
@@ -650,6 +651,37 @@ def finished_rows(out: Path) -> dict:
     return found
 
 
+# What a finished (row, seed) needs to be tabled again or attacked later without retraining: its
+# results, its Stage-II logs (the diagnostics table) and the exported student (a few MB at most).
+ARCHIVED = ("row.json", "aa.json", "metrics.jsonl", "student")
+
+
+def archive_runs(out: Path, archive: Path, restore: bool) -> list[str]:
+    """Copy each finished run's ``ARCHIVED`` files between ``out`` and ``archive/runs``.
+
+    ``restore=False`` (after a row): ``out`` → archive, for every run folder with a row.json.
+    ``restore=True`` (before the rows): archive → ``out`` for every archived run that ``out`` lacks,
+    so a fresh machine re-tables, or runs AutoAttack on, what an earlier session trained.
+    Returns the run names copied."""
+    src_root, dst_root = (archive / "runs", out) if restore else (out, archive / "runs")
+    copied = []
+    for folder in sorted(src_root.glob("*/row.json")) if src_root.exists() else []:
+        run = folder.parent
+        dst = dst_root / run.name
+        if restore and (dst / "row.json").exists():
+            continue  # the live folder wins: it may hold newer work
+        for name in ARCHIVED:
+            if not (run / name).exists():
+                continue
+            if (run / name).is_dir():
+                shutil.copytree(run / name, dst / name, dirs_exist_ok=True)
+            else:
+                dst.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run / name, dst / name)
+        copied.append(run.name)
+    return copied
+
+
 def row_group(row: str) -> str:
     """The Pareto plot's group of a row: a DERD-loop row, a data-free baseline or a data-driven bound."""
     if row not in METHOD_ROWS:
@@ -769,11 +801,22 @@ def main(argv=None) -> int:
         "--seeds", default="0", help="comma list of seeds; every row runs once per seed (folders row, row-seed1, ...)"
     )
     p.add_argument("--no-aa", action="store_true", help="skip the AutoAttack column")
+    p.add_argument(
+        "--archive",
+        default=None,
+        help="a committed folder (e.g. docs/results/cifar10): finished runs' results, logs and exported "
+        "students are restored from its runs/ into --out first and copied there after each row",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     r = recipe(args.recipe, args.data_path)
     out = Path(args.out or f"bench/out/{args.recipe}")  # as named: an old `--recipe cifar10` folder resumes
     out.mkdir(parents=True, exist_ok=True)
+    archive = Path(args.archive) if args.archive else None
+    if archive is not None:
+        restored = archive_runs(out, archive, restore=True)
+        if restored:
+            print(f"[bench] restored from {archive}: {', '.join(restored)}", flush=True)
     if r["ensure_teachers"] is not None:
         r["ensure_teachers"](r["teachers"], args.data_path)  # trains (resumably) only what is missing
     rows = [
@@ -796,12 +839,16 @@ def main(argv=None) -> int:
             print(f"[bench] {args.recipe}: row {row} seed {seed}", flush=True)
             run_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/row.json
             write_tables(out, r, title)
+            if archive is not None:
+                archive_runs(out, archive, restore=False)
     if not args.no_aa:
         for seed in seeds:
             for row in rows:
                 print(f"[bench] {args.recipe}: AutoAttack on {row} seed {seed}", flush=True)
                 autoattack_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/aa.json
                 write_tables(out, r, title)
+                if archive is not None:
+                    archive_runs(out, archive, restore=False)
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())
     return 0

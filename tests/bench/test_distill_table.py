@@ -55,6 +55,32 @@ def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
     ]
 
 
+def test_the_archive_keeps_results_logs_and_students_but_not_checkpoints_and_restores_them(tmp_path):
+    dt = _load()
+    out, archive, fresh = tmp_path / "out", tmp_path / "archive", tmp_path / "fresh"
+    _row(out, "sa_only-seed1", 0.44, aa=0.405, seed=1)
+    (out / "sa_only-seed1" / "student").mkdir()
+    (out / "sa_only-seed1" / "student" / "model.safetensors").write_bytes(b"weights")
+    (out / "sa_only-seed1" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "sa_only-seed1" / "checkpoints").mkdir()  # large: never archived
+    (out / "stage1_only").mkdir()  # unfinished (no row.json): never archived
+    assert dt.archive_runs(out, archive, restore=False) == ["sa_only-seed1"]
+    kept = archive / "runs" / "sa_only-seed1"
+    assert sorted(p.name for p in kept.iterdir()) == ["aa.json", "metrics.jsonl", "row.json", "student"]
+    assert not (archive / "runs" / "stage1_only").exists()
+    # A new machine: restored into an empty --out, then tabled and attackable without retraining.
+    assert dt.archive_runs(fresh, archive, restore=True) == ["sa_only-seed1"]
+    assert (fresh / "sa_only-seed1" / "student" / "model.safetensors").read_bytes() == b"weights"
+    assert dt.finished_rows(fresh)["sa_only"]["seeds"]["1"]["aa"] == 0.405
+    # A live run folder is never overwritten by the archive.
+    (fresh / "sa_only-seed1" / "row.json").write_text((fresh / "sa_only-seed1" / "row.json").read_text() + " ")
+    live = (fresh / "sa_only-seed1" / "row.json").read_text()
+    assert (
+        dt.archive_runs(fresh, archive, restore=True) == []
+        and (fresh / "sa_only-seed1" / "row.json").read_text() == live
+    )
+
+
 def test_seeds_are_one_row_with_mean_std_and_per_seed_values(tmp_path):
     dt = _load()
     _row(tmp_path, "sa_only", 0.40, aa=0.30)
