@@ -611,6 +611,17 @@ def stage2_diagnostics(metrics_path: Path, keys) -> dict:
     }
 
 
+def row_diagnostics(run: Path, keys) -> dict:
+    """``stage2_diagnostics`` of a run folder, cached in its diagnostics.json (archived with the run,
+    so the table keeps them where the full Stage-II log is not at hand)."""
+    cached = run / "diagnostics.json"
+    if (run / "metrics.jsonl").exists():
+        diag = stage2_diagnostics(run / "metrics.jsonl", keys)
+        cached.write_text(json.dumps(diag, indent=2))
+        return diag
+    return json.loads(cached.read_text()) if cached.exists() else {}
+
+
 def finished_rows(out: Path) -> dict:
     """Every row finished in ``out`` (row.json, plus aa.json when AutoAttack ran), in the
     recipe's order: the folder is the table's only source, so a run over a subset of
@@ -653,7 +664,7 @@ def finished_rows(out: Path) -> dict:
 
 # What a finished (row, seed) needs to be tabled again or attacked later without retraining: its
 # results, its Stage-II logs (the diagnostics table) and the exported student (a few MB at most).
-ARCHIVED = ("row.json", "aa.json", "metrics.jsonl", "student")
+ARCHIVED = ("row.json", "aa.json", "diagnostics.json", "metrics.jsonl", "student")
 
 
 def archive_runs(out: Path, archive: Path, restore: bool) -> list[str]:
@@ -749,11 +760,7 @@ def write_tables(out: Path, r: dict, title: str) -> None:
         "d_after",
         "student_agree_rob",
     )
-    diag = {
-        row: stage2_diagnostics(out / row / "metrics.jsonl", diag_keys)
-        for row in results
-        if (out / row / "metrics.jsonl").exists()
-    }
+    diag = {row: row_diagnostics(out / row, diag_keys) for row in results}
     diag = {row: d for row, d in diag.items() if d}
     if diag:
         lines += [

@@ -81,6 +81,21 @@ def test_the_archive_keeps_results_logs_and_students_but_not_checkpoints_and_res
     )
 
 
+def test_stage2_diagnostics_are_cached_beside_the_run_and_read_back_without_the_log(tmp_path):
+    dt = _load()
+    run = tmp_path / "derd_paper"
+    run.mkdir()
+    lines = [{"stage": "stage1", "step": 4, "cos_g1_g2": 9.0}] + [
+        {"stage": "stage2", "step": s, "cos_g1_g2": c} for s, c in ((1, 0.0), (2, 0.0), (3, -0.5), (4, -0.7))
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # the second half of Stage II (steps 3 and 4): (-0.5 - 0.7) / 2; Stage I never counts
+    assert dt.row_diagnostics(run, ("cos_g1_g2", "tau1")) == {"cos_g1_g2": pytest.approx(-0.6), "tau1": None}
+    (run / "metrics.jsonl").unlink()  # e.g. a run restored from an archive without its log
+    assert dt.row_diagnostics(run, ("cos_g1_g2", "tau1"))["cos_g1_g2"] == pytest.approx(-0.6)
+    assert dt.row_diagnostics(tmp_path / "rslad", ("cos_g1_g2",)) == {}
+
+
 def test_seeds_are_one_row_with_mean_std_and_per_seed_values(tmp_path):
     dt = _load()
     _row(tmp_path, "sa_only", 0.40, aa=0.30)
