@@ -469,7 +469,10 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
     plot_training_curves(
         row_dir / "metrics.jsonl",
         row_dir / "curves.png",
-        stage1_metrics=out / run_name("stage1_only", seed) / "metrics.jsonl" if derd_row else None,
+        # (absent where the shared Stage I was restored from an archive, which keeps results, not its log)
+        stage1_metrics=stage1_log
+        if derd_row and (stage1_log := out / run_name("stage1_only", seed) / "metrics.jsonl").exists()
+        else None,
     )
     result = {
         "row": row,
