@@ -453,7 +453,10 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
         src = sorted((out / run_name("stage1_only", seed) / "checkpoints").glob("stage1-*"))
         if not src:
-            raise RuntimeError("stage1_only must run first")
+            raise RuntimeError(
+                f"{run_name('stage1_only', seed)}: no Stage-I checkpoint to start {name} from — stage1_only must run "
+                "first (a run restored from --archive keeps results, not checkpoints: move its row.json aside to retrain it)"
+            )
         dst = row_dir / "checkpoints" / src[-1].name
         if not dst.exists() and not (row_dir / "DONE").exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
