@@ -451,21 +451,27 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
     derd_row = row in ROW_OVERRIDES
     if derd_row and row != "stage1_only":
         # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
-        src = sorted((out / run_name("stage1_only", seed) / "checkpoints").glob("stage1-*"))
+        stage1 = out / run_name("stage1_only", seed)
+        if not (row_dir / "DONE").exists() and not list((stage1 / "checkpoints").glob("stage1-*")):
+            retrain_restored_stage1(r, out, progress, seed)
+        src = sorted((stage1 / "checkpoints").glob("stage1-*"))
         if not src:
             raise RuntimeError(
-                f"{run_name('stage1_only', seed)}: no Stage-I checkpoint to start {name} from — stage1_only must run "
-                "first (a run restored from --archive keeps results, not checkpoints: move its row.json aside to retrain it)"
+                f"{stage1.name}: no Stage-I checkpoint to start {name} from — stage1_only must run first"
             )
         dst = row_dir / "checkpoints" / src[-1].name
         if not dst.exists() and not (row_dir / "DONE").exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(src[-1], dst)
+            # The copy's train_seconds carry into this run's DONE: record them, so its minutes are its own.
+            (row_dir / STAGE1_SOURCE).write_text(
+                json.dumps({"checkpoint": str(src[-1]), "train_seconds": run_train_seconds(stage1)})
+            )
     if (row_dir / "DONE").exists():
         # Trained before under another evaluation budget (e.g. a steering run on fewer test
         # images): evaluate its exported student with this recipe's; count its training time.
         report = evaluate_exported(row_dir, cfg, progress)
-        t0 -= json.loads((row_dir / "DONE").read_text()).get("train_seconds", 0.0)
+        t0 -= own_train_seconds(row_dir)
     else:
         train(cfg, row)  # resumes a killed row from its newest checkpoint
         report = json.loads((row_dir / "eval" / "report.json").read_text())
@@ -488,6 +494,38 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
     row_dir.mkdir(parents=True, exist_ok=True)
     (row_dir / "row.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+STAGE1_SOURCE = "stage1_source.json"
+
+
+def run_train_seconds(run: Path) -> float:
+    """A finished run's training seconds (its DONE file; accumulated over resumes), 0 if unknown."""
+    done = run / "DONE"
+    return float(json.loads(done.read_text()).get("train_seconds", 0.0)) if done.exists() else 0.0
+
+
+def own_train_seconds(row_dir: Path) -> float:
+    """A Stage-II row's training seconds without those of the Stage I it was started from (its
+    DONE counts both: train_seconds accumulates over the resumed checkpoint)."""
+    source = row_dir / STAGE1_SOURCE
+    stage1 = json.loads(source.read_text())["train_seconds"] if source.exists() else 0.0
+    return run_train_seconds(row_dir) - stage1
+
+
+def retrain_restored_stage1(r: dict, out: Path, progress: bool, seed: int) -> None:
+    """A stage1_only restored from --archive keeps results, not checkpoints: set it aside and
+    train it again (deterministic: the retrained Stage I matched the archived one bit for bit),
+    so the Stage-II rows can start from it."""
+    stage1 = out / run_name("stage1_only", seed)
+    if not (stage1 / "row.json").exists() or (stage1 / "DONE").exists():
+        return  # not a restored result: nothing to set aside
+    aside = out / ".restored" / stage1.name  # hidden: no row glob reads it
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.parent.mkdir(exist_ok=True)
+    stage1.rename(aside)
+    print(f"[bench] {stage1.name}: restored without checkpoints; retraining it (the archived copy: {aside})")
+    run_row("stage1_only", r, out, progress, seed)
 
 
 def evaluate_exported(row_dir: Path, cfg, progress: bool) -> dict:
@@ -673,17 +711,19 @@ def finished_rows(out: Path) -> dict:
 ARCHIVED = ("row.json", "aa.json", "diagnostics.json", "metrics.jsonl", "student")
 
 
-def archive_runs(out: Path, archive: Path, restore: bool) -> list[str]:
+def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None = None) -> list[str]:
     """Copy each finished run's ``ARCHIVED`` files between ``out`` and ``archive/runs``.
 
-    ``restore=False`` (after a row): ``out`` → archive, for every run folder with a row.json.
-    ``restore=True`` (before the rows): archive → ``out`` for every archived run that ``out`` lacks,
-    so a fresh machine re-tables, or runs AutoAttack on, what an earlier session trained.
-    Returns the run names copied."""
+    ``restore=False`` (after a row): ``out`` → archive, for the named ``runs`` (None: every run
+    folder with a row.json). ``restore=True`` (before the rows): archive → ``out`` for every
+    archived run that ``out`` lacks, so a fresh machine re-tables, or runs AutoAttack on, what an
+    earlier session trained. Returns the run names copied."""
     src_root, dst_root = (archive / "runs", out) if restore else (out, archive / "runs")
     copied = []
     for folder in sorted(src_root.glob("*/row.json")) if src_root.exists() else []:
         run = folder.parent
+        if runs is not None and run.name not in runs:
+            continue
         dst = dst_root / run.name
         if restore and (dst / "row.json").exists():
             continue  # the live folder wins: it may hold newer work
@@ -853,7 +893,7 @@ def main(argv=None) -> int:
             run_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/row.json
             write_tables(out, r, title)
             if archive is not None:
-                archive_runs(out, archive, restore=False)
+                archive_runs(out, archive, restore=False, runs=[run_name(row, seed)])
     if not args.no_aa:
         for seed in seeds:
             for row in rows:
@@ -861,7 +901,7 @@ def main(argv=None) -> int:
                 autoattack_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/aa.json
                 write_tables(out, r, title)
                 if archive is not None:
-                    archive_runs(out, archive, restore=False)
+                    archive_runs(out, archive, restore=False, runs=[run_name(row, seed)])
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())
     return 0

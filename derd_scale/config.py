@@ -221,6 +221,8 @@ class Stage2Config:
     kd_temperature: float = 1.0
     generator_updates: bool = True
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
+    lr: Optional[float] = None
+    """The student's peak learning rate in Stage II, where its schedule restarts; None = optim.student.lr (the paper: one rate). A Stage-I student that a restart at the full rate would knock off its clean solution keeps more of it at a lower one."""
     student_ema: float = 0.0
     """Decay of an EMA of the student's Stage-II weights (derd_scale/weight_average.py); > 0: the average is probed, exported and evaluated. 0 = off (the paper)."""
     eps: Optional[float] = None
@@ -908,6 +910,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.stage2.adv.alpha is not None:
         positive("stage2.adv.alpha", cfg.stage2.adv.alpha)
     positive("stage2.adv.steps", cfg.stage2.adv.steps)
+    if cfg.stage2.lr is not None:
+        positive("stage2.lr", cfg.stage2.lr)
     if not 0.0 <= cfg.stage2.student_ema < 1.0:
         raise ConfigError(f"stage2.student_ema: must be in [0, 1), got {cfg.stage2.student_ema}")
     if not 0.0 <= cfg.stage2.eg.ema_decay < 1.0:

@@ -38,12 +38,16 @@ def build_scheduler(optimizer, total: int, oc: OptimizerConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, total, oc))
 
 
-def build_two_stage_scheduler(optimizer, stage1_steps: int, stage2_steps: int, oc: OptimizerConfig):
-    """One LambdaLR over the student's whole life: Stage I's schedule, then Stage II's from the start."""
+def build_two_stage_scheduler(
+    optimizer, stage1_steps: int, stage2_steps: int, oc: OptimizerConfig, stage2_lr: float | None = None
+):
+    """One LambdaLR over the student's whole life: Stage I's schedule, then Stage II's from the
+    start, peaking at ``stage2_lr`` (None: ``oc.lr``, the same peak as Stage I)."""
+    stage2_scale = 1.0 if stage2_lr is None else stage2_lr / oc.lr
 
     def multiplier(s: int) -> float:
         if s < stage1_steps:
             return lr_multiplier(s, stage1_steps, oc)
-        return lr_multiplier(s - stage1_steps, stage2_steps, oc)
+        return stage2_scale * lr_multiplier(s - stage1_steps, stage2_steps, oc)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -115,7 +115,7 @@ def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None)
     scheds = {
         # The student's schedule restarts (warm-up, cosine/step) at the start of Stage II.
         "student": build_two_stage_scheduler(
-            par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student
+            par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student, cfg.stage2.lr
         ),
         "generator": build_scheduler(par.generator.optimizer, steps["stage1"] + steps["stage2"], cfg.optim.generator),
     }

@@ -232,3 +232,49 @@ def test_the_cifar10_8_teacher_recipe_trains_resumably_loads_as_local_dir_and_ge
     monkeypatch.setattr(tt, "train_teacher", lambda cfg: pytest.fail("trained again"))
     monkeypatch.setattr(dt, "evaluate_teacher_columns", lambda *a: pytest.fail("evaluated again"))
     assert dt.ensure_cifar10_8_teacher(tmp_path, str(shared_data), aa_examples=4, **few) == teacher
+
+
+def test_after_a_row_only_that_run_is_archived(tmp_path):
+    dt = _load()
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    _row(out, "sa_only", 0.44)
+    _row(out, "rslad", 0.69)
+    assert dt.archive_runs(out, archive, restore=False, runs=["rslad"]) == ["rslad"]
+    assert sorted(p.name for p in (archive / "runs").iterdir()) == ["rslad"]
+
+
+def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(tmp_path, monkeypatch):
+    dt = _load()
+    r = dt.recipe("fmnist", str(tmp_path / "data"))
+    out = tmp_path / "out"
+    restored = _row(out, "stage1_only-seed1", 0.01, seed=1)  # from an archive: results, no checkpoints
+    trained = []
+
+    def fake_train(cfg, stem):
+        run = out / cfg.output.name
+        trained.append(cfg.output.name)
+        if cfg.output.name.startswith("stage1_only"):
+            (run / "checkpoints" / "stage1-00000400").mkdir(parents=True)
+            (run / "checkpoints" / "stage1-00000400" / "state.pt").write_bytes(b"stage I")
+            seconds = 100.0
+        else:  # resumed from the copied Stage I: its DONE counts the Stage I's seconds too
+            assert (run / "checkpoints" / "stage1-00000400" / "state.pt").read_bytes() == b"stage I"
+            seconds = 130.0
+        (run / "DONE").write_text(json.dumps({"train_seconds": seconds}))
+        (run / "eval").mkdir(parents=True, exist_ok=True)
+        report = {"attacks": {"clean": {"accuracy": 0.7, "n": 10}}}
+        (run / "eval" / "report.json").write_text(json.dumps(report))
+        (run / "metrics.jsonl").write_text("")
+
+    monkeypatch.setattr("derd_scale.trainer.train", fake_train)
+    dt.run_row("derd_recommended", r, out, progress=False, seed=1)
+    assert trained == ["stage1_only-seed1", "derd_recommended-seed1"]
+    assert json.loads((out / ".restored" / "stage1_only-seed1" / "row.json").read_text()) == restored
+    assert "1" in dt.finished_rows(out)["stage1_only"]["seeds"]  # the retrained Stage I is tabled again
+    row_dir = out / "derd_recommended-seed1"
+    assert json.loads((row_dir / dt.STAGE1_SOURCE).read_text())["train_seconds"] == 100.0
+    assert dt.own_train_seconds(row_dir) == 30.0
+    # Re-tabled later from its exported student (the DONE path): 30 s of training, not 130.
+    (row_dir / "row.json").unlink()
+    monkeypatch.setattr(dt, "evaluate_exported", lambda *a: {"attacks": {"clean": {"accuracy": 0.7, "n": 10}}})
+    assert 30.0 <= dt.run_row("derd_recommended", r, out, progress=False, seed=1)["seconds"] < 60.0
