@@ -463,18 +463,19 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         if not dst.exists() and not (row_dir / "DONE").exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(src[-1], dst)
-            # The copy's train_seconds carry into this run's DONE: record them, so its minutes are its own.
-            (row_dir / STAGE1_SOURCE).write_text(
-                json.dumps({"checkpoint": str(src[-1]), "train_seconds": run_train_seconds(stage1)})
-            )
     if (row_dir / "DONE").exists():
         # Trained before under another evaluation budget (e.g. a steering run on fewer test
         # images): evaluate its exported student with this recipe's; count its training time.
         report = evaluate_exported(row_dir, cfg, progress)
-        t0 -= own_train_seconds(row_dir)
+        t0 -= own_train_seconds(row_dir, out / run_name("stage1_only", seed) if derd_row else None)
     else:
         train(cfg, row)  # resumes a killed row from its newest checkpoint
         report = json.loads((row_dir / "eval" / "report.json").read_text())
+        if derd_row and row != "stage1_only":
+            # Its DONE counts the Stage I it resumed from (train_seconds accumulates over the copied
+            # checkpoint): record those seconds beside it, so a later re-tabling counts its own.
+            stage1_seconds = run_train_seconds(out / run_name("stage1_only", seed))
+            (row_dir / STAGE1_SOURCE).write_text(json.dumps({"train_seconds": stage1_seconds}))
     plot_training_curves(
         row_dir / "metrics.jsonl",
         row_dir / "curves.png",
@@ -505,12 +506,16 @@ def run_train_seconds(run: Path) -> float:
     return float(json.loads(done.read_text()).get("train_seconds", 0.0)) if done.exists() else 0.0
 
 
-def own_train_seconds(row_dir: Path) -> float:
-    """A Stage-II row's training seconds without those of the Stage I it was started from (its
-    DONE counts both: train_seconds accumulates over the resumed checkpoint)."""
+def own_train_seconds(row_dir: Path, stage1: Path | None) -> float:
+    """A row's training seconds; for a Stage-II row (``stage1``: the stage1_only run it resumed
+    from) without those of its Stage I, which its DONE counts too — as recorded beside the row
+    when it finished, else the Stage I's own DONE."""
     source = row_dir / STAGE1_SOURCE
-    stage1 = json.loads(source.read_text())["train_seconds"] if source.exists() else 0.0
-    return run_train_seconds(row_dir) - stage1
+    if source.exists():
+        before = json.loads(source.read_text())["train_seconds"]
+    else:
+        before = run_train_seconds(stage1) if stage1 is not None else 0.0
+    return run_train_seconds(row_dir) - before
 
 
 def retrain_restored_stage1(r: dict, out: Path, progress: bool, seed: int) -> None:

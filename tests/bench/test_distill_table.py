@@ -7,6 +7,8 @@ import pytest
 import torch
 from conftest import load_bench
 
+from derd_scale.run_dir import is_derd_run_folder
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -259,6 +261,7 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
             seconds = 100.0
         else:  # resumed from the copied Stage I: its DONE counts the Stage I's seconds too
             assert (run / "checkpoints" / "stage1-00000400" / "state.pt").read_bytes() == b"stage I"
+            assert is_derd_run_folder(run)  # nothing else in it yet, or train() refuses the folder
             seconds = 130.0
         (run / "DONE").write_text(json.dumps({"train_seconds": seconds}))
         (run / "eval").mkdir(parents=True, exist_ok=True)
@@ -273,7 +276,7 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     assert "1" in dt.finished_rows(out)["stage1_only"]["seeds"]  # the retrained Stage I is tabled again
     row_dir = out / "derd_recommended-seed1"
     assert json.loads((row_dir / dt.STAGE1_SOURCE).read_text())["train_seconds"] == 100.0
-    assert dt.own_train_seconds(row_dir) == 30.0
+    assert dt.own_train_seconds(row_dir, None) == 30.0  # recorded when it finished: no Stage I needed
     # Re-tabled later from its exported student (the DONE path): 30 s of training, not 130.
     (row_dir / "row.json").unlink()
     monkeypatch.setattr(dt, "evaluate_exported", lambda *a: {"attacks": {"clean": {"accuracy": 0.7, "n": 10}}})
