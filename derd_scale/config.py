@@ -221,8 +221,10 @@ class Stage2Config:
     kd_temperature: float = 1.0
     generator_updates: bool = True
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
-    lr: Optional[float] = None
-    """The student's peak learning rate in Stage II, where its schedule restarts; None = optim.student.lr (the paper: one rate). A Stage-I student that a restart at the full rate would knock off its clean solution keeps more of it at a lower one."""
+    generator_teacher: Literal["natural", "robust"] = "natural"
+    """Whose Eq. 11 G learns in Stage II: the natural expert's (the paper) or the robust teacher's. Images G makes for T_nat carry features T_rob does not share (it agreed with T_nat's label on 22-40 % of G(z) for six Fashion-MNIST classes after Stage I), so the robust targets the student distils on them are noise; T_rob's inversions carry the features it is robust on."""
+    lr_scale: float = 1.0
+    """The student's peak learning rate in Stage II, where its schedule restarts, as a fraction of optim.student.lr (1 = the paper: one rate for both stages; a fraction, so a preset suits SGD CNN and AdamW ViT recipes alike). Restarting at the full rate knocks the Stage-I student off its clean solution within ~100 steps; a lower peak keeps more of it."""
     student_ema: float = 0.0
     """Decay of an EMA of the student's Stage-II weights (derd_scale/weight_average.py); > 0: the average is probed, exported and evaluated. 0 = off (the paper)."""
     eps: Optional[float] = None
@@ -910,8 +912,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.stage2.adv.alpha is not None:
         positive("stage2.adv.alpha", cfg.stage2.adv.alpha)
     positive("stage2.adv.steps", cfg.stage2.adv.steps)
-    if cfg.stage2.lr is not None:
-        positive("stage2.lr", cfg.stage2.lr)
+    positive("stage2.lr_scale", cfg.stage2.lr_scale)
     if not 0.0 <= cfg.stage2.student_ema < 1.0:
         raise ConfigError(f"stage2.student_ema: must be in [0, 1), got {cfg.stage2.student_ema}")
     if not 0.0 <= cfg.stage2.eg.ema_decay < 1.0:

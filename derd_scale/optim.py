@@ -39,11 +39,10 @@ def build_scheduler(optimizer, total: int, oc: OptimizerConfig):
 
 
 def build_two_stage_scheduler(
-    optimizer, stage1_steps: int, stage2_steps: int, oc: OptimizerConfig, stage2_lr: float | None = None
+    optimizer, stage1_steps: int, stage2_steps: int, oc: OptimizerConfig, stage2_scale: float = 1.0
 ):
     """One LambdaLR over the student's whole life: Stage I's schedule, then Stage II's from the
-    start, peaking at ``stage2_lr`` (None: ``oc.lr``, the same peak as Stage I)."""
-    stage2_scale = 1.0 if stage2_lr is None else stage2_lr / oc.lr
+    start, peaking at ``stage2_scale`` × ``oc.lr`` (1: the same peak as Stage I)."""
 
     def multiplier(s: int) -> float:
         if s < stage1_steps:

@@ -115,7 +115,7 @@ def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None)
     scheds = {
         # The student's schedule restarts (warm-up, cosine/step) at the start of Stage II.
         "student": build_two_stage_scheduler(
-            par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student, cfg.stage2.lr
+            par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student, cfg.stage2.lr_scale
         ),
         "generator": build_scheduler(par.generator.optimizer, steps["stage1"] + steps["stage2"], cfg.optim.generator),
     }
@@ -251,7 +251,8 @@ def stage2_step(
 
     # 0. Pseudo images G(z): the clean anchors (G keeps learning Eq. 11 unless switched off).
     if s2.generator_updates:
-        anchors, _, parts = generator_update(models, expert, latents, cfg, scheds["generator"], par)
+        teacher = models.robust_teacher if s2.generator_teacher == "robust" else expert
+        anchors, _, parts = generator_update(models, teacher, latents, cfg, scheds["generator"], par)
         metrics.update(parts)
     else:
         with torch.no_grad(), par.autocast():

@@ -161,3 +161,30 @@ def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
         assert torch.equal(a, b), f"generator {name} differs from its lone Eq.-11 update"
     assert all(p.grad is None for p in models.generator.parameters()), "the student's loss left gradients on G"
     assert all(p.grad is None for p in models.student.parameters())
+
+
+@pytest.mark.parametrize("generator_teacher", ["natural", "robust"])
+def test_stage2_generator_learns_eq11_on_the_chosen_teacher(generator_teacher):
+    """stage2.generator_teacher: in Stage II G makes exactly Eq. 11's update on that teacher
+    (the natural expert, the paper; or T_rob), and not the other's."""
+    from accelerate import Accelerator
+
+    from derd_scale.trainer import generator_update, sample_latents
+
+    cfg, models = _setup("sga")
+    cfg.stage2.generator_updates = True
+    cfg.stage2.generator_teacher = generator_teacher
+    lone = {}
+    for role in ("natural", "robust"):
+        _, copy_models = _setup("sga")
+        copy_models.generator.load_state_dict(models.generator.state_dict())
+        copy_models, copy_par, copy_scheds, _ = build_training(cfg, Accelerator(cpu=True), copy_models)
+        teacher = copy_models.natural_teacher if role == "natural" else copy_models.robust_teacher
+        latents = sample_latents(copy_models, cfg, "stage2", 0, cfg.stage2.batch_size, copy_par)
+        generator_update(copy_models, teacher, latents, cfg, copy_scheds["generator"], copy_par)
+        lone[role] = torch.cat([p.detach().flatten() for p in copy_models.generator.parameters()])
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
+    stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
+    got = torch.cat([p.detach().flatten() for p in models.generator.parameters()])
+    other = "robust" if generator_teacher == "natural" else "natural"
+    assert torch.equal(got, lone[generator_teacher]) and not torch.allclose(got, lone[other])
