@@ -175,8 +175,8 @@ class EGConfig:
     """Which data the natural term L_1 sees: x_d as in the paper, or the un-ascended G(z)."""
     lambda_nat: float = 1.0
     """Weight of the natural term L_1 (the paper: 1)."""
-    robust_target: Literal["x_d", "anchor"] = "x_d"
-    """Whose robust soft labels L_2 distils: T_rob(x_d) as in the paper, or T_rob(G(z)) on the clean anchor (RSLAD's targets)."""
+    robust_target: Literal["x_d", "anchor", "agreed"] = "x_d"
+    """Whose robust soft labels L_2 distils: T_rob(x_d) as in the paper, T_rob(G(z)) on the clean anchor (RSLAD's targets), or `agreed`: T_rob(G(z)) where the experts' labels agree on G(z), else T_nat(G(z)) (derd/expert_guiding.py::agreed_robust_target)."""
     robust_data: Literal["x_d", "x_adv"] = "x_d"
     """Where the student meets the robust target: x_d as in the paper, or x_adv from the student's inner maximisation (stage2.adv)."""
     robust_clean_weight: float = 0.0

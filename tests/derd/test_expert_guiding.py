@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from derd_scale.config import EGConfig, StudentAdversaryConfig
-from derd_scale.derd.expert_guiding import student_batch, student_losses
+from derd_scale.derd.expert_guiding import agreed_robust_target, student_batch, student_losses
 from derd_scale.derd.losses import kd_kl
 from derd_scale.derd.self_adversary import craft_discrepancy_data
 
@@ -71,3 +71,15 @@ def test_robust_only_is_unweighted():
     out = student_losses(student, student_batch(eg, StudentAdversaryConfig(), x, dd), eg, 1.0, natural_term=False)
     assert out.robust.item() == pytest.approx(kd_kl(dd.robust_logits, student.net(dd.x_d)).item())
     assert out.natural.item() == 0.0
+
+
+def test_agreed_robust_target_keeps_t_rob_where_the_experts_agree_and_t_nat_elsewhere():
+    natural = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    robust = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.0, 2.0], [0.1, 0.2, 0.3]])
+    # sample 0: both say class 0 → T_rob's row; sample 1: T_nat 1, T_rob 2 → T_nat's row; sample 2: both 2.
+    expected = torch.tensor([[1.0, 0.5, 0.0], [0.0, 3.0, 0.0], [0.1, 0.2, 0.3]])
+    assert torch.equal(agreed_robust_target(natural, robust), expected)
+    # wired through student_batch: the anchors' targets, mixed per sample
+    x, dd, _ = _setup()
+    batch = student_batch(EGConfig(robust_target="agreed"), StudentAdversaryConfig(), x, dd)
+    assert torch.equal(batch.robust_target, agreed_robust_target(dd.anchor_natural_logits, dd.anchor_robust_logits))
