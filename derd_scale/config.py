@@ -138,6 +138,8 @@ class Stage1Config:
     """Total-variation prior on G(z); 0 for CNN teachers, >0 for ViTs (no BatchNorm)."""
     lambda_adv: float = 0.0
     """Not in the paper (0 = Eq. 11): G also maximises KL(T_nat(G(z)) ‖ S(G(z))) where S and T_nat agree (CMI's / Fast-DFKD's adversarial term, methods/cmi.py::agreement_adv; S in eval mode, T_nat's logits detached), so G keeps making images the student has not learnt; G's objective in both stages."""
+    lambda_robust_g: float = 0.0
+    """Not in the paper (0 = Eq. 11): G's objective also carries λ·Eq. 11 on T_rob, its one-hot term on T_nat's pseudo-labels (the same ŷ), so G(z) shows each class to both experts; G's objective in both stages. Why: T_rob gave T_nat's label on only 22-50 % of G(z) for six Fashion-MNIST classes, and the robust targets distilled on such images teach the wrong class (docs/results.md)."""
     student_steps: int = 1
     """Student updates per generator update, on the same detached batch (Decision)."""
     replay_steps: int = 0
@@ -897,7 +899,7 @@ def validate(cfg: RunConfig) -> None:
         positive(f"{stage}.kd_temperature", sc.kd_temperature)
     if cfg.stage1.replay_steps < 0:
         raise ConfigError(f"stage1.replay_steps: must be ≥ 0 (0 = no replay), got {cfg.stage1.replay_steps}")
-    for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv"):
+    for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv", "lambda_robust_g"):
         positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
     positive("stage1.student_steps", cfg.stage1.student_steps)
     positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)

@@ -155,7 +155,8 @@ def sample_latents(
 def generator_update(
     models: Models, teacher: nn.Module, latents: list, cfg: RunConfig, sched, par: Parallel
 ) -> tuple[list, list, dict]:
-    """Eq. 11 on ``teacher`` (frozen), one optimiser step for G (+ λ_adv·L_adv, ``stage1.lambda_adv``).
+    """Eq. 11 on ``teacher`` (frozen), one optimiser step for G (+ λ_adv·L_adv, ``stage1.lambda_adv``;
+    + λ·Eq. 11 on T_rob with ``teacher``'s pseudo-labels, ``stage1.lambda_robust_g``).
 
     Returns, per micro-batch, G(z) before the update (detached, fp32 pixels) and the
     teacher's logits on it — Stage I's KD targets — plus the loss parts."""
@@ -176,6 +177,21 @@ def generator_update(
                     targets=y,
                     batch_mean=par.batch_mean,
                 )
+            if s1.lambda_robust_g:  # Eq. 11 on T_rob too, on T_nat's pseudo-labels (docs/derd.md)
+                labels = y if y is not None else t_logits.detach().argmax(1)
+                l_rob, _, p_rob = generator_loss(
+                    models.robust_teacher,
+                    x,
+                    s1.lambda_oh,
+                    s1.lambda_a,
+                    s1.lambda_bn,
+                    s1.lambda_ie,
+                    s1.lambda_tv,
+                    targets=labels,
+                    batch_mean=par.batch_mean,
+                )
+                loss = loss + s1.lambda_robust_g * l_rob
+                p["l_g_robust"] = p_rob["l_g"]
             if s1.lambda_adv:
                 loss = loss + _adversarial_term(x, t_logits, s1.lambda_adv, par, p)
             par.generator.backward(loss)

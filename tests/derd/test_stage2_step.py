@@ -188,3 +188,33 @@ def test_stage2_generator_learns_eq11_on_the_chosen_teacher(generator_teacher):
     got = torch.cat([p.detach().flatten() for p in models.generator.parameters()])
     other = "robust" if generator_teacher == "natural" else "natural"
     assert torch.equal(got, lone[generator_teacher]) and not torch.allclose(got, lone[other])
+
+
+def test_lambda_robust_g_adds_eq11_on_t_rob_with_t_nat_pseudo_labels():
+    """stage1.lambda_robust_g = λ: G's loss is Eq. 11 on T_nat + λ·Eq. 11 on T_rob whose one-hot
+    term uses T_nat's argmax labels; one plain SGD step on it (linear in the gradient, unlike Adam's
+    first step), checked against a straight-line copy."""
+    from accelerate import Accelerator
+
+    from derd_scale.derd.losses import generator_loss
+    from derd_scale.optim import build_optimizer
+    from derd_scale.trainer import generator_update, sample_latents
+
+    cfg, models = _setup("sga")
+    cfg.stage1.lambda_robust_g = 0.7
+    cfg.optim.generator.name, cfg.optim.generator.momentum, cfg.optim.generator.lr = "sgd", 0.0, 0.5
+    s1 = cfg.stage1
+    ref = copy.deepcopy(models.generator)
+    opt = build_optimizer(ref.parameters(), cfg.optim.generator)
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
+    latents = sample_latents(models, cfg, "stage1", 0, s1.batch_size, par)
+    (z, y), weights = latents[0], (s1.lambda_oh, s1.lambda_a, s1.lambda_bn, s1.lambda_ie, s1.lambda_tv)
+    x = ref(z, y)
+    l_nat, t_logits, _ = generator_loss(models.natural_teacher, x, *weights)
+    l_rob, _, _ = generator_loss(models.robust_teacher, x, *weights, targets=t_logits.argmax(1))
+    (l_nat + 0.7 * l_rob).backward()
+    opt.step()
+    _, _, parts = generator_update(models, models.natural_teacher, latents, cfg, scheds["generator"], par)
+    assert parts["l_g_robust"].item() == pytest.approx(l_rob.item(), rel=1e-6)
+    for a, b in zip(models.generator.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
