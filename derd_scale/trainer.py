@@ -161,37 +161,23 @@ def generator_update(
     Returns, per micro-batch, G(z) before the update (detached, fp32 pixels) and the
     teacher's logits on it — Stage I's KD targets — plus the loss parts."""
     s1 = cfg.stage1
+
+    def eq11(on: nn.Module, x: torch.Tensor, targets: Optional[torch.Tensor]):
+        weights = (s1.lambda_oh, s1.lambda_a, s1.lambda_bn, s1.lambda_ie, s1.lambda_tv)
+        return generator_loss(on, x, *weights, targets=targets, batch_mean=par.batch_mean)
+
     images, logits, parts = [], [], []
     for m, (z, y) in enumerate(latents):
         with par.generator.micro_batch(m):
             with par.autocast():
                 x = models.generator(z, y)
-                loss, t_logits, p = generator_loss(
-                    teacher,
-                    x,
-                    s1.lambda_oh,
-                    s1.lambda_a,
-                    s1.lambda_bn,
-                    s1.lambda_ie,
-                    s1.lambda_tv,
-                    targets=y,
-                    batch_mean=par.batch_mean,
-                )
-            if s1.lambda_robust_g:  # Eq. 11 on T_rob too, on T_nat's pseudo-labels (docs/derd.md)
-                labels = y if y is not None else t_logits.detach().argmax(1)
-                l_rob, _, p_rob = generator_loss(
-                    models.robust_teacher,
-                    x,
-                    s1.lambda_oh,
-                    s1.lambda_a,
-                    s1.lambda_bn,
-                    s1.lambda_ie,
-                    s1.lambda_tv,
-                    targets=labels,
-                    batch_mean=par.batch_mean,
-                )
-                loss = loss + s1.lambda_robust_g * l_rob
-                p["l_g_robust"] = p_rob["l_g"]
+                loss, t_logits, p = eq11(teacher, x, y)
+                if s1.lambda_robust_g:  # Eq. 11 on T_rob too, on the same pseudo-labels (docs/derd.md)
+                    l_rob, _, p_rob = eq11(
+                        models.robust_teacher, x, y if y is not None else t_logits.detach().argmax(1)
+                    )
+                    loss = loss + s1.lambda_robust_g * l_rob
+                    p["l_g_robust"] = p_rob["l_g"]
             if s1.lambda_adv:
                 loss = loss + _adversarial_term(x, t_logits, s1.lambda_adv, par, p)
             par.generator.backward(loss)
