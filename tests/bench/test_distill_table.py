@@ -249,7 +249,7 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     dt = _load()
     r = dt.recipe("fmnist", str(tmp_path / "data"))
     out = tmp_path / "out"
-    restored = _row(out, "stage1_only-seed1", 0.01, seed=1)  # from an archive: results, no checkpoints
+    restored = _row(out, "stage1_only-seed1", 0.7, aa=0.001, seed=1)  # from an archive: results, no checkpoints
     trained = []
 
     def fake_train(cfg, stem):
@@ -265,7 +265,8 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
             seconds = 130.0
         (run / "DONE").write_text(json.dumps({"train_seconds": seconds}))
         (run / "eval").mkdir(parents=True, exist_ok=True)
-        report = {"attacks": {"clean": {"accuracy": 0.7, "n": 10}}}
+        columns = restored["attacks"] if cfg.output.name.startswith("stage1_only") else {"clean": 0.7}
+        report = {"attacks": {k: {"accuracy": v, "n": 10} for k, v in columns.items()}}
         (run / "eval" / "report.json").write_text(json.dumps(report))
         (run / "metrics.jsonl").write_text("")
 
@@ -273,7 +274,8 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     dt.run_row("derd_recommended", r, out, progress=False, seed=1)
     assert trained == ["stage1_only-seed1", "derd_recommended-seed1"]
     assert json.loads((out / ".restored" / "stage1_only-seed1" / "row.json").read_text()) == restored
-    assert "1" in dt.finished_rows(out)["stage1_only"]["seeds"]  # the retrained Stage I is tabled again
+    # the retrained Stage I is tabled again, with the archived AutoAttack cell: every column matched
+    assert dt.finished_rows(out)["stage1_only"]["seeds"]["1"]["aa"] == 0.001
     row_dir = out / "derd_recommended-seed1"
     assert json.loads((row_dir / dt.STAGE1_SOURCE).read_text())["train_seconds"] == 100.0
     assert dt.own_train_seconds(row_dir, None) == 30.0  # recorded when it finished: no Stage I needed
