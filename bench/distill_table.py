@@ -618,8 +618,9 @@ def row_budget(row: str, r: dict) -> str:
     return f"{n * s} student steps ({n} × {s}), {n * g} G steps, {data}"
 
 
-def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> float:
-    """AutoAttack (standard) on the first ``aa_examples`` test images (separately: it dominates the cost)."""
+def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> float | None:
+    """AutoAttack (standard) on the first ``aa_examples`` test images (separately: it dominates the cost).
+    None, with one line, for a run restored from an archive without its exported student."""
     from derd_scale.config import ModelConfig, config_from_dict
     from derd_scale.data import dataset_info, load_dataset_split
     from derd_scale.evaluation import evaluate, protocol_from_config
@@ -628,6 +629,12 @@ def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) 
     path = out / run_name(row, seed) / "aa.json"
     if path.exists():
         return json.loads(path.read_text())["aa"]
+    if not (out / run_name(row, seed) / "student").is_dir():
+        print(
+            f"[bench] {run_name(row, seed)}: no exported student (an archived result without one): its AutoAttack "
+            f"cell stays empty; to fill it, move {out / run_name(row, seed)} and its archived copy aside and rerun"
+        )
+        return None
     cfg = config_from_dict({}, r["config"] + [f"seed={seed}"])
     info = dataset_info(cfg.data.name)
     student = model_from_config(ModelConfig(arch=f"local-dir:{out / run_name(row, seed) / 'student'}"), info)

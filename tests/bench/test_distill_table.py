@@ -283,3 +283,12 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     (row_dir / "row.json").unlink()
     monkeypatch.setattr(dt, "evaluate_exported", lambda *a: {"attacks": {"clean": {"accuracy": 0.7, "n": 10}}})
     assert 30.0 <= dt.run_row("derd_recommended", r, out, progress=False, seed=1)["seconds"] < 60.0
+
+
+def test_autoattack_on_a_run_without_its_student_says_so_and_leaves_the_cell_empty(tmp_path, capsys):
+    dt = _load()
+    _row(tmp_path, "sa_only", 0.44)  # e.g. restored from an archive that predates kept students
+    r = dt.recipe("fmnist", str(tmp_path / "data"))
+    assert dt.autoattack_row("sa_only", r, tmp_path, progress=False) is None
+    assert "sa_only: no exported student" in capsys.readouterr().out
+    assert not (tmp_path / "sa_only" / "aa.json").exists()
