@@ -454,6 +454,7 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         stage1 = out / run_name("stage1_only", seed)
         if not (row_dir / "DONE").exists() and not list((stage1 / "checkpoints").glob("stage1-*")):
             retrain_restored_stage1(r, out, progress, seed)
+            t0 = time.time()  # the retrained Stage I is its own row's time, not this one's
         src = sorted((stage1 / "checkpoints").glob("stage1-*"))
         if not src:
             raise RuntimeError(

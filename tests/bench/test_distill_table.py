@@ -251,10 +251,13 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     out = tmp_path / "out"
     restored = _row(out, "stage1_only-seed1", 0.7, aa=0.001, seed=1)  # from an archive: results, no checkpoints
     trained = []
+    clock = type("Clock", (), {"now": 0.0, "time": lambda self: self.now})()
+    monkeypatch.setattr(dt, "time", clock)
 
     def fake_train(cfg, stem):
         run = out / cfg.output.name
         trained.append(cfg.output.name)
+        clock.now += 1000.0 if cfg.output.name.startswith("stage1_only") else 7.0  # wall seconds of each
         if cfg.output.name.startswith("stage1_only"):
             (run / "checkpoints" / "stage1-00000400").mkdir(parents=True)
             (run / "checkpoints" / "stage1-00000400" / "state.pt").write_bytes(b"stage I")
@@ -271,8 +274,9 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
         (run / "metrics.jsonl").write_text("")
 
     monkeypatch.setattr("derd_scale.trainer.train", fake_train)
-    dt.run_row("derd_recommended", r, out, progress=False, seed=1)
+    first = dt.run_row("derd_recommended", r, out, progress=False, seed=1)
     assert trained == ["stage1_only-seed1", "derd_recommended-seed1"]
+    assert first["seconds"] == 7.0  # the Stage I retrained on the way is its own row's time
     assert json.loads((out / ".restored" / "stage1_only-seed1" / "row.json").read_text()) == restored
     # the retrained Stage I is tabled again, with the archived AutoAttack cell: every column matched
     assert dt.finished_rows(out)["stage1_only"]["seeds"]["1"]["aa"] == 0.001
@@ -282,7 +286,7 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     # Re-tabled later from its exported student (the DONE path): 30 s of training, not 130.
     (row_dir / "row.json").unlink()
     monkeypatch.setattr(dt, "evaluate_exported", lambda *a: {"attacks": {"clean": {"accuracy": 0.7, "n": 10}}})
-    assert 30.0 <= dt.run_row("derd_recommended", r, out, progress=False, seed=1)["seconds"] < 60.0
+    assert dt.run_row("derd_recommended", r, out, progress=False, seed=1)["seconds"] == 30.0
 
 
 def test_autoattack_on_a_run_without_its_student_says_so_and_leaves_the_cell_empty(tmp_path, capsys):
