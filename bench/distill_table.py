@@ -537,7 +537,13 @@ def retrain_restored_stage1(r: dict, out: Path, progress: bool, seed: int) -> No
         # Every white-box column identical: the same student, so its AutoAttack cell still holds.
         shutil.copy2(aside / "aa.json", stage1 / "aa.json")
     elif retrained["attacks"] != before["attacks"]:
-        print(f"[bench] {stage1.name}: the retrained Stage I differs from the archived one ({before['attacks']})")
+        # The archived rows of this seed started from the archived Stage I; carrying on would put new
+        # rows on another one, and the next archive step would replace it: the user decides.
+        raise RuntimeError(
+            f"{stage1.name}: the retrained Stage I differs from the archived one (clean "
+            f"{retrained['attacks'].get('clean')} vs {before['attacks'].get('clean')}); to build on the new one, "
+            f"move the archived copy (DIR/runs/{stage1.name} of --archive) aside and rerun; the archived result is in {aside}"
+        )
 
 
 def evaluate_exported(row_dir: Path, cfg, progress: bool) -> dict:

@@ -296,3 +296,25 @@ def test_autoattack_on_a_run_without_its_student_says_so_and_leaves_the_cell_emp
     assert dt.autoattack_row("sa_only", r, tmp_path, progress=False) is None
     assert "sa_only: no exported student" in capsys.readouterr().out
     assert not (tmp_path / "sa_only" / "aa.json").exists()
+
+
+def test_a_retrained_stage1_that_differs_from_the_archived_one_stops_the_row(tmp_path, monkeypatch):
+    dt = _load()
+    r = dt.recipe("fmnist", str(tmp_path / "data"))
+    _row(tmp_path, "stage1_only", 0.01, aa=0.001)  # restored: results only
+
+    def fake_train(cfg, stem):  # a Stage I that comes out different (e.g. trained by older code)
+        run = tmp_path / cfg.output.name
+        (run / "checkpoints" / "stage1-00000400").mkdir(parents=True)
+        (run / "checkpoints" / "stage1-00000400" / "state.pt").write_bytes(b"stage I")
+        (run / "DONE").write_text(json.dumps({"train_seconds": 1.0}))
+        (run / "eval").mkdir()
+        (run / "eval" / "report.json").write_text(json.dumps({"attacks": {"clean": {"accuracy": 0.75, "n": 10}}}))
+        (run / "metrics.jsonl").write_text("")
+
+    monkeypatch.setattr("derd_scale.trainer.train", fake_train)
+    with pytest.raises(
+        RuntimeError, match=r"^stage1_only: the retrained Stage I differs from the archived one \(clean 0\.75 vs 0\.8\)"
+    ):
+        dt.run_row("sa_only", r, tmp_path, progress=False)
+    assert not (tmp_path / "sa_only").exists() and not (tmp_path / "stage1_only" / "aa.json").exists()
