@@ -145,6 +145,8 @@ class Stage1Config:
     replay_steps: int = 0
     """Not in the paper (0 = off): keep the last N steps' G(z) and T_nat logits (derd/replay.py) and append one earlier step's batch, drawn uniformly, to every student update, so the student does not forget what G's earlier modes taught it."""
     kd_temperature: float = 1.0
+    augment: Literal["none", "crop_flip"] = "none"
+    """Not in the paper ("none" = Eq. 12 on G(z) as made): each student update sees a fresh random crop (4-px zero pad) + horizontal flip of its batch, with T_nat's targets recomputed on that view (one more T_nat forward, no gradient). Why: with ``student_steps`` > 1 or replay the student otherwise meets the very same pixels again, and the data-free KD recipes (DeepInversion, Fast-DFKD, NAYER) train their students on augmented synthetic views."""
 
 
 @dataclass
@@ -229,6 +231,8 @@ class Stage2Config:
     """The student's peak learning rate in Stage II, where its schedule restarts, as a fraction of optim.student.lr (1 = the paper: one rate for both stages; a fraction, so a preset suits SGD CNN and AdamW ViT recipes alike). Restarting at the full rate knocks the Stage-I student off its clean solution within ~100 steps; a lower peak keeps more of it."""
     student_ema: float = 0.0
     """Decay of an EMA of the student's Stage-II weights (derd_scale/weight_average.py); > 0: the average is probed, exported and evaluated. 0 = off (the paper)."""
+    augment: Literal["none", "crop_flip"] = "none"
+    """Not in the paper ("none"): the clean anchors G(z) of the student's terms are replaced by a random crop (4-px zero pad) + horizontal flip of themselves before the self-adversary, so x_d, x_adv and every teacher target are taken on that view (no extra teacher pass; G's own update still sees G(z) as made)."""
     eps: Optional[float] = None
     """Training radius ε (L∞, pixel units) of the ball mechanisms (sa.ball, the student's inner maximisation); None = the evaluation protocol's ε."""
     sa: SAConfig = field(default_factory=SAConfig)

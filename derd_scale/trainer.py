@@ -60,6 +60,17 @@ def step_noise(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + STAGES.index(stage) * 7_919 + step) % (2**63 - 1))
 
 
+def augment_uniforms(seed: int, stage: str, step: int, stream: int, local_n: int, par: Parallel) -> torch.Tensor:
+    """``crop_flip``'s (local_n, 3) uniforms for stream ``stream`` of a step: drawn for the global
+    batch from (seed, stage, step, stream) and sliced by rank, as the latents are, so any process
+    count and any resume crops the same views."""
+    gen = torch.Generator().manual_seed(
+        (seed * 1_000_003 + STAGES.index(stage) * 7_919 + 65_537 * step + 257 * (stream + 1)) % (2**63 - 1)
+    )
+    full = torch.rand((local_n * par.world_size, 3), generator=gen)
+    return local_slice(full, par.rank, par.world_size)
+
+
 def local_slice(t: Optional[torch.Tensor], rank: int, world_size: int) -> Optional[torch.Tensor]:
     """Part ``rank`` of ``world_size`` equal parts along the batch (also cuts micro-batches)."""
     if t is None:
@@ -219,12 +230,16 @@ def stage1_step(
     if replay is not None:  # drawn before this step joins the bank: always earlier steps
         earlier = [replay.draw(cfg.seed, step, update) for update in range(cfg.stage1.student_steps)]
         replay.add(step, images, teacher_logits)
-    for old in earlier:
+    for update, old in enumerate(earlier):
         losses = []
         batches = zip(images, teacher_logits)
         if old is not None:
             batches = [(torch.cat([x, ox]), torch.cat([t.float(), ot])) for (x, t), (ox, ot) in zip(batches, old)]
         for m, (x, t) in enumerate(batches):
+            if cfg.stage1.augment == "crop_flip":  # a fresh view per update, T_nat's targets on it
+                x = crop_flip(x, _stage1_views(cfg, step, update, m, x.shape[0], old is not None, par).to(x.device))
+                with torch.no_grad(), par.autocast():
+                    t = models.natural_teacher(x).float()
             with par.student.micro_batch(m):
                 with par.autocast():
                     loss = kd_kl(t, par.student.module(x), cfg.stage1.kd_temperature)
@@ -235,6 +250,17 @@ def stage1_step(
     metrics["l_s"] = sum(losses) / len(losses)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
+
+
+def _stage1_views(cfg: RunConfig, step: int, update: int, m: int, n: int, replayed: bool, par: Parallel):
+    """Uniforms of update ``update``'s views of micro-batch ``m`` (``n`` local images): the current
+    and the replayed half are drawn as separate global batches, each sliced by rank."""
+    stream = (update * par.accumulation + m) * 2
+    if not replayed:
+        return augment_uniforms(cfg.seed, "stage1", step, stream, n, par)
+    half = n // 2
+    parts = [augment_uniforms(cfg.seed, "stage1", step, stream + i, half, par) for i in range(2)]
+    return torch.cat(parts)
 
 
 def stage2_step(
@@ -259,6 +285,12 @@ def stage2_step(
     else:
         with torch.no_grad(), par.autocast():
             anchors = [models.generator(z, y).float() for z, y in latents]
+
+    if s2.augment == "crop_flip":  # the student's anchors are a random view of G(z)
+        anchors = [
+            crop_flip(x, augment_uniforms(cfg.seed, "stage2", state.step, m, x.shape[0], par).to(x.device))
+            for m, x in enumerate(anchors)
+        ]
 
     # 1. Self-adversary: discrepancy data x_d (local to each rank, per micro-batch).
     sa_steps = s2.sa.steps if s2.sa.enabled else 0  # no ascent: x_d = G(z)

@@ -232,3 +232,100 @@ def test_stage1_adversarial_term_moves_g_along_its_gradient_and_leaves_the_stude
         assert torch.allclose(got, before - 0.1 * g, atol=1e-6), name
     assert all(p.grad is None for p in models.student.parameters())
     assert models.student.training  # the eval-mode forward put it back
+
+
+def _fmnist_training(*overrides: str):
+    """A tiny Fashion-MNIST-shaped DERD setup (one process, CPU): cfg, models, par, schedulers."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from derd_scale.config import config_from_dict
+    from derd_scale.data import dataset_info
+    from derd_scale.derd.generator import PseudoImageGenerator
+    from derd_scale.models import create_model, freeze
+    from derd_scale.state import Models
+    from derd_scale.trainer import build_training
+
+    cfg = config_from_dict(
+        {"data": {"name": "fashion_mnist"}},
+        ["stage1.batch_size=8", "stage2.batch_size=8", "distributed.channels_last=false", *overrides],
+    )
+    torch.manual_seed(0)
+    teacher = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
+    student = copy.deepcopy(teacher).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    gen = PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4)
+    models, par, scheds, _ = build_training(
+        cfg, Accelerator(cpu=True), Models(teacher, teacher, student, gen, dataset_info("fashion_mnist"))
+    )
+    return cfg, models, par, scheds
+
+
+def test_stage1_augment_distils_t_nat_on_a_fresh_view_of_each_batch(monkeypatch):
+    """stage1.augment=crop_flip: Eq. 12 becomes KL(T_nat(v) ‖ S(v)) with v = crop_flip(G(z), u) and
+    u drawn per (step, update, micro-batch) — so two updates on one batch see different views."""
+    import copy
+
+    import derd_scale.trainer as trainer
+    from derd_scale.derd.losses import kd_kl
+    from derd_scale.methods.augment import crop_flip
+
+    cfg, models, par, scheds = _fmnist_training("stage1.augment=crop_flip", "stage1.student_steps=2")
+    seen = []
+    real_kd = trainer.kd_kl
+    monkeypatch.setattr(trainer, "kd_kl", lambda t, s, temp: seen.append((t, real_kd(t, s, temp))) or seen[-1][1])
+    student_before = copy.deepcopy(models.student)
+    latents = trainer.sample_latents(models, cfg, "stage1", 0, 8, par)
+    x = copy.deepcopy(models.generator)(*latents[0]).detach()
+    metrics = trainer.stage1_step(models, cfg, 0, scheds, par)
+    views = [crop_flip(x, trainer._stage1_views(cfg, 0, u, 0, 8, False, par)) for u in range(2)]
+    assert not torch.equal(views[0], views[1])  # a fresh draw per update
+    assert not torch.equal(views[0], x)
+    assert len(seen) == 2
+    for (target, _), view in zip(seen, views):  # T_nat's targets are taken on the view the student sees
+        assert torch.allclose(target, models.natural_teacher(view), atol=1e-6)
+    first = kd_kl(models.natural_teacher(views[0]), student_before(views[0]), 1.0)
+    assert seen[0][1].item() == pytest.approx(first.item(), rel=1e-5)
+    assert metrics["l_s"].item() == pytest.approx(seen[1][1].item())  # the logged loss: the last update's
+
+
+def test_stage1_views_draw_the_current_and_replayed_halves_as_separate_global_batches():
+    """With replay each half's crops come from its own global draw, sliced by rank: rank r of 2
+    gets rows r·n/2… of each half, which is what one process with the full batch would crop."""
+    from types import SimpleNamespace
+
+    from derd_scale.config import config_from_dict
+    from derd_scale.trainer import _stage1_views, augment_uniforms
+
+    cfg = config_from_dict({}, [])
+    one = SimpleNamespace(world_size=1, rank=0, accumulation=1)
+    full = _stage1_views(cfg, 5, 1, 0, 8, True, one)  # 4 current + 4 replayed images, one process
+    halves = [augment_uniforms(cfg.seed, "stage1", 5, 2 + i, 4, one) for i in range(2)]
+    assert torch.equal(full, torch.cat(halves))
+    for rank in range(2):
+        par = SimpleNamespace(world_size=2, rank=rank, accumulation=1)
+        local = _stage1_views(cfg, 5, 1, 0, 4, True, par)  # 2 current + 2 replayed on this rank
+        assert torch.equal(local, torch.cat([h[2 * rank : 2 * rank + 2] for h in halves]))
+
+
+def test_stage2_augment_puts_every_student_term_on_a_view_of_the_anchor(monkeypatch):
+    """stage2.augment=crop_flip: the self-adversary (and so x_d, x_adv and the teachers' targets)
+    starts from crop_flip(G(z), u), u drawn from (seed, stage2, step, micro-batch)."""
+    import copy
+
+    import derd_scale.trainer as trainer
+    from derd_scale.methods.augment import crop_flip
+    from derd_scale.state import TrainState
+
+    cfg, models, par, scheds = _fmnist_training("stage2.augment=crop_flip", "stage2.sa.steps=1")
+    anchors = []
+    real = trainer.craft_discrepancy_data
+    monkeypatch.setattr(trainer, "craft_discrepancy_data", lambda t, r, x, *a: anchors.append(x) or real(t, r, x, *a))
+    latents = trainer.sample_latents(models, cfg, "stage2", 3, 8, par)
+    gz = copy.deepcopy(models.generator)(*latents[0]).detach()
+    trainer.stage2_step(models, cfg, TrainState(step=3), scheds, par)
+    want = crop_flip(gz, trainer.augment_uniforms(cfg.seed, "stage2", 3, 0, 8, par))
+    assert not torch.equal(want, gz)
+    assert torch.allclose(anchors[0], want, atol=1e-6)

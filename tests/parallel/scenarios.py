@@ -50,6 +50,13 @@ BASE = [
 SCENARIOS = {
     "stage1": ([], 1, 0),
     "stage1_replay": (["stage1.replay_steps=2"], 3, 0),  # steps 2 and 3 replay an earlier step's local slices
+    # crop + flip views, each drawn for the global batch and sliced by rank: Stage I's two halves
+    # (current, replayed), then Stage II's anchors. (All three in one run of 2 + 1 steps differed
+    # by 3e-5 under DDP; the same run with SA off agrees within PARAM_TOL, as does each part
+    # alone: the gap enters in SA's sign(∇) ascent, where a ~0 gradient component can flip sign
+    # under another summation order.)
+    "stage1_augment_replay": (["stage1.replay_steps=2", "stage1.augment=crop_flip"], 3, 0),
+    "stage2_augment": (["stage2.augment=crop_flip"], 1, 1),
     "stage2": ([], 0, 3),  # full DERD: G update + SA + EG + GA + SGA, three steps
     "gz_per_tensor_clip": (
         ["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.05"],
