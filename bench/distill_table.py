@@ -654,6 +654,7 @@ def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) 
         n_examples=r["aa_examples"],
         seed=cfg.seed,
         progress=progress,
+        resume_dir=path.parent / "aa_partial",  # a killed AutoAttack resumes at its next batch
     )
     result = {
         "aa": report.accuracy("aa"),
@@ -662,6 +663,7 @@ def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) 
         "clean_on_same": report.accuracy("clean"),
     }
     path.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(path.parent / "aa_partial", ignore_errors=True)
     return result["aa"]
 
 

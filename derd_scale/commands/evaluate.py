@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -150,6 +151,7 @@ def main(argv=None, prog: str = "derd-scale evaluate") -> int:
         return 2
     torch.manual_seed(cfg.seed)
     try:
+        partial = out / "partial"
         report = evaluate(
             model,
             dataset,
@@ -161,6 +163,7 @@ def main(argv=None, prog: str = "derd-scale evaluate") -> int:
             surrogate=surrogate,
             masking_check=ev.masking_check,
             masking_threshold=ev.masking_threshold,
+            resume_dir=partial,  # a killed evaluation rerun with the same out resumes at its next batch
         )
     except EvaluationInputError as err:
         print(str(err), file=sys.stderr)
@@ -178,6 +181,8 @@ def main(argv=None, prog: str = "derd-scale evaluate") -> int:
         print(report.markdown(f"{target.name} on {data.name}/{data.eval_split}"))
         print(f"wrote {out}/report.json")
     accelerator.wait_for_everyone()
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
     return 0
 
 

@@ -20,9 +20,11 @@ APGD-T, FAB-T at 100 iterations, Square at 5000 queries, each on the points stil
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -157,6 +159,44 @@ def _attack_batch(
     raise ValueError(f"unknown attack {name!r}")
 
 
+class _BatchCache:
+    """Finished batches of one evaluation, one JSON line each, per rank (``evaluate(resume_dir=)``).
+
+    Every line carries the evaluation's key (attacks, protocol, n, number of batches, seed); lines
+    of another evaluation are ignored with a warning, so a changed protocol never reuses a result."""
+
+    def __init__(self, folder: Path, rank: int, key: tuple):
+        self.folder = Path(folder)
+        self.key = json.dumps(key, sort_keys=True, default=str)
+        self.path = self.folder / f"eval-batches-rank{rank}.jsonl"
+
+    def done(self) -> dict[int, tuple[list, dict]]:
+        """Batch index → (rows, seconds per attack), from every rank's file (any earlier world size)."""
+        out, stale = {}, 0
+        for path in sorted(self.folder.glob("eval-batches-rank*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: that batch runs again
+                    continue
+                if rec.get("key") != self.key:
+                    stale += 1
+                    continue
+                out[int(rec["batch"])] = ([tuple(r) for r in rec["rows"]], rec["seconds"])
+        if stale:
+            warnings.warn(
+                f"{self.folder}: ignored {stale} cached batches of another evaluation (attacks, protocol, n or seed differ)"
+            )
+        return out
+
+    def add(self, batch: int, rows: list, seconds: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"key": self.key, "batch": batch, "rows": rows, "seconds": seconds})
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
@@ -174,7 +214,15 @@ def evaluate(
     surrogate: Optional[nn.Module] = None,
     masking_check: bool = False,
     masking_threshold: float = 0.10,
+    resume_dir: Optional[Path] = None,
 ) -> EvalReport:
+    """Attack the first ``n_examples`` of ``dataset`` (all: None) with each of ``attacks``.
+
+    ``resume_dir``: each finished batch is appended to ``resume_dir/eval-batches-rank{r}.jsonl``
+    and a rerun with the same model inputs, attacks, protocol, n, batch size and seed skips the
+    batches already there (any process count: a batch's random starts depend only on its index),
+    so a killed AutoAttack keeps what it had done. The caller deletes the folder once the report
+    is saved."""
     from tqdm.auto import tqdm
 
     from ..distributed import world
@@ -199,9 +247,16 @@ def evaluate(
     if surrogate is not None:
         surrogate.eval()
     batches = _batches(n, batch_size or protocol.batch_size)
-    mine = list(range(rank, len(batches), size))
     seconds = {a: 0.0 for a in attacks}
     rows: list[tuple[int, int, list[bool]]] = []
+    cache = _BatchCache(resume_dir, rank, (attacks, protocol.as_dict(), n, len(batches), seed)) if resume_dir else None
+    done = cache.done() if cache else {}
+    if done and is_main:  # rank 0 contributes the cached batches' rows, every rank skips them
+        for b, (cached_rows, cached_seconds) in sorted(done.items()):
+            rows.extend((i, label, flags) for i, label, flags in cached_rows)
+            for a in attacks:
+                seconds[a] += cached_seconds.get(a, 0.0)
+    mine = [b for b in range(rank, len(batches), size) if b not in done]
     bar = tqdm(
         total=sum(batches[b][1] - batches[b][0] for b in mine),
         desc=f"eval {protocol.name}",
@@ -222,19 +277,26 @@ def evaluate(
             raise EvaluationInputError(
                 f"labels: example {start + i} has label {int(y[i])}, outside [0, {n_classes}) of the model's {n_classes} outputs"
             )
-        per_attack = []
+        per_attack, batch_seconds = [], {}
         for name in attacks:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b * 7_919 + attacks.index(name))
             torch.manual_seed(seed * 1_000_003 + b)  # torchattacks draws from the global RNG too
             t0 = time.perf_counter()
             ok = _attack_batch(name, model, x, y, protocol, gen, n_classes, seed, surrogate).cpu()
-            seconds[name] += time.perf_counter() - t0
+            batch_seconds[name] = time.perf_counter() - t0
+            seconds[name] += batch_seconds[name]
             per_attack.append(ok)
         clean_ok = per_attack[0]
         table = torch.stack([clean_ok] + [ok & clean_ok for ok in per_attack[1:]], dim=1)
-        rows.extend((start + i, int(y[i]), table[i].tolist()) for i in range(end - start))
+        batch_rows = [(start + i, int(y[i]), table[i].tolist()) for i in range(end - start)]
+        rows.extend(batch_rows)
+        if cache:
+            cache.add(b, batch_rows, batch_seconds)
         bar.update(end - start)
     bar.close()
+    if n_classes is None and n:  # every batch of this rank came from the cache
+        with torch.no_grad():
+            n_classes = model(ds[0][0][None].to(device)).shape[1]
     model.train(was_training)
 
     if size > 1:

@@ -175,3 +175,37 @@ def test_two_processes_give_exactly_the_one_process_numbers(tmp_path, shared_dat
     pa = (tmp_path / "one" / "per_example.jsonl").read_text()
     pb = (tmp_path / "two" / "per_example.jsonl").read_text()
     assert pa == pb
+
+
+def test_a_killed_evaluation_resumes_at_its_next_batch_with_the_same_numbers(tmp_path, cifar10_test, resnet4b):
+    """evaluate(resume_dir=): each finished batch is kept; a rerun attacks only the batches that
+    are missing, and its report equals an uninterrupted one (a batch's starts depend on its index)."""
+    import derd_scale.evaluation.runner as runner
+
+    ds, _ = cifar10_test
+    p = Protocol("eps2", 2 / 255, 0.5 / 255, 3, 10)
+    whole = evaluate(resnet4b, ds, ["pgd_s"], p, n_examples=30, seed=4, progress=False)
+
+    real, calls = runner._attack_batch, []
+
+    def dies_on_the_third_batch(name, model, x, y, *rest):
+        calls.append(len(calls))
+        if len(calls) > 4:  # clean + pgd_s of batches 0 and 1 went through
+            raise KeyboardInterrupt
+        return real(name, model, x, y, *rest)
+
+    runner._attack_batch = dies_on_the_third_batch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(resnet4b, ds, ["pgd_s"], p, n_examples=30, seed=4, progress=False, resume_dir=tmp_path)
+        calls.clear()
+        runner._attack_batch = lambda *a: calls.append(a[0]) or real(*a)
+        resumed = evaluate(resnet4b, ds, ["pgd_s"], p, n_examples=30, seed=4, progress=False, resume_dir=tmp_path)
+    finally:
+        runner._attack_batch = real
+    assert calls == ["clean", "pgd_s"]  # only the third batch ran again
+    assert torch.equal(resumed.correct, whole.correct) and resumed.labels == whole.labels
+    assert resumed.accuracy("pgd_s") == whole.accuracy("pgd_s")
+    # another seed is another evaluation: the cached batches are not reused
+    with pytest.warns(UserWarning, match="ignored 3 cached batches of another evaluation"):
+        evaluate(resnet4b, ds, ["clean"], p, n_examples=30, seed=5, progress=False, resume_dir=tmp_path)
