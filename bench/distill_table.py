@@ -625,6 +625,13 @@ def row_budget(row: str, r: dict) -> str:
     return f"{n * s} student steps ({n} × {s}), {n * g} G steps, {data}"
 
 
+AA_BATCH = 100
+"""AutoAttack's batch in the tables: 100 images, so a killed AutoAttack (up to an hour per CIFAR-10 row
+on one thread) resumes from at most one batch back. Cells measured before 2026-12-03 used the
+protocol's batch (500 Fashion-MNIST, 512 CIFAR-10): a batch seeds its own random starts, so the
+batching changes which starts an image gets, not the attack or its budgets."""
+
+
 def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> float | None:
     """AutoAttack (standard) on the first ``aa_examples`` test images (separately: it dominates the cost).
     None, with one line, for a run restored from an archive without its exported student."""
@@ -652,6 +659,7 @@ def autoattack_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) 
         ["aa"],
         protocol_from_config(cfg.eval, cfg.data.name),
         n_examples=r["aa_examples"],
+        batch_size=AA_BATCH,
         seed=cfg.seed,
         progress=progress,
         resume_dir=path.parent / "aa_partial",  # a killed AutoAttack resumes at its next batch
