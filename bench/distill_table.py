@@ -521,8 +521,9 @@ def own_train_seconds(row_dir: Path, stage1: Path | None) -> float:
 
 def retrain_restored_stage1(r: dict, out: Path, progress: bool, seed: int) -> None:
     """A stage1_only restored from --archive keeps results, not checkpoints: set it aside and
-    train it again (deterministic: the retrained Stage I matched the archived one bit for bit),
-    so the Stage-II rows can start from it."""
+    train it again, so the Stage-II rows can start from it. Stage I is deterministic, so the same
+    code retrains it bit for bit (Fashion-MNIST seeds 1 and 2 did); a Stage I trained by older code
+    need not come out the same (the seed-0 one did not), and then this stops with one line."""
     stage1 = out / run_name("stage1_only", seed)
     if not (stage1 / "row.json").exists() or (stage1 / "DONE").exists():
         return  # not a restored result: nothing to set aside

@@ -226,7 +226,7 @@ class Stage2Config:
     generator_updates: bool = True
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
     generator_teacher: Literal["natural", "robust"] = "natural"
-    """Whose Eq. 11 G learns in Stage II: the natural expert's (the paper) or the robust teacher's. Images G makes for T_nat carry features T_rob does not share (it agreed with T_nat's label on 22-40 % of G(z) for six Fashion-MNIST classes after Stage I), so the robust targets the student distils on them are noise; T_rob's inversions carry the features it is robust on."""
+    """Whose Eq. 11 G learns in Stage II: the natural expert's (the paper) or the robust teacher's. Images G makes for T_nat carry features T_rob does not share (it agreed with T_nat's label on 22-40 % of G(z) for six Fashion-MNIST classes after Stage I), so the robust targets the student distils on them are noise; T_rob's inversions carry the features it is robust on. Measured worse on Fashion-MNIST (seed 2: −4.0 clean, −2.9 PGD_S; docs/results.md), so the presets keep natural."""
     lr_scale: float = 1.0
     """The student's peak learning rate in Stage II, where its schedule restarts, as a fraction of optim.student.lr (1 = the paper: one rate for both stages; a fraction, so a preset suits SGD CNN and AdamW ViT recipes alike). Restarting at the full rate knocks the Stage-I student off its clean solution within ~100 steps; a lower peak keeps more of it."""
     student_ema: float = 0.0
