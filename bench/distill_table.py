@@ -592,7 +592,7 @@ def row_overrides(row: str, cfg) -> list[str]:
 
 def student_budget(cfg) -> int:
     """Student steps of a DERD row: Stage I (stage1.student_steps per G step) + Stage II."""
-    return cfg.stage1.steps * cfg.stage1.student_steps + cfg.stage2.steps
+    return cfg.stage1.steps * cfg.stage1.student_steps + cfg.stage2.steps * cfg.stage2.student_steps
 
 
 def step_counts(cfg) -> tuple[int, int]:
@@ -613,10 +613,12 @@ def row_budget(row: str, r: dict) -> str:
 
     base = config_from_dict({}, r["config"])
     if row not in METHOD_ROWS:
-        s1, k = base.stage1.steps, base.stage1.student_steps
-        s2 = 0 if row == "stage1_only" else base.stage2.steps
+        own = config_from_dict({}, r["config"] + ROW_OVERRIDES.get(row, []))  # a preset may set the steps
+        s1, k = own.stage1.steps, own.stage1.student_steps
+        s2, k2 = (0, 1) if row == "stage1_only" else (own.stage2.steps, own.stage2.student_steps)
         stage1 = f"{s1 * k} ({s1} × {k})" if k > 1 else f"{s1}"
-        return f"{s1 * k + s2} student steps (Stage I {stage1} + Stage II {s2}), {s1 + s2} G steps, data-free"
+        stage2 = f"{s2 * k2} ({s2} × {k2})" if k2 > 1 else f"{s2}"
+        return f"{s1 * k + s2 * k2} student steps (Stage I {stage1} + Stage II {stage2}), {s1 + s2} G steps, data-free"
     cfg = config_from_dict({}, r["config"] + row_overrides(row, base))
     g, s = step_counts(cfg)
     n = cfg.stage2.steps

@@ -225,6 +225,8 @@ class Stage2Config:
     kd_temperature: float = 1.0
     generator_updates: bool = True
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
+    student_steps: int = 1
+    """Not in the paper (1): student updates per Stage-II step, i.e. per G update and SA batch. Each update reuses the step's anchors, x_d and every teacher output, and redoes only the student's own inner maximisation against the updated student, so k updates cost one G update + one SA + k student passes; the student's schedule counts Stage-II steps (as Stage I's counts G steps) and its budget is steps × k. Why: a Stage-II step spends ~75 % of its time on G's update and SA (docs/performance.md), and the data-free KD recipes take many student steps per generator step."""
     generator_teacher: Literal["natural", "robust"] = "natural"
     """Whose Eq. 11 G learns in Stage II: the natural expert's (the paper) or the robust teacher's. Images G makes for T_nat carry features T_rob does not share (it agreed with T_nat's label on 22-40 % of G(z) for six Fashion-MNIST classes after Stage I), so the robust targets the student distils on them are noise; T_rob's inversions carry the features it is robust on. Measured worse on Fashion-MNIST (seed 2: −4.0 clean, −2.9 PGD_S; docs/results.md), so the presets keep natural."""
     lr_scale: float = 1.0
@@ -906,6 +908,7 @@ def validate(cfg: RunConfig) -> None:
     for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv", "lambda_robust_g"):
         positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
     positive("stage1.student_steps", cfg.stage1.student_steps)
+    positive("stage2.student_steps", cfg.stage2.student_steps)
     positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)
     positive("stage2.sa.alpha", cfg.stage2.sa.alpha, strict=False)
     positive("stage2.sa.lambda_d", cfg.stage2.sa.lambda_d, strict=False)

@@ -114,11 +114,25 @@ def build_models(cfg: RunConfig) -> Models:
 # --------------------------------------------------------------------------------------
 
 
+def check_backend_support(cfg: RunConfig, adapter_kind: str) -> None:
+    """Refuse, in one line, what a backend is not verified for: ``stage2.student_steps`` > 1 under
+    DeepSpeed (2-process ZeRO-2 runs drift from the 1-process run by 3e-4 from the second Stage-II
+    step on, tests/parallel; DDP and FSDP2 agree within round-off)."""
+    from .config import ConfigError
+
+    if cfg.stage2.student_steps > 1 and adapter_kind == "deepspeed":
+        raise ConfigError(
+            "stage2.student_steps: > 1 is not verified under DeepSpeed (2-process ZeRO-2 drifts from the "
+            "1-process run); use distributed.backend=ddp or fsdp, or stage2.student_steps=1"
+        )
+
+
 def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None) -> tuple[Models, Parallel, dict, dict]:
     """The one setup of a run (``train``, the benchmarks and the tests call it): models by role,
     prepared for the backend, with the schedules ``train`` steps. Returns (models, par, scheds, steps)."""
     models = models or build_models(cfg)
     par = prepare(models, cfg, accelerator)  # wraps student + generator; places the teachers
+    check_backend_support(cfg, par.student.kind)
     steps = {
         "stage1": cfg.stage1.steps if cfg.stage1.enabled else 0,
         "stage2": cfg.stage2.steps if cfg.stage2.enabled else 0,
@@ -322,23 +336,29 @@ def stage2_step(
         }
     )
 
-    # 2. What the student learns from: inputs and targets per micro-batch (the student's own
-    #    inner maximisation x_adv runs here when robust_data=x_adv).
-    with par.autocast():
-        batches = [
-            student_batch(s2.eg, s2.adv, x, dd, par.student.unwrapped, _adv_noise(cfg, state.step, m, x, par), eps)
-            for m, (x, dd) in enumerate(zip(anchors, dds))
-        ]
+    # Steps 2-3 run stage2.student_steps times on these anchors and x_d: the teachers' outputs are
+    # reused, only the student's own inner maximisation is redone against the updated student.
+    for update in range(s2.student_steps):
+        # 2. What the student learns from: inputs and targets per micro-batch (the student's own
+        #    inner maximisation x_adv runs here when robust_data=x_adv).
+        with par.autocast():
+            batches = [
+                student_batch(
+                    s2.eg, s2.adv, x, dd, par.student.unwrapped, _adv_noise(cfg, state.step, m, x, par, update), eps
+                )
+                for m, (x, dd) in enumerate(zip(anchors, dds))
+            ]
 
-    # 3. The student's update: SA only (one loss) or expert guiding with GA/SGA.
-    if s2.eg.enabled:
-        losses = _expert_guided_update(models, cfg, state, batches, par, metrics)
-    else:
-        losses = _robust_only_update(models, cfg, batches, par, metrics)
-    par.student.step()  # clip + optimiser step (DeepSpeed: engine.step())
-    scheds["student"].step()
+        # 3. The student's update: SA only (one loss) or expert guiding with GA/SGA.
+        if s2.eg.enabled:
+            losses = _expert_guided_update(models, cfg, state.step * s2.student_steps + update, batches, par, metrics)
+        else:
+            losses = _robust_only_update(models, cfg, batches, par, metrics)
+        par.student.step()  # clip + optimiser step (DeepSpeed: engine.step())
+        par.natural_expert.update(par.student)  # the EMA follows the student (a collective when sharded)
+    scheds["student"].step()  # the schedule counts Stage-II steps, as Stage I's counts G steps
 
-    with torch.no_grad():
+    with torch.no_grad():  # the last update's predictions
         pred = torch.cat([losses[m].prediction for m in range(len(batches))])
         metrics["student_agree_rob"] = (
             (pred == torch.cat([b.robust_target for b in batches]).argmax(1)).float().mean().item()
@@ -346,7 +366,6 @@ def stage2_step(
         metrics["student_agree_nat"] = (
             (pred == torch.cat([dd.natural_logits for dd in dds]).argmax(1)).float().mean().item()
         )
-    par.natural_expert.update(par.student)  # the EMA follows the student (a collective when sharded)
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
 
@@ -375,10 +394,13 @@ def _robust_only_update(models: Models, cfg: RunConfig, batches: list, par: Para
 
 
 def _expert_guided_update(
-    models: Models, cfg: RunConfig, state: TrainState, batches: list, par: Parallel, metrics: dict
+    models: Models, cfg: RunConfig, update: int, batches: list, par: Parallel, metrics: dict
 ) -> dict:
     """Eq. 17's two tasks → this rank's shard of g1 = ∇(λ_nat L_1), g2 = ∇(λ_rob L_2) after the
-    data-parallel reduction → GA/SGA (Eqs. 18–26) → written back as the student's gradient."""
+    data-parallel reduction → GA/SGA (Eqs. 18–26) → written back as the student's gradient.
+
+    ``update`` numbers the student's Stage-II updates (= the step with one update per step): SGA's
+    noise is drawn from (seed, update)."""
     s2, grads, out = cfg.stage2, par.student, {}
 
     def losses(m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,7 +417,7 @@ def _expert_guided_update(
         agg.method,
         granularity=agg.granularity,
         seed=cfg.seed,
-        step=state.step,
+        step=update,
         sigma_r=agg.sigma_r,
         lambda_sga=agg.lambda_sga,
         tau_mode=agg.tau,
@@ -416,13 +438,15 @@ def _expert_guided_update(
     return out
 
 
-def _adv_noise(cfg: RunConfig, step: int, m: int, x: torch.Tensor, par: Parallel) -> Optional[torch.Tensor]:
+def _adv_noise(
+    cfg: RunConfig, step: int, m: int, x: torch.Tensor, par: Parallel, update: int = 0
+) -> Optional[torch.Tensor]:
     """RSLAD's 0.001·N(0, 1) start for the student's inner maximisation: drawn for the global
-    micro-batch from (seed, step, m) and sliced by rank, so any process count draws the same."""
+    micro-batch from (seed, step, m, update) and sliced by rank, so any process count draws the same."""
     adv = cfg.stage2.adv
     if cfg.stage2.eg.robust_data != "x_adv" or (adv.start == "x_d" and cfg.stage2.sa.enabled):
         return None
-    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + 104_729 * step + m) % (2**63 - 1))
+    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + 104_729 * step + m + 15_485_863 * update) % (2**63 - 1))
     full = torch.randn((x.shape[0] * par.world_size, *x.shape[1:]), generator=gen)
     return local_slice(full, par.rank, par.world_size).to(x.device)
 

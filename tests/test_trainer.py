@@ -329,3 +329,44 @@ def test_stage2_augment_puts_every_student_term_on_a_view_of_the_anchor(monkeypa
     want = crop_flip(gz, trainer.augment_uniforms(cfg.seed, "stage2", 3, 0, 8, par))
     assert not torch.equal(want, gz)
     assert torch.allclose(anchors[0], want, atol=1e-6)
+
+
+def test_stage2_student_steps_reuse_the_teachers_outputs_and_step_the_student_k_times(monkeypatch):
+    """stage2.student_steps=3: one G update, one SA per micro-batch, three student updates — each
+    with its own inner maximisation against the updated student and its own SGA noise — and one
+    scheduler step."""
+    import derd_scale.trainer as trainer
+    from derd_scale.state import TrainState
+
+    cfg, models, par, scheds = _fmnist_training(
+        "preset=derd_recommended", "stage2.student_steps=3", "stage2.sa.steps=1", "stage2.adv.steps=1"
+    )
+    calls = {"sa": 0, "inner": [], "sga_steps": [], "student": 0, "generator": 0}
+    real_sa, real_batch, real_agg = trainer.craft_discrepancy_data, trainer.student_batch, trainer.aggregate
+
+    def count_sa(*a):
+        calls["sa"] += 1
+        return real_sa(*a)
+
+    def count_batch(eg, adv, x, dd, student, noise, eps):
+        calls["inner"].append(sum(float(p.detach().sum()) for p in student.parameters()))  # the student it attacks
+        return real_batch(eg, adv, x, dd, student, noise, eps)
+
+    def count_agg(*a, **k):
+        calls["sga_steps"].append(k["step"])
+        return real_agg(*a, **k)
+
+    monkeypatch.setattr(trainer, "craft_discrepancy_data", count_sa)
+    monkeypatch.setattr(trainer, "student_batch", count_batch)
+    monkeypatch.setattr(trainer, "aggregate", count_agg)
+    for adapter, key in ((par.student, "student"), (par.generator, "generator")):
+        step = adapter.step
+        monkeypatch.setattr(
+            adapter, "step", lambda step=step, key=key: calls.__setitem__(key, calls[key] + 1) or step()
+        )
+    lr_before = scheds["student"].get_last_lr()[0]
+    trainer.stage2_step(models, cfg, TrainState(stage="stage2", step=5), scheds, par)
+    assert calls["sa"] == 1 and calls["generator"] == 1 and calls["student"] == 3
+    assert len(calls["inner"]) == 3 and len(set(calls["inner"])) == 3  # each against a student that moved
+    assert calls["sga_steps"] == [15, 16, 17]  # SGA's noise: (seed, 5 × 3 + update)
+    assert scheds["student"].last_epoch == 1 and scheds["student"].get_last_lr()[0] != lr_before

@@ -318,3 +318,20 @@ def test_a_retrained_stage1_that_differs_from_the_archived_one_stops_the_row(tmp
     ):
         dt.run_row("sa_only", r, tmp_path, progress=False)
     assert not (tmp_path / "sa_only").exists() and not (tmp_path / "stage1_only" / "aa.json").exists()
+
+
+def test_a_derd_rows_budget_counts_stage2_student_steps_per_step():
+    """stage2.student_steps=k: a DERD row's budget is Stage I + k × Stage-II steps, with G stepping
+    once per Stage-II step, and the string says so."""
+    from derd_scale.config import config_from_dict
+
+    dt = _load()
+    r = dt.recipe("fmnist", "../shared/data")
+    r["config"] = r["config"] + ["stage2.steps=200", "stage2.student_steps=2"]
+    cfg = config_from_dict({}, r["config"])
+    assert dt.student_budget(cfg) == cfg.stage1.steps + 400
+    assert dt.row_budget("derd_recommended", r) == (
+        f"{cfg.stage1.steps + 400} student steps (Stage I {cfg.stage1.steps} + Stage II 400 (200 × 2)), "
+        f"{cfg.stage1.steps + 200} G steps, data-free"
+    )
+    assert dt.row_budget("stage1_only", r).startswith(f"{cfg.stage1.steps} student steps")

@@ -46,6 +46,9 @@ BASE = [
     "optim.generator.lr=0.01",
 ]
 
+# Refused under DeepSpeed (trainer.check_backend_support): the worker records the one-line refusal.
+NOT_ON_DEEPSPEED = {"stage2_student_steps"}
+
 # name: (extra overrides, Stage-I steps, Stage-II steps)
 SCENARIOS = {
     "stage1": ([], 1, 0),
@@ -73,6 +76,13 @@ SCENARIOS = {
     # The recommended preset: SA in the eps-ball, the student's inner maximisation (a
     # forward/backward of the wrapped or sharded student w.r.t. its input only), SGA.
     "recommended": (["preset=derd_recommended", "stage2.eps=0.1", "stage2.adv.steps=2"], 0, 2),
+    # two student updates per G update and SA: the second inner maximisation attacks the stepped student
+    # (not under DeepSpeed: trainer.check_backend_support refuses it there)
+    "stage2_student_steps": (
+        ["preset=derd_recommended", "stage2.eps=0.1", "stage2.adv.steps=2", "stage2.student_steps=2"],
+        0,
+        2,
+    ),
     # A registered baseline (trainer.method_step): G steps through the plain student in train mode
     # (DFAD's -D, global BatchNorm), then student steps with RSLAD's inner maximisation.
     "dfad_rslad": (

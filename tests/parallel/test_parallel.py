@@ -30,7 +30,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scenarios import SCENARIOS, max_difference, run  # noqa: E402
+from scenarios import NOT_ON_DEEPSPEED, SCENARIOS, max_difference, run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -163,7 +163,11 @@ def _assert_metrics_close(got: list[dict], want: list[dict]) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_two_processes_equal_one_process(layout, two_process, one_process):
     for name in FP32_SCENARIOS:
-        got, want = _result(two_process, layout, name), one_process(name)
+        got = _result(two_process, layout, name)
+        if layout.startswith("zero") and name in NOT_ON_DEEPSPEED:
+            assert got["refused"] and "stage2.student_steps" in got["refused"], got
+            continue
+        want = one_process(name)
         assert got["world_size"] == 2 and got["backend"] == ("deepspeed" if layout.startswith("zero") else layout)
         for part in ("student", "generator"):
             diff, where = max_difference(got[part], want[part])
