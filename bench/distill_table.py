@@ -746,7 +746,10 @@ def finished_rows(out: Path) -> dict:
 
 # What a finished (row, seed) needs to be tabled again or attacked later without retraining: its
 # results, its Stage-II logs (the diagnostics table) and the exported student (a few MB at most).
-ARCHIVED = ("row.json", "aa.json", "diagnostics.json", "metrics.jsonl", "student")
+ARCHIVED = ("row.json", "aa.json", "diagnostics.json", "metrics.jsonl", "student", "aa_partial")
+TRANSIENT = ("aa_partial",)
+"""Archived while the run has it, dropped from the archive once the run does: an AutoAttack's
+finished batches travel to a new machine and resume there, and leave with its aa.json."""
 
 
 def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None = None) -> list[str]:
@@ -767,6 +770,8 @@ def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None
             continue  # the live folder wins: it may hold newer work
         for name in ARCHIVED:
             if not (run / name).exists():
+                if not restore and name in TRANSIENT:
+                    shutil.rmtree(dst / name, ignore_errors=True)
                 continue
             if (run / name).is_dir():
                 shutil.copytree(run / name, dst / name, dirs_exist_ok=True)

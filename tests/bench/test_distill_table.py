@@ -1,6 +1,7 @@
 """bench/distill_table.py's bookkeeping: the table always covers every finished row of the folder."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,22 @@ def test_a_derd_rows_budget_counts_stage2_student_steps_per_step():
         f"{cfg.stage1.steps + 200} G steps, data-free"
     )
     assert dt.row_budget("stage1_only", r).startswith(f"{cfg.stage1.steps} student steps")
+
+
+def test_an_unfinished_autoattack_travels_with_the_archive_and_leaves_with_its_result(tmp_path):
+    """aa_partial (the finished AutoAttack batches) is archived while the run has it, restored on a
+    new machine so the attack resumes there, and dropped from the archive once aa.json exists."""
+    dt = _load()
+    out, archive, fresh = tmp_path / "out", tmp_path / "archive", tmp_path / "fresh"
+    _row(out, "rslad_gz", 0.44)
+    (out / "rslad_gz" / "aa_partial").mkdir()
+    (out / "rslad_gz" / "aa_partial" / "eval-batches-rank0.jsonl").write_text('{"batch": 0}\n')
+    dt.archive_runs(out, archive, restore=False, runs=["rslad_gz"])
+    assert dt.archive_runs(fresh, archive, restore=True) == ["rslad_gz"]
+    assert (fresh / "rslad_gz" / "aa_partial" / "eval-batches-rank0.jsonl").read_text() == '{"batch": 0}\n'
+    # the attack finishes on the new machine: aa.json written, its partial folder removed
+    shutil.rmtree(fresh / "rslad_gz" / "aa_partial")
+    (fresh / "rslad_gz" / "aa.json").write_text(json.dumps({"aa": 0.4}))
+    dt.archive_runs(fresh, archive, restore=False, runs=["rslad_gz"])
+    kept = archive / "runs" / "rslad_gz"
+    assert (kept / "aa.json").exists() and not (kept / "aa_partial").exists()
