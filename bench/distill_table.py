@@ -757,7 +757,7 @@ def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None
 
     ``restore=False`` (after a row): ``out`` → archive, for the named ``runs`` (None: every run
     folder with a row.json). ``restore=True`` (before the rows): archive → ``out`` for every
-    archived run that ``out`` lacks, so a fresh machine re-tables, or runs AutoAttack on, what an
+    archived run that ``out`` has no folder of, so a fresh machine re-tables, or runs AutoAttack on, what an
     earlier session trained. Returns the run names copied."""
     src_root, dst_root = (archive / "runs", out) if restore else (out, archive / "runs")
     copied = []
@@ -766,8 +766,8 @@ def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None
         if runs is not None and run.name not in runs:
             continue
         dst = dst_root / run.name
-        if restore and (dst / "row.json").exists():
-            continue  # the live folder wins: it may hold newer work
+        if restore and dst.exists():
+            continue  # the live folder wins, finished or not: a run still training must not get an old row.json
         for name in ARCHIVED:
             if not (run / name).exists():
                 if not restore and name in TRANSIENT:

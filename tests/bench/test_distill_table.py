@@ -355,3 +355,15 @@ def test_an_unfinished_autoattack_travels_with_the_archive_and_leaves_with_its_r
     dt.archive_runs(fresh, archive, restore=False, runs=["rslad_gz"])
     kept = archive / "runs" / "rslad_gz"
     assert (kept / "aa.json").exists() and not (kept / "aa_partial").exists()
+
+
+def test_restoring_never_touches_a_run_that_is_still_training(tmp_path):
+    """A second process started with --archive while a row trains must not copy the archived
+    row.json into the live folder (the row would then read as finished and be skipped, and the
+    Stage-II diagnostics cached from a partial log)."""
+    dt = _load()
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    _row(archive / "runs", "derd_recommended", 0.30)
+    (out / "derd_recommended" / "checkpoints").mkdir(parents=True)  # training: no row.json yet
+    assert dt.archive_runs(out, archive, restore=True) == []
+    assert not (out / "derd_recommended" / "row.json").exists()
