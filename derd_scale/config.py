@@ -183,6 +183,8 @@ class EGConfig:
     """Whose robust soft labels L_2 distils: T_rob(x_d) as in the paper, T_rob(G(z)) on the clean anchor (RSLAD's targets), or `agreed`: T_rob(G(z)) where the experts' labels agree on G(z), else T_nat(G(z)) (derd/expert_guiding.py::agreed_robust_target)."""
     robust_data: Literal["x_d", "x_adv"] = "x_d"
     """Where the student meets the robust target: x_d as in the paper, or x_adv from the student's inner maximisation (stage2.adv)."""
+    robust_mask: Literal["none", "agreed"] = "none"
+    """Not in the paper ("none"): `agreed` keeps L_2 only on samples whose anchor G(z) the experts label alike (argmax T_rob = argmax T_nat), the others contribute 0 (still divided by the batch size) and learn L_1 alone (derd/expert_guiding.py::robust_mask_weight)."""
     robust_clean_weight: float = 0.0
     """β: L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z))) with t the robust target (RSLAD: β = 1/6; the paper: 0)."""
     natural_teacher: Literal["teacher", "student", "ema"] = "teacher"

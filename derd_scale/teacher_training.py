@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from .config import ConfigError, DataConfig, ModelConfig, OptimizerConfig, save_config
 from .data import dataset_info, load_dataset_split
 from .evaluation import attacks as A
+from .methods.augment import crop_flip
 
 
 class TeacherTrainError(ConfigError):
@@ -206,17 +207,18 @@ def _check_resume_compatible(out: Path, cfg: "TeacherTrainConfig") -> None:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and 4-pixel-padded random crop (the standard CIFAR recipe)."""
-    n, _, h, w = x.shape
+    """Random horizontal flip and 4-pixel reflect-padded random crop (the standard CIFAR recipe):
+    ``methods.augment.crop_flip`` driven by this recipe's own draws from ``gen`` (flip, column and row
+    offset, in that order), so the committed teachers' augmentation stream is unchanged."""
+    n = x.shape[0]
     flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
     dx = torch.randint(0, 9, (n,), generator=gen)
     dy = torch.randint(0, 9, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 8)
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
-    return out.gather(3, cols)
+    # This recipe flips the image, then crops at dx; crop_flip crops, then flips: the same view is
+    # its crop at column 8 − dx. (offset + 0.5) / 9 is the uniform that crop_flip maps back to offset.
+    col = torch.where(flip, 8 - dx, dx)
+    u = torch.stack([(dy + 0.5) / 9, (col + 0.5) / 9, flip.to(torch.float32)], dim=1)
+    return crop_flip(x, u.to(x.device), pad=4, padding_mode="reflect")
 
 
 def random_resized_crop(

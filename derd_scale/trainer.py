@@ -273,6 +273,9 @@ def _stage1_views(cfg: RunConfig, step: int, update: int, m: int, n: int, replay
     if not replayed:
         return augment_uniforms(cfg.seed, "stage1", step, stream, n, par)
     half = n // 2
+    # The replay buffer appends one stored batch of the same size, so the halves are equal; an odd
+    # n would silently draw one uniform short and crop_flip would fail on the size mismatch.
+    assert 2 * half == n, f"stage1 replay: the current and replayed halves differ in size ({n} images)"
     parts = [augment_uniforms(cfg.seed, "stage1", step, stream + i, half, par) for i in range(2)]
     return torch.cat(parts)
 

@@ -532,3 +532,26 @@ def test_early_stopping_settings_are_checked_in_one_line(tmp_path, shared_data):
         train_teacher(_early_cfg(shared_data, tmp_path / "c", val_examples=0))
     with pytest.raises(TeacherTrainError, match="^val_examples: 96 leaves none of the 96 training examples$"):
         train_teacher(_early_cfg(shared_data, tmp_path / "d", val_examples=96))
+
+
+def test_teacher_augmentation_is_flip_then_reflect_padded_crop():
+    """The teachers' recipe: flip (p = 0.5), reflect-pad 4 px, crop at (dy, dx) ∈ [0, 8]², drawn from
+    the recipe's generator in that order; built on methods.augment.crop_flip, checked pixel by pixel."""
+    from derd_scale.teacher_training import _augment
+
+    def reflect(i: int, size: int) -> int:  # index into the unpadded axis of padded position i
+        j = i - 4
+        return -j if j < 0 else (2 * (size - 1) - j if j >= size else j)
+
+    x = torch.arange(2 * 36, dtype=torch.float32).view(2, 1, 6, 6)
+    gen = torch.Generator().manual_seed(0)  # draws: flip (yes, no), dx (2, 6), dy (7, 6)
+    flip = torch.rand(2, generator=gen) < 0.5
+    dx, dy = torch.randint(0, 9, (2,), generator=gen), torch.randint(0, 9, (2,), generator=gen)
+    out = _augment(x, torch.Generator().manual_seed(0))
+    for n in range(2):
+        src = x[n, 0].flip(-1) if flip[n] else x[n, 0]
+        for r in range(6):
+            for c in range(6):
+                want = src[reflect(int(dy[n]) + r, 6), reflect(int(dx[n]) + c, 6)]
+                assert out[n, 0, r, c] == want
+    assert not torch.equal(out, x)  # the draws moved something

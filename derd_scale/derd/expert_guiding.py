@@ -11,6 +11,8 @@ and the measurements behind the recommended preset):
     robust_target  x_d | anchor    t = T_rob(x_d) (paper) or T_rob(G(z)) (RSLAD's robust soft labels)
                    | agreed        T_rob(G(z)) where the experts' labels agree on G(z), else T_nat(G(z))
     robust_data    x_d | x_adv     x_r = x_d (paper) or the student's inner maximiser x_adv
+    robust_mask    none | agreed   L_2 on every sample (paper) or only where the experts' labels
+                                   agree on G(z) (w_i = 1[argmax T_rob(G(z)_i) = argmax T_nat(G(z)_i)])
     robust_clean_weight β          L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z)))
     lambda_nat, lambda_rob         L_1 and L_2 weights (they scale g1, g2 before GA/SGA)
 
@@ -46,6 +48,8 @@ class StudentBatch:
     """x_d or G(z)."""
     natural_target: torch.Tensor
     """T_nat on ``natural_input``."""
+    robust_weight: Optional[torch.Tensor] = None
+    """Per-sample weights of L_2 (``robust_mask``); None = every sample."""
 
 
 @dataclass
@@ -72,8 +76,25 @@ def agreed_robust_target(anchor_natural_logits: torch.Tensor, anchor_robust_logi
     a wrong class (its real trouser accuracy fell to 21 %). Where the experts agree the student keeps
     T_rob's robust soft labels; where they disagree it is asked, inside the ε-ball, for the class
     the image was made to show — ARD's use of a natural teacher for robustness."""
-    agree = anchor_robust_logits.argmax(1) == anchor_natural_logits.argmax(1)
+    agree = experts_agree(anchor_natural_logits, anchor_robust_logits)
     return torch.where(agree[:, None], anchor_robust_logits, anchor_natural_logits.to(anchor_robust_logits.dtype))
+
+
+def experts_agree(anchor_natural_logits: torch.Tensor, anchor_robust_logits: torch.Tensor) -> torch.Tensor:
+    """1[argmax T_rob(G(z)) = argmax T_nat(G(z))] per sample (bool)."""
+    return anchor_robust_logits.argmax(1) == anchor_natural_logits.argmax(1)
+
+
+def robust_mask_weight(eg, dd: DiscrepancyData) -> Optional[torch.Tensor]:
+    """``robust_mask=agreed``: w_i = 1 where the experts give G(z)_i the same label, else 0; None for ``none``.
+
+    Why: where T_rob reads an image G made for T_nat as another class (trousers as dresses on
+    Fashion-MNIST), both RSLAD's robust soft labels (they teach the other class) and T_nat's label
+    (robustness on features T_rob is not robust on; ``robust_target=agreed``) have hurt a class.
+    Masking asks for robustness only where the experts agree and leaves the rest to L_1."""
+    if eg.robust_mask == "none":
+        return None
+    return experts_agree(dd.anchor_natural_logits, dd.anchor_robust_logits).float()
 
 
 def student_batch(
@@ -104,7 +125,7 @@ def student_batch(
         alpha = adv.alpha if adv.alpha is not None else eps / 4
         robust_input = student_inner_max(attack_student, log_t, anchor, eps, alpha, adv.steps, start=start, noise=noise)
         attack_student.train(was)
-    return StudentBatch(anchor, robust_input, target, natural_input, natural_target)
+    return StudentBatch(anchor, robust_input, target, natural_input, natural_target, robust_mask_weight(eg, dd))
 
 
 def student_losses(student, batch: StudentBatch, eg, temperature: float, natural_term: bool = True) -> StudentLosses:
@@ -119,7 +140,9 @@ def student_losses(student, batch: StudentBatch, eg, temperature: float, natural
 
     s_r = forward(batch.robust_input)
     s_clean = forward(batch.anchor) if eg.robust_clean_weight else None
-    l_2 = robust_distillation_loss(batch.robust_target, s_r, s_clean, temperature, eg.robust_clean_weight)
+    l_2 = robust_distillation_loss(
+        batch.robust_target, s_r, s_clean, temperature, eg.robust_clean_weight, batch.robust_weight
+    )
     l_1 = (
         eg.lambda_nat * kd_kl(batch.natural_target, forward(batch.natural_input), temperature)
         if natural_term

@@ -60,13 +60,25 @@ def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
-def kd_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kd_kl(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    temperature: float = 1.0,
+    weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Eqs. 12/17: KL(softmax(T/t) ‖ softmax(S/t)), batch-mean, scaled by t² (Hinton) so the
-    gradient magnitude does not depend on t."""
+    gradient magnitude does not depend on t.
+
+    ``weight`` (B,): (1/B) Σ_i w_i KL_i instead — still divided by the batch size, not by Σ w, so
+    a masked sample adds nothing and the normalisation does not depend on how many were kept
+    (the same on every rank and micro-batch split)."""
     t = temperature
     log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)
     log_p_s = F.log_softmax(student_logits / t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+    if weight is None:
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+    per_sample = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+    return (weight.to(per_sample.dtype) * per_sample).sum() / per_sample.shape[0] * (t * t)
 
 
 def discrepancy(natural_logits: torch.Tensor, robust_logits: torch.Tensor, on: str = "probs") -> torch.Tensor:

@@ -64,9 +64,12 @@ def robust_distillation_loss(
     student_logits_clean: Optional[torch.Tensor],
     temperature: float = 1.0,
     clean_weight: float = 0.0,
+    weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """L_2 = (1 − β) KL(t ‖ S(x_r)) + β KL(t ‖ S(x)); β = 0 is the paper's L_2 on x_r alone."""
-    loss = kd_kl(target_logits, student_logits_adv, temperature)
+    """L_2 = (1 − β) KL(t ‖ S(x_r)) + β KL(t ‖ S(x)); β = 0 is the paper's L_2 on x_r alone.
+    ``weight``: per-sample weights of both KL terms (``kd_kl``), e.g. a 0/1 mask."""
+    loss = kd_kl(target_logits, student_logits_adv, temperature, weight)
     if clean_weight:
-        loss = (1 - clean_weight) * loss + clean_weight * kd_kl(target_logits, student_logits_clean, temperature)
+        clean = kd_kl(target_logits, student_logits_clean, temperature, weight)
+        loss = (1 - clean_weight) * loss + clean_weight * clean
     return loss

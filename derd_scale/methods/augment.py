@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 
-def crop_flip(x: torch.Tensor, u: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Random crop of the zero-padded image (``pad`` px each side) + horizontal flip, per sample.
+def crop_flip(x: torch.Tensor, u: torch.Tensor, pad: int = 4, padding_mode: str = "constant") -> torch.Tensor:
+    """Random crop of the padded image (``pad`` px each side; zeros, or ``padding_mode="reflect"``
+    as the teachers' recipe) + horizontal flip of the crop, per sample.
 
-    ``u``: (B, 3) uniforms → row offset, column offset (each in 0…2·pad), flip if u > 0.5."""
+    ``u``: (B, 3) uniforms → row offset, column offset (each ⌊u·(2·pad + 1)⌋ in 0…2·pad), flip if u > 0.5."""
     b, _, h, w = x.shape
     offsets = (u[:, :2] * (2 * pad + 1)).long().clamp(max=2 * pad)
-    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad), mode=padding_mode)
     rows = offsets[:, 0, None] + torch.arange(h, device=x.device)
     cols = offsets[:, 1, None] + torch.arange(w, device=x.device)
     idx = torch.arange(b, device=x.device)[:, None, None]

@@ -6,7 +6,12 @@ import torch
 import torch.nn as nn
 
 from derd_scale.config import EGConfig, StudentAdversaryConfig
-from derd_scale.derd.expert_guiding import agreed_robust_target, student_batch, student_losses
+from derd_scale.derd.expert_guiding import (
+    agreed_robust_target,
+    robust_mask_weight,
+    student_batch,
+    student_losses,
+)
 from derd_scale.derd.losses import kd_kl
 from derd_scale.derd.self_adversary import craft_discrepancy_data
 
@@ -83,3 +88,22 @@ def test_agreed_robust_target_keeps_t_rob_where_the_experts_agree_and_t_nat_else
     x, dd, _ = _setup()
     batch = student_batch(EGConfig(robust_target="agreed"), StudentAdversaryConfig(), x, dd)
     assert torch.equal(batch.robust_target, agreed_robust_target(dd.anchor_natural_logits, dd.anchor_robust_logits))
+
+
+def test_robust_mask_agreed_keeps_l2_where_the_experts_agree_on_the_anchor():
+    """robust_mask=agreed: L_2 = (1/B) Σ_i 1[argmax T_rob(G(z)_i) = argmax T_nat(G(z)_i)] KL_i; L_1 untouched."""
+    x, dd, student = _setup()
+    nat = torch.zeros(6, 4)
+    nat[torch.arange(6), torch.tensor([0, 1, 2, 3, 0, 1])] = 5.0
+    rob = torch.zeros(6, 4)
+    rob[torch.arange(6), torch.tensor([0, 1, 3, 3, 2, 1])] = 2.0  # agrees on samples 0, 1, 3, 5
+    dd.anchor_natural_logits, dd.anchor_robust_logits = nat, rob
+    assert robust_mask_weight(EGConfig(), dd) is None
+    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_mask="agreed")
+    batch = student_batch(eg, StudentAdversaryConfig(), x, dd)
+    assert batch.robust_weight.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    out = student_losses(student, batch, eg, temperature=1.0)
+    s_d = student.net(dd.x_d)
+    per_sample = [kd_kl(rob[i : i + 1], s_d[i : i + 1]).item() for i in range(6)]
+    assert out.robust.item() == pytest.approx(sum(per_sample[i] for i in (0, 1, 3, 5)) / 6, rel=1e-5)
+    assert out.natural.item() == pytest.approx(kd_kl(nat, student.net(x)).item(), rel=1e-6)

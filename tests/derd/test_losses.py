@@ -54,6 +54,19 @@ def test_kd_kl_eq12_hand_value_and_temperature():
     assert kd_kl(t_logits, t_logits.clone()).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kd_kl_per_sample_weights_divide_by_the_batch():
+    """(1/B) Σ_i w_i KL_i: a masked sample adds nothing and the divisor stays B (here 2)."""
+    t_logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])  # p = [1/4, 3/4], [1/2, 1/2]
+    s_logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])  # q = [1/2, 1/2], [1/4, 3/4]
+    kl_0 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    kl_1 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kd_kl(t_logits, s_logits, weight=torch.tensor([1.0, 0.0])).item() == pytest.approx(kl_0 / 2, rel=1e-6)
+    assert kd_kl(t_logits, s_logits, weight=torch.tensor([0.0, 1.0])).item() == pytest.approx(kl_1 / 2, rel=1e-6)
+    ones = kd_kl(t_logits, s_logits, weight=torch.ones(2))
+    assert ones.item() == pytest.approx(kd_kl(t_logits, s_logits).item(), rel=1e-6)
+    assert kd_kl(t_logits, s_logits, 2.0, torch.ones(2)).item() == pytest.approx(kd_kl(t_logits, s_logits, 2.0).item())
+
+
 def test_discrepancy_on_probs_and_logits():
     nat = torch.zeros(1, 2)
     rob = torch.tensor([[0.0, math.log(3.0)]])
