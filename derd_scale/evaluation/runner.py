@@ -162,8 +162,10 @@ def _attack_batch(
 class _BatchCache:
     """Finished batches of one evaluation, one JSON line each, per rank (``evaluate(resume_dir=)``).
 
-    Every line carries the evaluation's key (attacks, protocol, n, number of batches, seed); lines
-    of another evaluation are ignored with a warning, so a changed protocol never reuses a result."""
+    Every line carries the evaluation's key (attacks, protocol, n, number of batches, seed, and the
+    fingerprints of the model's weights, the surrogate's and the data); lines of another evaluation
+    are ignored with a warning, so a changed protocol, retrained model or other split never reuses a
+    result."""
 
     def __init__(self, folder: Path, rank: int, key: tuple):
         self.folder = Path(folder)
@@ -185,7 +187,8 @@ class _BatchCache:
                 out[int(rec["batch"])] = ([tuple(r) for r in rec["rows"]], rec["seconds"])
         if stale:
             warnings.warn(
-                f"{self.folder}: ignored {stale} cached batches of another evaluation (attacks, protocol, n or seed differ)"
+                f"{self.folder}: ignored {stale} cached batches of another evaluation "
+                "(attacks, protocol, n, seed, model weights or data differ)"
             )
         return out
 
@@ -195,6 +198,40 @@ class _BatchCache:
         with open(self.path, "a") as f:
             f.write(line + "\n")
             f.flush()
+
+
+def model_fingerprint(model: Optional[nn.Module]) -> Optional[str]:
+    """SHA-256 (16 hex digits) of the model's state dict: names, dtypes, shapes and bytes, in name order.
+
+    A sharded tensor (DTensor) is gathered first; every rank evaluates, so every rank gathers."""
+    if model is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(ds, n: int) -> Optional[str]:
+    """SHA-256 (16 hex digits) of the first and the last evaluated example (image bytes and label):
+    another split, order or preprocessing gives another key."""
+    if not n:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in (0, n - 1):
+        x, y = ds[i][0], int(ds[i][1])
+        x = torch.as_tensor(x).detach().cpu().contiguous().float()
+        h.update(f"{i}|{y}|{tuple(x.shape)}|".encode())
+        h.update(x.reshape(-1).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -219,7 +256,7 @@ def evaluate(
     """Attack the first ``n_examples`` of ``dataset`` (all: None) with each of ``attacks``.
 
     ``resume_dir``: each finished batch is appended to ``resume_dir/eval-batches-rank{r}.jsonl``
-    and a rerun with the same model inputs, attacks, protocol, n, batch size and seed skips the
+    and a rerun with the same model weights, data, attacks, protocol, n, batch size and seed skips the
     batches already there (any process count: a batch's random starts depend only on its index),
     so a killed AutoAttack keeps what it had done. The caller deletes the folder once the report
     is saved."""
@@ -249,7 +286,10 @@ def evaluate(
     batches = _batches(n, batch_size or protocol.batch_size)
     seconds = {a: 0.0 for a in attacks}
     rows: list[tuple[int, int, list[bool]]] = []
-    cache = _BatchCache(resume_dir, rank, (attacks, protocol.as_dict(), n, len(batches), seed)) if resume_dir else None
+    cache = None
+    if resume_dir:
+        fingerprints = (model_fingerprint(model), model_fingerprint(surrogate), data_fingerprint(ds, n))
+        cache = _BatchCache(resume_dir, rank, (attacks, protocol.as_dict(), n, len(batches), seed, *fingerprints))
     done = cache.done() if cache else {}
     if done and is_main:  # rank 0 contributes the cached batches' rows, every rank skips them
         for b, (cached_rows, cached_seconds) in sorted(done.items()):

@@ -209,3 +209,27 @@ def test_a_killed_evaluation_resumes_at_its_next_batch_with_the_same_numbers(tmp
     # another seed is another evaluation: the cached batches are not reused
     with pytest.warns(UserWarning, match="ignored 3 cached batches of another evaluation"):
         evaluate(resnet4b, ds, ["clean"], p, n_examples=30, seed=5, progress=False, resume_dir=tmp_path)
+
+
+def test_a_resumed_evaluation_never_reuses_another_models_or_splits_batches(tmp_path, cifar10_test, resnet4b):
+    """The cache key carries the weights' and the data's fingerprints: one changed weight, or other
+    images, and every cached batch is ignored (with a warning) and attacked again."""
+    import copy
+
+    from derd_scale.evaluation.runner import data_fingerprint, model_fingerprint
+
+    ds, _ = cifar10_test
+    p = Protocol("eps2", 2 / 255, 0.5 / 255, 1, 10)
+    first = evaluate(resnet4b, ds, ["clean"], p, n_examples=20, seed=0, progress=False, resume_dir=tmp_path)
+    other = copy.deepcopy(resnet4b)
+    assert model_fingerprint(other) == model_fingerprint(resnet4b)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1.0
+    assert model_fingerprint(other) != model_fingerprint(resnet4b)
+    with pytest.warns(UserWarning, match="ignored 2 cached batches"):
+        evaluate(other, ds, ["clean"], p, n_examples=20, seed=0, progress=False, resume_dir=tmp_path)
+    shifted = [ds[i + 1] for i in range(20)]
+    assert data_fingerprint(shifted, 20) != data_fingerprint(ds, 20)
+    with pytest.warns(UserWarning, match="ignored 4 cached batches"):
+        again = evaluate(resnet4b, shifted, ["clean"], p, n_examples=20, seed=0, progress=False, resume_dir=tmp_path)
+    assert again.labels == [int(ds[i + 1][1]) for i in range(20)] and first.labels != again.labels
