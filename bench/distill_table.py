@@ -492,6 +492,8 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         "n": {k: v["n"] for k, v in report["attacks"].items()},
         "warnings": report.get("warnings", []),
         "seconds": time.time() - t0,
+        # of which the white-box evaluation (every attack's seconds in the report): its share of a row
+        "eval_seconds": sum(float(v.get("seconds", 0.0)) for v in report["attacks"].values()),
     }
     row_dir.mkdir(parents=True, exist_ok=True)
     (row_dir / "row.json").write_text(json.dumps(result, indent=2))
@@ -741,6 +743,15 @@ def finished_rows(out: Path) -> dict:
             ],
             "seconds": sum(per_seed[s]["seconds"] for s in seeds),
         }
+        # Evaluation cost, where every seed recorded it (rows tabled before 2026-12-03 did not):
+        # white-box seconds (inside "seconds") and AutoAttack seconds (after it, from aa.json).
+        timed = [out / run_name(row, s) for s in seeds]
+        if all("eval_seconds" in per_seed[s] for s in seeds):
+            found[row]["eval_seconds"] = sum(per_seed[s]["eval_seconds"] for s in seeds)
+        if all((f / "aa.json").exists() for f in timed):
+            found[row]["aa_seconds"] = sum(
+                float(json.loads((f / "aa.json").read_text()).get("seconds", 0.0)) for f in timed
+            )
     return found
 
 
@@ -863,6 +874,28 @@ def write_tables(out: Path, r: dict, title: str) -> None:
             f"| {row} | " + " | ".join("—" if d.get(k) is None else f"{d[k]:.3g}" for k in diag_keys) + " |"
             for row, d in diag.items()
         ]
+    timed = {row: res for row, res in results.items() if "eval_seconds" in res or "aa_seconds" in res}
+    if timed:
+        lines += [
+            "",
+            "Evaluation's share of the time (all seeds; `minutes` above = training + white-box evaluation):",
+            "",
+            "| row | training min | white-box eval min | AutoAttack min | evaluation share |",
+            "|---|---|---|---|---|",
+        ]
+        for row, res in timed.items():
+            white, aa = res.get("eval_seconds"), res.get("aa_seconds")
+            train_s = res["seconds"] - white if white is not None else None
+            share = (white + (aa or 0.0)) / (res["seconds"] + (aa or 0.0)) if white is not None else None
+
+            def minutes(v):
+                return "—" if v is None else f"{v / 60:.1f}"
+
+            lines.append(
+                f"| {row} | {minutes(train_s)} | {minutes(white)} | {minutes(aa)} | "
+                + ("—" if share is None else f"{100 * share:.0f} %")
+                + " |"
+            )
     warn = [f"- {row}: {w}" for row, res in results.items() for w in res.get("warnings", [])]
     if warn:
         lines += ["", "Evaluator warnings:", *warn]

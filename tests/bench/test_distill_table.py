@@ -58,6 +58,26 @@ def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
     ]
 
 
+def test_the_table_reports_the_evaluations_share_of_each_rows_time(tmp_path):
+    """Rows that recorded their white-box seconds (and AutoAttack's in aa.json) get a time-share
+    line: training = seconds − eval_seconds; share = (white-box + AA) / (seconds + AA)."""
+    dt = _load()
+    for seed, name in enumerate(["derd_recommended", "derd_recommended-seed1"]):
+        _row(tmp_path, name, 0.5, aa=0.45, seed=seed)  # 60 s each, AA 1 s each
+        row = json.loads((tmp_path / name / "row.json").read_text())
+        row["eval_seconds"] = 15.0
+        (tmp_path / name / "row.json").write_text(json.dumps(row))
+    _row(tmp_path, "rslad", 0.69)  # tabled before eval_seconds existed: no share line
+    dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
+    table = (tmp_path / "results.md").read_text()
+    # 120 s in all, 30 s of it white-box evaluation; AA 2 s: (30 + 2) / (120 + 2) = 26 %
+    assert "| derd_recommended | 1.5 | 0.5 | 0.0 | 26 % |" in table
+    assert "| rslad | " not in table.split("Evaluation's share")[1]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["derd_recommended"]["eval_seconds"] == 30.0 and saved["derd_recommended"]["aa_seconds"] == 2.0
+    assert "eval_seconds" not in saved["rslad"]
+
+
 def test_the_archive_keeps_results_logs_and_students_but_not_checkpoints_and_restores_them(tmp_path):
     dt = _load()
     out, archive, fresh = tmp_path / "out", tmp_path / "archive", tmp_path / "fresh"
@@ -151,7 +171,15 @@ def test_a_method_row_trains_through_train_writes_the_same_row_schema_and_is_res
     (cfg,) = seen
     assert (cfg.method, cfg.baselines.variant, cfg.seed, cfg.output.name) == ("dfad", "rslad", 1, "dfad_rslad-seed1")
     assert cfg.stage2.steps == 160  # 800 student steps at 5 per step
-    assert set(result) == {"row", "seed", "attacks", "n", "warnings", "seconds"}  # the DERD rows' schema
+    assert set(result) == {
+        "row",
+        "seed",
+        "attacks",
+        "n",
+        "warnings",
+        "seconds",
+        "eval_seconds",
+    }  # the DERD rows' schema
     assert result["attacks"] == {"clean": 0.7, "pgd_s": 0.4}
     assert dt.run_row("dfad_rslad", r, tmp_path, progress=False, seed=1) == result and len(seen) == 1  # cached
     dt.write_tables(tmp_path, r, "t")
