@@ -185,6 +185,8 @@ class EGConfig:
     """Where the student meets the robust target: x_d as in the paper, or x_adv from the student's inner maximisation (stage2.adv)."""
     robust_mask: Literal["none", "agreed"] = "none"
     """Not in the paper ("none"): `agreed` keeps L_2 only on samples whose anchor G(z) the experts label alike (argmax T_rob = argmax T_nat), the others contribute 0 (still divided by the batch size) and learn L_1 alone (derd/expert_guiding.py::robust_mask_weight)."""
+    class_balance: bool = False
+    """Not in the paper (false): weight each sample of L_1 and L_2 by N / (C · n_ŷ), ŷ = T_nat's label of G(z), n_c its count in the global batch (derd/expert_guiding.py::class_balance_weights), so the classes G rarely shows (shirt on Fashion-MNIST) weigh as much as the common ones."""
     robust_clean_weight: float = 0.0
     """β: L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z))) with t the robust target (RSLAD: β = 1/6; the paper: 0)."""
     natural_teacher: Literal["teacher", "student", "ema"] = "teacher"

@@ -35,7 +35,7 @@ from .checkpoint import maybe_simulate_preemption, save_checkpoint
 from .config import RunConfig
 from .data import dataset_info
 from .derd.aggregation import aggregate
-from .derd.expert_guiding import student_batch, student_losses
+from .derd.expert_guiding import class_balance_weights, student_batch, student_losses
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
 from .derd.replay import ReplayBank
@@ -47,6 +47,7 @@ from .methods.base import mode
 from .methods.cmi import agreement_adv
 from .models import freeze
 from .optim import build_scheduler, build_two_stage_scheduler
+from .parallel.adapters import sum_across_ranks
 from .run_dir import RunDir
 from .state import STAGES, Models, TrainState
 
@@ -339,6 +340,18 @@ def stage2_step(
         }
     )
 
+    # Class-balance weights from T_nat's labels of the anchors, counted over the global batch
+    # (every micro-batch and rank), so any process count weighs a sample alike.
+    weights: list = [None] * len(anchors)
+    if s2.eg.class_balance:
+        labels = [dd.anchor_natural_logits.argmax(1) for dd in dds]
+        n_classes = dds[0].anchor_natural_logits.shape[1]
+        counts = sum(torch.bincount(y, minlength=n_classes) for y in labels).float()
+        if par.world_size > 1:
+            counts = sum_across_ranks(counts)
+        weights = [class_balance_weights(y, counts) for y in labels]
+        metrics["class_balance_max_weight"] = max(float(w.max()) for w in weights)
+
     # Steps 2-3 run stage2.student_steps times on these anchors and x_d: the teachers' outputs are
     # reused, only the student's own inner maximisation is redone against the updated student.
     for update in range(s2.student_steps):
@@ -347,7 +360,14 @@ def stage2_step(
         with par.autocast():
             batches = [
                 student_batch(
-                    s2.eg, s2.adv, x, dd, par.student.unwrapped, _adv_noise(cfg, state.step, m, x, par, update), eps
+                    s2.eg,
+                    s2.adv,
+                    x,
+                    dd,
+                    par.student.unwrapped,
+                    _adv_noise(cfg, state.step, m, x, par, update),
+                    eps,
+                    weights[m],
                 )
                 for m, (x, dd) in enumerate(zip(anchors, dds))
             ]

@@ -35,6 +35,12 @@ ABLATIONS = {
         "stage2.eg.robust_clean_weight=0.5",
         "stage2.adv.steps=2",
     ],
+    "balanced_masked": [
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_mask=agreed",
+        "stage2.eg.class_balance=true",
+    ],
     "rslad_on_gz": [
         "stage2.eg.enabled=false",
         "stage2.sa.enabled=false",
@@ -72,6 +78,7 @@ def test_every_ablation_runs(tmp_path, variant):
         ):
             assert key in s2[-1], key
     assert (s2[-1].get("sga_norm", 0) > 0) == (not robust_only and variant not in ("sa_eg_sum", "ga_without_sga"))
+    assert ("class_balance_max_weight" in s2[-1]) == (variant == "balanced_masked")
     assert (run.student_dir / "model.safetensors").exists()
     assert run.is_finished()
 

@@ -13,6 +13,8 @@ and the measurements behind the recommended preset):
     robust_data    x_d | x_adv     x_r = x_d (paper) or the student's inner maximiser x_adv
     robust_mask    none | agreed   L_2 on every sample (paper) or only where the experts' labels
                                    agree on G(z) (w_i = 1[argmax T_rob(G(z)_i) = argmax T_nat(G(z)_i)])
+    class_balance  false | true    per-sample weights N / (C · n_ŷ) on L_1 and L_2, ŷ = T_nat's label
+                                   of G(z), n_c its count in the global batch, C the classes present
     robust_clean_weight β          L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z)))
     lambda_nat, lambda_rob         L_1 and L_2 weights (they scale g1, g2 before GA/SGA)
 
@@ -49,7 +51,9 @@ class StudentBatch:
     natural_target: torch.Tensor
     """T_nat on ``natural_input``."""
     robust_weight: Optional[torch.Tensor] = None
-    """Per-sample weights of L_2 (``robust_mask``); None = every sample."""
+    """Per-sample weights of L_2 (``robust_mask`` × ``class_balance``); None = every sample, weight 1."""
+    natural_weight: Optional[torch.Tensor] = None
+    """Per-sample weights of L_1 (``class_balance``); None = weight 1."""
 
 
 @dataclass
@@ -97,6 +101,20 @@ def robust_mask_weight(eg, dd: DiscrepancyData) -> Optional[torch.Tensor]:
     return experts_agree(dd.anchor_natural_logits, dd.anchor_robust_logits).float()
 
 
+def class_balance_weights(labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``class_balance``: w_i = N / (C · n_{y_i}), with n_c = ``counts[c]`` the global batch's count of
+    class c (N = Σ n_c samples, C = the number of classes present), so every present class carries
+    the same total weight N / C and the weights average 1 over the global batch.
+
+    Why: G's images are far from class-balanced as the student sees them — after the Fashion-MNIST
+    Stage I, T_nat called 42 of 2048 G(z) shirts against 234–307 for the easy classes (L_ie
+    balances T_nat's mean softmax, not its labels), and every recommended student gets 7–17 % of
+    real shirts. Re-weighting gives a rare class's few images the weight of a common class's many."""
+    counts = counts.to(torch.float32)
+    present = int((counts > 0).sum())
+    return counts.sum() / (present * counts[labels].clamp(min=1.0))
+
+
 def student_batch(
     eg,
     adv,
@@ -105,10 +123,12 @@ def student_batch(
     attack_student=None,
     noise: Optional[torch.Tensor] = None,
     eps: float = 0.0,
+    sample_weight: Optional[torch.Tensor] = None,
 ) -> StudentBatch:
     """Pick inputs and targets per the switches; with ``robust_data=x_adv`` run the student's inner
     maximisation in the ε-ball of the anchor (``attack_student``: the student's plain module, put in
-    eval mode here as in RSLAD; step size ``adv.alpha`` or ε/4)."""
+    eval mode here as in RSLAD; step size ``adv.alpha`` or ε/4). ``sample_weight``: per-sample
+    weights of both terms (``class_balance_weights``), multiplied into ``robust_mask``'s."""
     if eg.robust_target == "agreed":
         target = agreed_robust_target(dd.anchor_natural_logits, dd.anchor_robust_logits)
     else:
@@ -125,7 +145,10 @@ def student_batch(
         alpha = adv.alpha if adv.alpha is not None else eps / 4
         robust_input = student_inner_max(attack_student, log_t, anchor, eps, alpha, adv.steps, start=start, noise=noise)
         attack_student.train(was)
-    return StudentBatch(anchor, robust_input, target, natural_input, natural_target, robust_mask_weight(eg, dd))
+    robust_weight = robust_mask_weight(eg, dd)
+    if sample_weight is not None:
+        robust_weight = sample_weight if robust_weight is None else robust_weight * sample_weight
+    return StudentBatch(anchor, robust_input, target, natural_input, natural_target, robust_weight, sample_weight)
 
 
 def student_losses(student, batch: StudentBatch, eg, temperature: float, natural_term: bool = True) -> StudentLosses:
@@ -144,7 +167,7 @@ def student_losses(student, batch: StudentBatch, eg, temperature: float, natural
         batch.robust_target, s_r, s_clean, temperature, eg.robust_clean_weight, batch.robust_weight
     )
     l_1 = (
-        eg.lambda_nat * kd_kl(batch.natural_target, forward(batch.natural_input), temperature)
+        eg.lambda_nat * kd_kl(batch.natural_target, forward(batch.natural_input), temperature, batch.natural_weight)
         if natural_term
         else torch.zeros((), device=l_2.device)
     )

@@ -8,6 +8,7 @@ import torch.nn as nn
 from derd_scale.config import EGConfig, StudentAdversaryConfig
 from derd_scale.derd.expert_guiding import (
     agreed_robust_target,
+    class_balance_weights,
     robust_mask_weight,
     student_batch,
     student_losses,
@@ -107,3 +108,33 @@ def test_robust_mask_agreed_keeps_l2_where_the_experts_agree_on_the_anchor():
     per_sample = [kd_kl(rob[i : i + 1], s_d[i : i + 1]).item() for i in range(6)]
     assert out.robust.item() == pytest.approx(sum(per_sample[i] for i in (0, 1, 3, 5)) / 6, rel=1e-5)
     assert out.natural.item() == pytest.approx(kd_kl(nat, student.net(x)).item(), rel=1e-6)
+
+
+def test_class_balance_weights_give_each_present_class_the_same_total_weight():
+    """w_i = N / (C · n_{y_i}): counts (3, 1, 0, 2) over N = 6 with C = 3 classes present →
+    class 0: 6 / 9 each, class 1: 2, class 3: 1; each class sums to N / C = 2, the mean is 1."""
+    counts = torch.tensor([3, 1, 0, 2])
+    labels = torch.tensor([0, 0, 1, 3, 0, 3])
+    w = class_balance_weights(labels, counts)
+    assert torch.allclose(w, torch.tensor([2 / 3, 2 / 3, 2.0, 1.0, 2 / 3, 1.0]))
+    assert w.mean().item() == pytest.approx(1.0)
+
+
+def test_class_balance_weighs_both_terms_and_multiplies_the_robust_mask():
+    x, dd, student = _setup()
+    nat = torch.zeros(6, 4)
+    nat[torch.arange(6), torch.tensor([0, 0, 0, 0, 1, 2])] = 5.0
+    rob = torch.zeros(6, 4)
+    rob[torch.arange(6), torch.tensor([0, 3, 0, 0, 1, 2])] = 2.0  # disagrees on sample 1
+    dd.anchor_natural_logits, dd.anchor_robust_logits = nat, rob
+    w = class_balance_weights(nat.argmax(1), torch.bincount(nat.argmax(1), minlength=4))
+    assert torch.allclose(w, torch.tensor([0.5, 0.5, 0.5, 0.5, 2.0, 2.0]))
+    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_mask="agreed", class_balance=True)
+    batch = student_batch(eg, StudentAdversaryConfig(), x, dd, sample_weight=w)
+    assert batch.robust_weight.tolist() == [0.5, 0.0, 0.5, 0.5, 2.0, 2.0] and torch.equal(batch.natural_weight, w)
+    out = student_losses(student, batch, eg, temperature=1.0)
+    s_d, s_x = student.net(dd.x_d), student.net(x)
+    kl = [kd_kl(rob[i : i + 1], s_d[i : i + 1]).item() for i in range(6)]
+    assert out.robust.item() == pytest.approx(sum(wi * k for wi, k in zip([0.5, 0, 0.5, 0.5, 2, 2], kl)) / 6, rel=1e-5)
+    kl_n = [kd_kl(nat[i : i + 1], s_x[i : i + 1]).item() for i in range(6)]
+    assert out.natural.item() == pytest.approx(sum(wi * k for wi, k in zip(w.tolist(), kl_n)) / 6, rel=1e-5)

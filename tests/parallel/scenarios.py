@@ -61,11 +61,20 @@ SCENARIOS = {
     "stage1_augment_replay": (["stage1.replay_steps=2", "stage1.augment=crop_flip"], 3, 0),
     "stage2_augment": (["stage2.augment=crop_flip"], 1, 1),
     "stage2": ([], 0, 3),  # full DERD: G update + SA + EG + GA + SGA, three steps
+    # ‖g‖ ≈ 0.5: clipping acts; class-balance weights from counts over the global batch (an
+    # all-reduce), times the experts-agree mask on L_2
     "gz_per_tensor_clip": (
-        ["stage2.eg.natural_data=gz", "stage2.aggregation.granularity=per_tensor", "optim.student.grad_clip=0.05"],
+        [
+            "stage2.eg.natural_data=gz",
+            "stage2.aggregation.granularity=per_tensor",
+            "optim.student.grad_clip=0.05",
+            "stage2.eg.robust_target=anchor",
+            "stage2.eg.robust_mask=agreed",
+            "stage2.eg.class_balance=true",
+        ],
         0,
         2,
-    ),  # ‖g‖ ≈ 0.5: clipping acts
+    ),
     "ema_natural": (
         ["stage2.eg.natural_teacher=ema", "stage2.eg.ema_decay=0.5"],
         0,
