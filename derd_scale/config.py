@@ -184,9 +184,9 @@ class EGConfig:
     robust_data: Literal["x_d", "x_adv"] = "x_d"
     """Where the student meets the robust target: x_d as in the paper, or x_adv from the student's inner maximisation (stage2.adv)."""
     robust_mask: Literal["none", "agreed"] = "none"
-    """Not in the paper ("none"): `agreed` keeps L_2 only on samples whose anchor G(z) the experts label alike (argmax T_rob = argmax T_nat), the others contribute 0 (still divided by the batch size) and learn L_1 alone (derd/expert_guiding.py::robust_mask_weight)."""
+    """Not in the paper ("none"): `agreed` keeps L_2 only on samples whose anchor G(z) the experts label alike (argmax T_rob = argmax T_nat), the others contribute 0 (still divided by the batch size) and learn L_1 alone (derd/expert_guiding.py::robust_mask_weight). Measured worse on Fashion-MNIST (3 seeds: −2.7 PGD_S, clean unchanged; docs/results.md), so the presets keep none."""
     class_balance: bool = False
-    """Not in the paper (false): weight each sample of L_1 and L_2 by N / (C · n_ŷ), ŷ = T_nat's label of G(z), n_c its count in the global batch (derd/expert_guiding.py::class_balance_weights), so the classes G rarely shows (shirt on Fashion-MNIST) weigh as much as the common ones."""
+    """Not in the paper (false): weight each sample of L_1 and L_2 by N / (C · n_ŷ), ŷ = T_nat's label of G(z), n_c its count in the global batch (derd/expert_guiding.py::class_balance_weights), so the classes G rarely shows (shirt on Fashion-MNIST) weigh as much as the common ones. Measured on Fashion-MNIST (3 seeds): +1.2 clean, −0.2 PGD_S, inside seed noise (docs/results.md); off in the presets until a table confirms it."""
     robust_clean_weight: float = 0.0
     """β: L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z))) with t the robust target (RSLAD: β = 1/6; the paper: 0)."""
     natural_teacher: Literal["teacher", "student", "ema"] = "teacher"
