@@ -883,14 +883,14 @@ def write_tables(out: Path, r: dict, title: str) -> None:
             "| row | training min | white-box eval min | AutoAttack min | evaluation share |",
             "|---|---|---|---|---|",
         ]
+
+        def minutes(v):
+            return "—" if v is None else f"{v / 60:.1f}"
+
         for row, res in timed.items():
             white, aa = res.get("eval_seconds"), res.get("aa_seconds")
             train_s = res["seconds"] - white if white is not None else None
             share = (white + (aa or 0.0)) / (res["seconds"] + (aa or 0.0)) if white is not None else None
-
-            def minutes(v):
-                return "—" if v is None else f"{v / 60:.1f}"
-
             lines.append(
                 f"| {row} | {minutes(train_s)} | {minutes(white)} | {minutes(aa)} | "
                 + ("—" if share is None else f"{100 * share:.0f} %")

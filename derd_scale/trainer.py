@@ -350,7 +350,9 @@ def stage2_step(
         if par.world_size > 1:
             counts = sum_across_ranks(counts)
         weights = [class_balance_weights(y, counts) for y in labels]
-        metrics["class_balance_max_weight"] = max(float(w.max()) for w in weights)
+        # the largest weight of the global batch (its rarest present class), the same on every rank
+        present = torch.nonzero(counts).flatten()
+        metrics["class_balance_max_weight"] = float(class_balance_weights(present, counts).max())
 
     # Steps 2-3 run stage2.student_steps times on these anchors and x_d: the teachers' outputs are
     # reused, only the student's own inner maximisation is redone against the updated student.
@@ -511,15 +513,7 @@ class _StepNoise:
 def _global_mean(par: Parallel):
     if par.world_size == 1:
         return lambda t: t
-
-    def mean(t: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        out = t.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out / par.world_size
-
-    return mean
+    return lambda t: sum_across_ranks(t) / par.world_size
 
 
 def method_context(
