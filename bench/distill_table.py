@@ -748,10 +748,10 @@ def finished_rows(out: Path) -> dict:
         timed = [out / run_name(row, s) for s in seeds]
         if all("eval_seconds" in per_seed[s] for s in seeds):
             found[row]["eval_seconds"] = sum(per_seed[s]["eval_seconds"] for s in seeds)
-        if all((f / "aa.json").exists() for f in timed):
-            found[row]["aa_seconds"] = sum(
-                float(json.loads((f / "aa.json").read_text()).get("seconds", 0.0)) for f in timed
-            )
+        # An aa.json rebuilt from an older table has "seconds": null: its cost is unknown, not 0.
+        aa_runs = [json.loads((f / "aa.json").read_text()) for f in timed if (f / "aa.json").exists()]
+        if len(aa_runs) == len(timed) and all(a.get("seconds") is not None for a in aa_runs):
+            found[row]["aa_seconds"] = sum(float(a["seconds"]) for a in aa_runs)
     return found
 
 

@@ -68,6 +68,9 @@ def test_the_table_reports_the_evaluations_share_of_each_rows_time(tmp_path):
         row["eval_seconds"] = 15.0
         (tmp_path / name / "row.json").write_text(json.dumps(row))
     _row(tmp_path, "rslad", 0.69)  # tabled before eval_seconds existed: no share line
+    _row(tmp_path, "stage1_only", 0.01)
+    # an aa.json rebuilt from an older table: its AutoAttack time is unknown (null), not zero
+    (tmp_path / "stage1_only" / "aa.json").write_text(json.dumps({"aa": 0.003, "n": 1000, "seconds": None}))
     dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
     table = (tmp_path / "results.md").read_text()
     # 120 s in all, 30 s of it white-box evaluation; AA 2 s: (30 + 2) / (120 + 2) = 26 %
@@ -76,6 +79,7 @@ def test_the_table_reports_the_evaluations_share_of_each_rows_time(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["derd_recommended"]["eval_seconds"] == 30.0 and saved["derd_recommended"]["aa_seconds"] == 2.0
     assert "eval_seconds" not in saved["rslad"]
+    assert saved["stage1_only"]["attacks"]["aa"] == 0.003 and "aa_seconds" not in saved["stage1_only"]
 
 
 def test_the_archive_keeps_results_logs_and_students_but_not_checkpoints_and_restores_them(tmp_path):
