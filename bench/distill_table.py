@@ -620,7 +620,8 @@ def row_budget(row: str, r: dict) -> str:
         s2, k2 = (0, 1) if row == "stage1_only" else (own.stage2.steps, own.stage2.student_steps)
         stage1 = f"{s1 * k} ({s1} × {k})" if k > 1 else f"{s1}"
         stage2 = f"{s2 * k2} ({s2} × {k2})" if k2 > 1 else f"{s2}"
-        return f"{s1 * k + s2 * k2} student steps (Stage I {stage1} + Stage II {stage2}), {s1 + s2} G steps, data-free"
+        g1 = s1 * own.stage1.generator_steps
+        return f"{s1 * k + s2 * k2} student steps (Stage I {stage1} + Stage II {stage2}), {g1 + s2} G steps, data-free"
     cfg = config_from_dict({}, r["config"] + row_overrides(row, base))
     g, s = step_counts(cfg)
     n = cfg.stage2.steps

@@ -142,6 +142,8 @@ class Stage1Config:
     """Not in the paper (0 = Eq. 11): G's objective also carries λ·Eq. 11 on T_rob, its one-hot term on T_nat's pseudo-labels (the same ŷ), so G(z) shows each class to both experts; G's objective in both stages. Why: T_rob gave T_nat's label on only 22-50 % of G(z) for six Fashion-MNIST classes, and the robust targets distilled on such images teach the wrong class (docs/results.md)."""
     student_steps: int = 1
     """Student updates per generator update, on the same detached batch (Decision)."""
+    generator_steps: int = 1
+    """Not in the paper (1 = one G update per Stage-I step): G takes this many updates per step, each on a fresh latent batch, and the student distils the last one's batch, so G converges further (L_BN, L_adv) at the same student-step budget; the generator's schedule counts every update."""
     replay_steps: int = 0
     """Not in the paper (0 = off): keep the last N steps' G(z) and T_nat logits (derd/replay.py) and append one earlier step's batch, drawn uniformly, to every student update, so the student does not forget what G's earlier modes taught it."""
     kd_temperature: float = 1.0
@@ -912,6 +914,7 @@ def validate(cfg: RunConfig) -> None:
     for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv", "lambda_robust_g"):
         positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
     positive("stage1.student_steps", cfg.stage1.student_steps)
+    positive("stage1.generator_steps", cfg.stage1.generator_steps)
     positive("stage2.student_steps", cfg.stage2.student_steps)
     positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)
     positive("stage2.sa.alpha", cfg.stage2.sa.alpha, strict=False)

@@ -61,6 +61,11 @@ def step_noise(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + STAGES.index(stage) * 7_919 + step) % (2**63 - 1))
 
 
+def generator_step_noise(seed: int, step: int, update: int) -> torch.Generator:
+    """The latents of Stage-I G update ``update`` ≥ 1 of a step (update 0 draws ``step_noise``'s)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + 104_729 * (step + 1) + 7_927 * update) % (2**63 - 1))
+
+
 def augment_uniforms(seed: int, stage: str, step: int, stream: int, local_n: int, par: Parallel) -> torch.Tensor:
     """``crop_flip``'s (local_n, 3) uniforms for stream ``stream`` of a step: drawn for the global
     batch from (seed, stage, step, stream) and sliced by rank, as the latents are, so any process
@@ -143,7 +148,9 @@ def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None)
         "student": build_two_stage_scheduler(
             par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student, cfg.stage2.lr_scale
         ),
-        "generator": build_scheduler(par.generator.optimizer, steps["stage1"] + steps["stage2"], cfg.optim.generator),
+        "generator": build_scheduler(
+            par.generator.optimizer, steps["stage1"] * cfg.stage1.generator_steps + steps["stage2"], cfg.optim.generator
+        ),
     }
     return models, par, scheds, steps
 
@@ -234,13 +241,16 @@ def _mean_dicts(items: list[dict]) -> dict:
 def stage1_step(
     models: Models, cfg: RunConfig, step: int, scheds: dict, par: Parallel, replay: Optional[ReplayBank] = None
 ) -> dict:
-    """G learns Eq. 11 against T_nat; S distils T_nat on the same (detached) batch, Eq. 12, for
-    ``stage1.student_steps`` updates — with ``replay`` (stage1.replay_steps), each update on that
-    batch with one earlier step's batch appended (a new draw per update)."""
-    latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par)
-    images, teacher_logits, metrics = generator_update(
-        models, models.natural_teacher, latents, cfg, scheds["generator"], par
-    )
+    """G learns Eq. 11 against T_nat (``stage1.generator_steps`` updates, each on fresh latents);
+    S distils T_nat on the last update's (detached) batch, Eq. 12, for ``stage1.student_steps``
+    updates — with ``replay`` (stage1.replay_steps), each update on that batch with one earlier
+    step's batch appended (a new draw per update). The metrics are the last G update's."""
+    for g_update in range(cfg.stage1.generator_steps):
+        noise = generator_step_noise(cfg.seed, step, g_update) if g_update else None
+        latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par, noise)
+        images, teacher_logits, metrics = generator_update(
+            models, models.natural_teacher, latents, cfg, scheds["generator"], par
+        )
     earlier = [None] * cfg.stage1.student_steps
     if replay is not None:  # drawn before this step joins the bank: always earlier steps
         earlier = [replay.draw(cfg.seed, step, update) for update in range(cfg.stage1.student_steps)]

@@ -270,6 +270,46 @@ def _fmnist_training(*overrides: str):
     return cfg, models, par, scheds
 
 
+def test_stage1_generator_steps_update_g_on_fresh_latents_and_distil_the_last_batch(monkeypatch):
+    """stage1.generator_steps=3: G takes three optimiser steps per Stage-I step, each on its own
+    latents (update 0 = the step's usual draw), and Eq. 12 is distilled on the third batch only —
+    G(z₃) as G made it before its third update; the generator schedule counts all three."""
+    import copy
+
+    import derd_scale.trainer as trainer
+
+    cfg, models, par, scheds = _fmnist_training("stage1.generator_steps=3")
+    gen = copy.deepcopy(models.generator)
+    draws = [
+        trainer.sample_latents(
+            models, cfg, "stage1", 5, 8, par, trainer.generator_step_noise(cfg.seed, 5, u) if u else None
+        )
+        for u in range(3)
+    ]
+    assert torch.equal(draws[0][0][0], trainer.sample_latents(models, cfg, "stage1", 5, 8, par)[0][0])
+    assert not torch.equal(draws[1][0][0], draws[0][0][0]) and not torch.equal(draws[2][0][0], draws[1][0][0])
+    # The replica: three Adam steps of Eq. 11 on the three draws, the same optimiser settings.
+    opt = torch.optim.Adam(gen.parameters(), lr=cfg.optim.generator.lr, betas=tuple(cfg.optim.generator.betas))
+    for u, latents in enumerate(draws):
+        z, y = latents[0]
+        x = gen(z, y)
+        if u == 2:
+            expected_batch = x.detach().clone()
+        loss, _, _ = trainer.generator_loss(models.natural_teacher, x, 1.0, 0.1, 1.0, 5.0, 0.0, targets=y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seen = []
+    real_kd = trainer.kd_kl
+    monkeypatch.setattr(trainer, "kd_kl", lambda t, s_, temp: seen.append(t) or real_kd(t, s_, temp))
+    trainer.stage1_step(models, cfg, 5, scheds, par)
+    assert scheds["generator"].last_epoch == 3  # one schedule step per G update
+    for got, want in zip(models.generator.parameters(), gen.parameters()):
+        assert torch.allclose(got, want, atol=1e-5)
+    assert len(seen) == 1  # one student update, on the last G update's batch
+    assert torch.allclose(seen[0], models.natural_teacher(expected_batch).float(), atol=1e-5)
+
+
 def test_stage1_augment_distils_t_nat_on_a_fresh_view_of_each_batch(monkeypatch):
     """stage1.augment=crop_flip: Eq. 12 becomes KL(T_nat(v) ‖ S(v)) with v = crop_flip(G(z), u) and
     u drawn per (step, update, micro-batch) — so two updates on one batch see different views."""
