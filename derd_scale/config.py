@@ -147,6 +147,8 @@ class Stage1Config:
     replay_steps: int = 0
     """Not in the paper (0 = off): keep the last N steps' G(z) and T_nat logits (derd/replay.py) and append one earlier step's batch, drawn uniformly, to every student update, so the student does not forget what G's earlier modes taught it."""
     kd_temperature: float = 1.0
+    class_balance: bool = False
+    """Not in the paper (false = Eq. 12's batch mean): weight each sample of the student's KD loss by N / (C · n_ŷ), ŷ = T_nat's label of what it distils (the current and any replayed batch), n_c its count in the global batch — Stage II's ``stage2.eg.class_balance`` on Eq. 12 (derd/expert_guiding.py::class_balance_weights). Why: every Fashion-MNIST Stage-I student misses shirts, which G shows rarely."""
     augment: Literal["none", "crop_flip"] = "none"
     """Not in the paper ("none" = Eq. 12 on G(z) as made): each student update sees a fresh random crop (4-px zero pad) + horizontal flip of its batch, with T_nat's targets recomputed on that view (one more T_nat forward, no gradient). Why: with ``student_steps`` > 1 or replay the student otherwise meets the very same pixels again, and the data-free KD recipes (DeepInversion, Fast-DFKD, NAYER) train their students on augmented synthetic views."""
 

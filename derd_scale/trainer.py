@@ -257,17 +257,23 @@ def stage1_step(
         replay.add(step, images, teacher_logits)
     for update, old in enumerate(earlier):
         losses = []
-        batches = zip(images, teacher_logits)
+        batches = list(zip(images, teacher_logits))
         if old is not None:
             batches = [(torch.cat([x, ox]), torch.cat([t.float(), ot])) for (x, t), (ox, ot) in zip(batches, old)]
-        for m, (x, t) in enumerate(batches):
-            if cfg.stage1.augment == "crop_flip":  # a fresh view per update, T_nat's targets on it
+        if cfg.stage1.augment == "crop_flip":  # a fresh view per update, T_nat's targets on it
+            views = []
+            for m, (x, _) in enumerate(batches):
                 x = crop_flip(x, _stage1_views(cfg, step, update, m, x.shape[0], old is not None, par).to(x.device))
                 with torch.no_grad(), par.autocast():
-                    t = models.natural_teacher(x).float()
+                    views.append((x, models.natural_teacher(x).float()))
+            batches = views
+        weights: list = [None] * len(batches)
+        if cfg.stage1.class_balance:  # T_nat's labels of what this update distils, global counts
+            weights, metrics["class_balance_max_weight"] = _class_balance([t for _, t in batches], par)
+        for m, ((x, t), w) in enumerate(zip(batches, weights)):
             with par.student.micro_batch(m):
                 with par.autocast():
-                    loss = kd_kl(t, par.student.module(x), cfg.stage1.kd_temperature)
+                    loss = kd_kl(t, par.student.module(x), cfg.stage1.kd_temperature, w)
                 par.student.backward(loss)
             losses.append(loss.detach())
         par.student.step()
@@ -350,19 +356,10 @@ def stage2_step(
         }
     )
 
-    # Class-balance weights from T_nat's labels of the anchors, counted over the global batch
-    # (every micro-batch and rank), so any process count weighs a sample alike.
+    # Class-balance weights from T_nat's labels of the anchors.
     weights: list = [None] * len(anchors)
     if s2.eg.class_balance:
-        labels = [dd.anchor_natural_logits.argmax(1) for dd in dds]
-        n_classes = dds[0].anchor_natural_logits.shape[1]
-        counts = sum(torch.bincount(y, minlength=n_classes) for y in labels).float()
-        if par.world_size > 1:
-            counts = sum_across_ranks(counts)
-        weights = [class_balance_weights(y, counts) for y in labels]
-        # the largest weight of the global batch (its rarest present class), the same on every rank
-        present = torch.nonzero(counts).flatten()
-        metrics["class_balance_max_weight"] = float(class_balance_weights(present, counts).max())
+        weights, metrics["class_balance_max_weight"] = _class_balance([dd.anchor_natural_logits for dd in dds], par)
 
     # Steps 2-3 run stage2.student_steps times on these anchors and x_d: the teachers' outputs are
     # reused, only the student's own inner maximisation is redone against the updated student.
@@ -403,6 +400,18 @@ def stage2_step(
         )
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
+
+
+def _class_balance(natural_logits: list[torch.Tensor], par: Parallel) -> tuple[list[torch.Tensor], float]:
+    """``class_balance_weights`` per micro-batch from T_nat's labels (argmax of ``natural_logits``),
+    counted over the global batch (every micro-batch and rank) so any process count weighs a sample
+    alike; plus the global batch's largest weight (its rarest present class, equal on every rank)."""
+    labels = [t.argmax(1) for t in natural_logits]
+    counts = sum(torch.bincount(y, minlength=natural_logits[0].shape[1]) for y in labels).float()
+    if par.world_size > 1:
+        counts = sum_across_ranks(counts)
+    present = torch.nonzero(counts).flatten()
+    return [class_balance_weights(y, counts) for y in labels], float(class_balance_weights(present, counts).max())
 
 
 def training_eps(cfg: RunConfig) -> float:

@@ -301,13 +301,47 @@ def test_stage1_generator_steps_update_g_on_fresh_latents_and_distil_the_last_ba
         opt.step()
     seen = []
     real_kd = trainer.kd_kl
-    monkeypatch.setattr(trainer, "kd_kl", lambda t, s_, temp: seen.append(t) or real_kd(t, s_, temp))
+    monkeypatch.setattr(trainer, "kd_kl", lambda t, s_, temp, w=None: seen.append(t) or real_kd(t, s_, temp, w))
     trainer.stage1_step(models, cfg, 5, scheds, par)
     assert scheds["generator"].last_epoch == 3  # one schedule step per G update
     for got, want in zip(models.generator.parameters(), gen.parameters()):
         assert torch.allclose(got, want, atol=1e-5)
     assert len(seen) == 1  # one student update, on the last G update's batch
     assert torch.allclose(seen[0], models.natural_teacher(expected_batch).float(), atol=1e-5)
+
+
+def test_stage1_class_balance_weights_eq12_by_the_inverse_frequency_of_t_nats_labels(monkeypatch):
+    """stage1.class_balance: Eq. 12 becomes (1/B) Σ_i w_i KL(T_nat(x_i) ‖ S(x_i)) with
+    w_i = N / (C · n_{ŷ_i}), ŷ = argmax T_nat(x_i) — checked against the sum written out."""
+
+    import torch.nn.functional as F
+
+    import derd_scale.trainer as trainer
+
+    cfg, models, par, scheds = _fmnist_training("stage1.class_balance=true", "stage1.batch_size=32")
+    # T_nat's logits on G(z) with a known, unbalanced label histogram (an untrained teacher gives
+    # every image one class): 16 × class 0, 8 × class 1, 6 × class 2, 2 × class 3.
+    x = torch.rand(32, 1, 28, 28)
+    labels_given = torch.tensor([0] * 16 + [1] * 8 + [2] * 6 + [3] * 2)
+    logits = torch.randn(32, 10) + 8 * F.one_hot(labels_given, 10)
+    monkeypatch.setattr(trainer, "generator_update", lambda *a: ([x], [logits], {}))
+    seen = []
+    real_kd = trainer.kd_kl
+    monkeypatch.setattr(
+        trainer, "kd_kl", lambda t, s_, temp, w=None: seen.append((t, s_.detach(), w)) or real_kd(t, s_, temp, w)
+    )
+    metrics = trainer.stage1_step(models, cfg, 0, scheds, par)
+    ((t, s_logits, w),) = seen
+    assert torch.equal(t.argmax(1), labels_given)
+    # N = 32 over C = 4 present classes: w = 32 / (4 · n_y) = 0.5, 1, 4/3, 4
+    expected_w = torch.tensor([0.5] * 16 + [1.0] * 8 + [4 / 3] * 6 + [4.0] * 2)
+    assert torch.allclose(w, expected_w)
+    assert metrics["class_balance_max_weight"] == pytest.approx(expected_w.max().item())
+    kl = [
+        (F.softmax(t[i], 0) * (F.log_softmax(t[i], 0) - F.log_softmax(s_logits[i], 0))).sum().item() for i in range(32)
+    ]
+    hand = sum(expected_w[i].item() * kl[i] for i in range(32)) / 32
+    assert metrics["l_s"].item() == pytest.approx(hand, rel=1e-4)
 
 
 def test_stage1_augment_distils_t_nat_on_a_fresh_view_of_each_batch(monkeypatch):
@@ -322,7 +356,9 @@ def test_stage1_augment_distils_t_nat_on_a_fresh_view_of_each_batch(monkeypatch)
     cfg, models, par, scheds = _fmnist_training("stage1.augment=crop_flip", "stage1.student_steps=2")
     seen = []
     real_kd = trainer.kd_kl
-    monkeypatch.setattr(trainer, "kd_kl", lambda t, s, temp: seen.append((t, real_kd(t, s, temp))) or seen[-1][1])
+    monkeypatch.setattr(
+        trainer, "kd_kl", lambda t, s, temp, w=None: seen.append((t, real_kd(t, s, temp, w))) or seen[-1][1]
+    )
     student_before = copy.deepcopy(models.student)
     latents = trainer.sample_latents(models, cfg, "stage1", 0, 8, par)
     x = copy.deepcopy(models.generator)(*latents[0]).detach()
