@@ -555,3 +555,51 @@ def test_teacher_augmentation_is_flip_then_reflect_padded_crop():
                 want = src[reflect(int(dy[n]) + r, 6), reflect(int(dx[n]) + c, 6)]
                 assert out[n, 0, r, c] == want
     assert not torch.equal(out, x)  # the draws moved something
+
+
+def test_mixed_precision_runs_the_training_step_under_bf16_autocast_and_must_match_on_resume(
+    tmp_path, shared_data, monkeypatch
+):
+    """mixed_precision=bf16: the attack and the loss run under CPU bf16 autocast (the weights stay
+    fp32); "no" runs without it; a resume with another precision is refused by name, and a
+    checkpoint whose saved config predates the setting resumes as "no"."""
+    import derd_scale.teacher_training as tt
+    from derd_scale.config import DataConfig, ModelConfig, OptimizerConfig
+
+    seen = []
+    real = tt.teacher_loss
+    monkeypatch.setattr(tt, "teacher_loss", lambda *a: seen.append(torch.is_autocast_enabled("cpu")) or real(*a))
+
+    def cfg(out, precision):
+        return tt.TeacherTrainConfig(
+            data=DataConfig(name="fashion_mnist", source="parquet", path=str(shared_data)),
+            model=ModelConfig(arch="small_cnn", kwargs={"width": 4}),
+            method="fgsm_rs",
+            eps=0.1,
+            alpha=0.125,
+            epochs=1,
+            batch_size=32,
+            max_train_examples=64,
+            eval_examples=16,
+            eval_steps=1,
+            optim=OptimizerConfig(name="sgd", lr=0.05),
+            mixed_precision=precision,
+            out=str(out),
+            progress=False,
+        )
+
+    tt.train_teacher(cfg(tmp_path / "bf16", "bf16"))
+    assert seen == [True, True]  # two steps, both under autocast
+    assert all(v.dtype == torch.float32 for v in _weights(tmp_path / "bf16").values() if v.is_floating_point())
+    seen.clear()
+    tt.train_teacher(cfg(tmp_path / "fp32", "no"))
+    assert seen == [False, False]
+    with pytest.raises(ValueError, match="different mixed_precision"):
+        tt.train_teacher(cfg(tmp_path / "fp32", "bf16"))
+    saved = tmp_path / "fp32" / "teacher_config.json"
+    old = json.loads(saved.read_text())
+    del old["mixed_precision"]  # a config written before the setting existed
+    saved.write_text(json.dumps(old))
+    seen.clear()
+    tt.train_teacher(cfg(tmp_path / "fp32", "no"))  # accepted: the finished run is only re-exported
+    assert seen == []
