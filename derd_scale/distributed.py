@@ -210,9 +210,14 @@ class Parallel:
         return {k: float(v) / self.world_size for k, v in zip(keys, values)}
 
     def autocast(self):
-        if self.mixed_precision != "bf16":
-            return nullcontext()
-        return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
+        return bf16_autocast(self.mixed_precision, self.accelerator.device)
+
+
+def bf16_autocast(precision: str, device: torch.device):
+    """The training step's autocast context for a resolved precision ("bf16" or "no")."""
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def native_bf16(device: torch.device) -> bool:

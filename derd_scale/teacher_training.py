@@ -48,9 +48,7 @@ import dataclasses
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -331,7 +329,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
 
     from .checkpoint import maybe_simulate_preemption
     from .config import DistributedConfig
-    from .distributed import build_accelerator, resolve_mixed_precision, world
+    from .distributed import bf16_autocast, build_accelerator, resolve_mixed_precision, world
     from .export import export_model
     from .optim import build_optimizer, build_scheduler
     from .teachers import model_from_config
@@ -402,11 +400,6 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
         accelerator.print(f"resumed {out} at epoch {start_epoch}")
     model, optimizer = accelerator.prepare(model, optimizer)
     precision = resolve_mixed_precision(cfg.mixed_precision, accelerator.device)
-    autocast = (
-        partial(torch.autocast, device_type=accelerator.device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else nullcontext
-    )
     log_path = out / "train_log.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -449,7 +442,7 @@ def train_teacher(cfg: TeacherTrainConfig, accelerator=None) -> dict:
                 if augment:
                     x = _augment(x, gen)
             x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-            with autocast():
+            with bf16_autocast(precision, accelerator.device):
                 loss = teacher_loss(model, x, y, cfg, gen).float()
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)

@@ -5,6 +5,7 @@ is never all-reduced, so the replicas drift with no error. ``check_ranks_in_sync
 catch it. Prints TRAP_CAUGHT on rank 0 when it does.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +43,6 @@ if not caught:
 # destructors: gloo's teardown at exit aborted rank 0 (SIGABRT) in about one run in five on a
 # loaded 2-core machine (CI, 2026-12-03) even after a barrier and end_training. The verdict is
 # printed and flushed above; os._exit only skips the C++ destructors.
-import os  # noqa: E402
-
 accelerator.wait_for_everyone()
 torch.distributed.destroy_process_group()
 sys.stdout.flush()
