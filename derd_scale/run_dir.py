@@ -203,6 +203,7 @@ IGNORED_ON_RESUME = (
     "eval.surrogate_checkpoint",
     "eval.masking_threshold",
     "eval.masking_check",  # evaluation only (probes run on a forked RNG)
+    "eval.optimized_copy",
     "distributed.expected_world_size",  # a launch guard
 )
 

@@ -1028,6 +1028,7 @@ def _probe(models: Models, cfg: RunConfig, par: Parallel) -> dict:
             accelerator=par.accelerator,
             seed=cfg.seed,
             progress=False,
+            optimized=cfg.eval.optimized_copy,
         )
     student.train(was)
     return {f"probe_{name}": r["accuracy"] for name, r in report.results.items()}
@@ -1112,6 +1113,7 @@ def _final_eval(run: RunDir, models: Models, cfg: RunConfig, par: Parallel) -> d
         surrogate=surrogate,
         masking_check=cfg.eval.masking_check,
         masking_threshold=cfg.eval.masking_threshold,
+        optimized=cfg.eval.optimized_copy,
     )
     out = run.path / "eval"
     if accelerator.is_main_process:

@@ -93,6 +93,8 @@ def test_presets_sit_under_the_yaml_and_the_overrides():
     assert paper.stage2 == RunConfig().stage2  # the paper's method is the defaults
     rec = config_from_dict({}, ["preset=derd_recommended"])
     assert rec.stage2.eg.robust_data == "x_adv" and rec.stage2.eg.robust_target == "anchor" and rec.stage2.sa.ball
+    assert (rec.stage1.lambda_adv, rec.stage1.generator_steps) == (0.3, 4)  # the recommended Stage I
+    assert (paper.stage1.lambda_adv, paper.stage1.generator_steps) == (0.0, 1)  # Eq. 11, one G update
     mine = config_from_dict(
         {"preset": "derd_recommended", "stage2": {"eg": {"robust_data": "x_d"}}}, ["stage2.eg.lambda_nat=0.5"]
     )

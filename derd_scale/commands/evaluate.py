@@ -163,6 +163,7 @@ def main(argv=None, prog: str = "derd-scale evaluate") -> int:
             surrogate=surrogate,
             masking_check=ev.masking_check,
             masking_threshold=ev.masking_threshold,
+            optimized=ev.optimized_copy,
             resume_dir=partial,  # a killed evaluation rerun with the same out resumes at its next batch
         )
     except EvaluationInputError as err:

@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from . import attacks as A
 from .autoattack import STANDARD, autoattack_standard, fast_budgets
+from .inference import optimized_copy
 from .report import EvalReport, masking_warnings
 
 PAPER_ORDER = ("clean", "fgsm", "pgd_s", "pgd_t", "cw", "aa")
@@ -252,6 +253,7 @@ def evaluate(
     masking_check: bool = False,
     masking_threshold: float = 0.10,
     resume_dir: Optional[Path] = None,
+    optimized: bool = True,
 ) -> EvalReport:
     """Attack the first ``n_examples`` of ``dataset`` (all: None) with each of ``attacks``.
 
@@ -259,7 +261,11 @@ def evaluate(
     and a rerun with the same model weights, data, attacks, protocol, n, batch size and seed skips the
     batches already there (any process count: a batch's random starts depend only on its index),
     so a killed AutoAttack keeps what it had done. The caller deletes the folder once the report
-    is saved."""
+    is saved.
+
+    ``optimized``: the attacks run on ``inference.optimized_copy`` of the model (and of the
+    surrogate): BatchNorm folded, channels-last on CPU, parameters frozen — the same network up to
+    fp32 rounding; the resume key fingerprints the model's own weights either way."""
     from tqdm.auto import tqdm
 
     from ..distributed import world
@@ -291,6 +297,8 @@ def evaluate(
         fingerprints = (model_fingerprint(model), model_fingerprint(surrogate), data_fingerprint(ds, n))
         cache = _BatchCache(resume_dir, rank, (attacks, protocol.as_dict(), n, len(batches), seed, *fingerprints))
     done = cache.done() if cache else {}
+    attacked = optimized_copy(model) if optimized else model
+    attacked_surrogate = optimized_copy(surrogate) if optimized and surrogate is not None else surrogate
     if done and is_main:  # rank 0 contributes the cached batches' rows, every rank skips them
         for b, (cached_rows, cached_seconds) in sorted(done.items()):
             rows.extend((i, label, flags) for i, label, flags in cached_rows)
@@ -310,7 +318,7 @@ def evaluate(
         y = torch.as_tensor([int(it[1]) for it in items], device=device)
         if n_classes is None:
             with torch.no_grad():
-                n_classes = model(x[:1]).shape[1]
+                n_classes = attacked(x[:1]).shape[1]
         bad = ((y < 0) | (y >= n_classes)).nonzero().flatten()
         if bad.numel():
             i = int(bad[0])
@@ -322,7 +330,7 @@ def evaluate(
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b * 7_919 + attacks.index(name))
             torch.manual_seed(seed * 1_000_003 + b)  # torchattacks draws from the global RNG too
             t0 = time.perf_counter()
-            ok = _attack_batch(name, model, x, y, protocol, gen, n_classes, seed, surrogate).cpu()
+            ok = _attack_batch(name, attacked, x, y, protocol, gen, n_classes, seed, attacked_surrogate).cpu()
             batch_seconds[name] = time.perf_counter() - t0
             seconds[name] += batch_seconds[name]
             per_attack.append(ok)
@@ -336,7 +344,7 @@ def evaluate(
     bar.close()
     if n_classes is None and n:  # every batch of this rank came from the cache
         with torch.no_grad():
-            n_classes = model(ds[0][0][None].to(device)).shape[1]
+            n_classes = attacked(ds[0][0][None].to(device)).shape[1]
     model.train(was_training)
 
     if size > 1:

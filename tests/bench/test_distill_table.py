@@ -320,6 +320,9 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     (row_dir / "row.json").unlink()
     monkeypatch.setattr(dt, "evaluate_exported", lambda *a: {"attacks": {"clean": {"accuracy": 0.7, "n": 10}}})
     assert dt.run_row("derd_recommended", r, out, progress=False, seed=1)["seconds"] == 30.0
+    # The Stage I re-tabled the same way counts all of its own 100 s (it is nobody's Stage II).
+    (out / "stage1_only-seed1" / "row.json").unlink()
+    assert dt.run_row("stage1_only", r, out, progress=False, seed=1)["seconds"] == 100.0
 
 
 def test_autoattack_on_a_run_without_its_student_says_so_and_leaves_the_cell_empty(tmp_path, capsys):
@@ -365,8 +368,9 @@ def test_a_derd_rows_budget_counts_stage2_student_steps_per_step():
     assert dt.student_budget(cfg) == cfg.stage1.steps + 400
     assert dt.row_budget("derd_recommended", r) == (
         f"{cfg.stage1.steps + 400} student steps (Stage I {cfg.stage1.steps} + Stage II 400 (200 × 2)), "
-        f"{cfg.stage1.steps + 200} G steps, data-free"
+        f"{cfg.stage1.steps * cfg.stage1.generator_steps + 200} G steps, data-free"  # the recipe's Stage I: 4 per step
     )
+    assert cfg.stage1.generator_steps == 4
     assert dt.row_budget("stage1_only", r).startswith(f"{cfg.stage1.steps} student steps")
 
 
