@@ -294,7 +294,7 @@ class EvalConfig:
     masking_check: bool = True
     """Also run PGD_S with twice the steps and warn if robust accuracy goes up."""
     optimized_copy: bool = True
-    """Attack a copy of the model with BatchNorm folded into the layer before it and, on CPU, channels-last memory: the same network up to fp32 rounding, 1.2-2x faster attacks (evaluation/inference.py); false attacks the model as is."""
+    """Attack a copy of the model with BatchNorm folded into the layer before it and, on CPU, channels-last memory: the same network up to fp32 rounding, 1.3-1.8x faster attack passes (evaluation/inference.py); false attacks the model as is."""
 
 
 @dataclass

@@ -13,9 +13,10 @@ cheaper without changing the function the model computes:
 
 Parameters are frozen on the copy (attacks need ∂/∂x only). The result equals the original up
 to fp32 rounding (folding reorders the arithmetic), so a prediction can differ only where two
-logits tie to ~1e-6. Measured on one thread of this CPU (docs/performance.md): a forward +
-input-gradient pass of the Fashion-MNIST small CNN 2.0× faster, the CIFAR ResNet-20/56
-1.2–1.7×; a model without BatchNorm (the alpha-beta-CROWN ResNet-4B, ViTs) gains little.
+logits tie to ~1e-6. Measured on one thread of this CPU (``bench/attack_speed.py``,
+docs/performance.md): a forward + input-gradient pass at batch 100 of the Fashion-MNIST small
+CNN 1.8× faster, the CIFAR ResNet-20 1.3×, ResNet-56 1.7×, and the BatchNorm-free
+alpha-beta-CROWN ResNet-4B 1.5× from channels-last alone.
 
 Left as is (the caller's model is attacked directly): a model that is not a plain module
 (DDP/FSDP2/DeepSpeed-wrapped or holding sharded DTensor parameters: its forward is a
