@@ -576,6 +576,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet18"))
+    student_init: Literal["random", "natural_teacher"] = "random"
+    """Not in the paper (random): ``natural_teacher`` starts the student from T_nat's weights — stem and head as they are, each stage's blocks evenly spaced from the teacher's (ResNet-56 → ResNet-20: blocks 0, 4, 8; derd_scale/models/inherit.py) — so Stage I starts near T_nat's function, not at chance. Data-free (weights only); the student must be a shallower copy of T_nat's architecture (same widths). Applies to every method; a resumed run loads its checkpoint over it."""
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)

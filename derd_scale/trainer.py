@@ -86,12 +86,15 @@ def local_slice(t: Optional[torch.Tensor], rank: int, world_size: int) -> Option
 
 
 def build_models(cfg: RunConfig) -> Models:
+    from .models.inherit import inherit_blocks
     from .teachers import model_from_config
 
     info = dataset_info(cfg.data)
     natural = freeze(model_from_config(cfg.teachers.natural, info))
     robust = freeze(model_from_config(cfg.teachers.robust, info))
     student = model_from_config(cfg.student, info)
+    if cfg.student_init == "natural_teacher":
+        inherit_blocks(student, natural)  # before any wrapping: a data-free start near T_nat's function
     g = cfg.generator
     generator = build_generator(
         g.kind,
