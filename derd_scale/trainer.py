@@ -86,6 +86,7 @@ def local_slice(t: Optional[torch.Tensor], rank: int, world_size: int) -> Option
 
 
 def build_models(cfg: RunConfig) -> Models:
+    from .config import ConfigError
     from .models.inherit import inherit_blocks
     from .teachers import model_from_config
 
@@ -94,7 +95,10 @@ def build_models(cfg: RunConfig) -> Models:
     robust = freeze(model_from_config(cfg.teachers.robust, info))
     student = model_from_config(cfg.student, info)
     if cfg.student_init == "natural_teacher":
-        inherit_blocks(student, natural)  # before any wrapping: a data-free start near T_nat's function
+        try:  # before any wrapping: a data-free start near T_nat's function
+            inherit_blocks(student, natural)
+        except ValueError as err:
+            raise ConfigError(f"student_init=natural_teacher: {err}") from None
     g = cfg.generator
     generator = build_generator(
         g.kind,

@@ -77,3 +77,24 @@ def test_student_init_natural_teacher_starts_the_run_from_the_natural_teacher(tm
     assert not torch.equal(random.student.model.layer3[1].conv1.weight, t.layer3[4].conv1.weight)
     with pytest.raises(Exception, match="student_init"):
         config_from_dict({}, [*base, "student_init=robust_teacher"])
+
+
+def test_student_init_refuses_a_student_of_other_widths_in_one_line(tmp_path):
+    from derd_scale.config import ConfigError
+    from derd_scale.trainer import build_models
+
+    cfg = config_from_dict(
+        {},
+        [
+            "data.name=cifar10",
+            "teachers.natural.arch=resnet56",
+            "teachers.robust.arch=resnet20",
+            "student.arch=resnet20",
+            "student.kwargs={width: 8}",
+            "student_init=natural_teacher",
+            f"output.root={tmp_path}",
+        ],
+    )
+    with pytest.raises(ConfigError, match=r"^student_init=natural_teacher: model\.conv1\.weight: shape") as err:
+        build_models(cfg)
+    assert "\n" not in str(err.value)
