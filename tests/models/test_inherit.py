@@ -98,3 +98,11 @@ def test_student_init_refuses_a_student_of_other_widths_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^student_init=natural_teacher: model\.conv1\.weight: shape") as err:
         build_models(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_another_input_normalisation_is_refused():
+    # the inherited weights would see other inputs than in the teacher: not the teacher's function
+    torch.manual_seed(0)
+    student = model_from_config(ModelConfig(arch="resnet20", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]), CIFAR)
+    with pytest.raises(ValueError, match="normalise or resize their inputs differently"):
+        inherit_blocks(student, build("resnet56", 0))
