@@ -79,6 +79,15 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def launch_failure(proc) -> str:
+    """A failed launch's message: the first child traceback, then the tail. A launcher's own
+    ChildFailedError summary fills the tail and hides why the ranks died."""
+    err = proc.stderr or ""
+    start = err.find("Traceback")
+    head = err[start : start + 3000] + "\n...\n" if 0 <= start < len(err) - 1500 else ""
+    return f"exit {proc.returncode}\n{head}{err[-1500:]}"
+
+
 # --------------------------------------------------------------------------------------
 # The toy run: the end-to-end tests' training run (tests/test_trainer.py, test_run_safety.py,
 # test_bad_inputs.py, test_trackers.py): small CNNs on Fashion-MNIST, a few steps, a

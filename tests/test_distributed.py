@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port
+from conftest import free_port, launch_failure
 
 from derd_scale.trainer import check_ranks_in_sync
 
@@ -68,7 +68,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
         cmd += ["--set", item]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, launch_failure(out)
     summary = json.loads((tmp_path / "ddp" / "DONE").read_text())
     # Two synchronised processes (docs/platform.md's trap: a launch that starts one, or two that
     # never talk), and bit-identical replicas at the end (checked across ranks by the run).
@@ -97,7 +97,7 @@ def test_the_sync_check_catches_an_unreduced_second_backward(tmp_path):
     ]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
+    assert out.returncode == 0, out.stdout[-1500:] + launch_failure(out)
     assert "TRAP_CAUGHT" in out.stdout and "diverged" in out.stdout
 
 

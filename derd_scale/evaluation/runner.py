@@ -296,7 +296,15 @@ def evaluate(
     if resume_dir:
         fingerprints = (model_fingerprint(model), model_fingerprint(surrogate), data_fingerprint(ds, n))
         cache = _BatchCache(resume_dir, rank, (attacks, protocol.as_dict(), n, len(batches), seed, *fingerprints))
-    done = cache.done() if cache else {}
+    done = cache.done() if cache and is_main else {}
+    if cache and size > 1:
+        # One view of the cache for every rank, read before any rank appends: a rank that read it
+        # after a faster rank had written its first fresh batches would count those twice.
+        import torch.distributed as dist
+
+        view = [done if is_main else None]
+        dist.broadcast_object_list(view, src=0)
+        done = view[0]
     attacked = optimized_copy(model) if optimized else model
     attacked_surrogate = optimized_copy(surrogate) if optimized and surrogate is not None else surrogate
     if done and is_main:  # rank 0 contributes the cached batches' rows, every rank skips them

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port
+from conftest import free_port, launch_failure
 
 from derd_scale.config import EvalConfig
 from derd_scale.evaluation import PRESETS, Protocol, evaluate, protocol_from_config
@@ -166,7 +166,7 @@ def test_two_processes_give_exactly_the_one_process_numbers(tmp_path, shared_dat
         timeout=600,
         env=env,
     )
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, launch_failure(two)
     a = json.loads((tmp_path / "one" / "report.json").read_text())
     b = json.loads((tmp_path / "two" / "report.json").read_text())
     assert b["world_size"] == 2 and a["world_size"] == 1, "the launch did not start two synchronised processes"
@@ -233,3 +233,13 @@ def test_a_resumed_evaluation_never_reuses_another_models_or_splits_batches(tmp_
     with pytest.warns(UserWarning, match="ignored 4 cached batches"):
         again = evaluate(resnet4b, shifted, ["clean"], p, n_examples=20, seed=0, progress=False, resume_dir=tmp_path)
     assert again.labels == [int(ds[i + 1][1]) for i in range(20)] and first.labels != again.labels
+
+
+def test_a_late_rank_never_counts_another_ranks_fresh_batches_as_cached(tmp_path):
+    """Every rank must agree on the cached batches before any rank writes one: rank 0 read the
+    cache after rank 1 had appended its first batches and counted them twice (CI, 2026-12-03)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    cmd += [str(Path(__file__).parent / "resume_two_ranks.py"), str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, launch_failure(out)
+    assert json.loads((tmp_path / "report.json").read_text())["n"] == 40

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, launch_failure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenarios import NOT_ON_DEEPSPEED, SCENARIOS, max_difference, run  # noqa: E402
@@ -48,15 +49,6 @@ ENV = dict(
     PYTHONWARNINGS="ignore::FutureWarning",
     PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
 )
-
-
-def free_port() -> str:
-    """A free TCP port for a launch's rendezvous (parallel jobs on one machine must not share 29500)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def _tool(name: str) -> str:
@@ -88,7 +80,7 @@ def _launch(cmd: list[str], timeout: float, fail: bool = False, env: dict | None
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or ENV, cwd=REPO)
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"launch hung for {timeout}s: {' '.join(cmd)}\n{(err.stderr or b'')[-3000:]!r}")
-    assert (out.returncode != 0) == fail, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    assert (out.returncode != 0) == fail, f"{out.stdout[-2000:]}\n{launch_failure(out)}"
     assert "terminate called" not in out.stderr, out.stderr[-2000:]
     return out
 
