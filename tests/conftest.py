@@ -79,6 +79,19 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def two_cpu_processes(script, *args: str) -> tuple[list[str], dict]:
+    """``accelerate launch`` of ``script`` as two synchronised CPU processes (gloo), and its env.
+    ACCELERATE_USE_CPU: without it ``--multi_gpu`` on a CPU machine starts two processes that never
+    talk (docs/platform.md); a free port: parallel launches must not share 29500."""
+    import shutil
+    import sys
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*cmd, str(script), *args], dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+
+
 def launch_failure(proc) -> str:
     """A failed launch's message: the first child traceback, then the tail. A launcher's own
     ChildFailedError summary fills the tail and hides why the ranks died."""

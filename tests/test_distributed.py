@@ -1,38 +1,18 @@
 """Multi-process CPU twins (gloo) of the data-parallel path."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, launch_failure
+from conftest import TINY, launch_failure, two_cpu_processes
 
 from derd_scale.trainer import check_ranks_in_sync
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = [
-    "data.name=fashion_mnist",
-    "teachers.natural.arch=small_cnn",
-    "teachers.natural.kwargs={width: 4}",
-    "teachers.robust.arch=small_cnn",
-    "teachers.robust.kwargs={width: 4}",
-    "student.arch=small_cnn",
-    "student.kwargs={width: 4}",
-    "generator.latent_dim=16",
-    "generator.base_channels=4",
-    "stage1.steps=3",
-    "stage1.batch_size=8",
-    "stage2.steps=3",
-    "stage2.batch_size=8",
-    "stage2.sa.steps=2",
-    "eval.final=false",
-    "eval.probe_attacks=[]",
-    "logging.progress_bar=false",
-]
+# The toy run (conftest.TINY) with fewer steps: two processes pay for every step twice.
+TINY_DDP = [*TINY, "stage1.steps=3", "stage2.steps=3"]
 
 
 def test_digest_changes_with_any_parameter():
@@ -47,26 +27,8 @@ def test_digest_changes_with_any_parameter():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    cmd = [
-        accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        free_port(),
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(REPO / "launch" / "train.py"),
-    ]
-    for item in TINY + [f"output.root={tmp_path}", "output.name=ddp"]:
-        cmd += ["--set", item]
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    overrides = [x for item in TINY_DDP + [f"output.root={tmp_path}", "output.name=ddp"] for x in ("--set", item)]
+    cmd, env = two_cpu_processes(REPO / "launch" / "train.py", *overrides)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert out.returncode == 0, launch_failure(out)
     summary = json.loads((tmp_path / "ddp" / "DONE").read_text())
@@ -78,24 +40,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
 
 @pytest.mark.slow
 def test_the_sync_check_catches_an_unreduced_second_backward(tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    cmd = [
-        accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        free_port(),
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(REPO / "tests" / "workers" / "silent_trap.py"),
-    ]
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    cmd, env = two_cpu_processes(REPO / "tests" / "workers" / "silent_trap.py")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert out.returncode == 0, out.stdout[-1500:] + launch_failure(out)
     assert "TRAP_CAUGHT" in out.stdout and "diverged" in out.stdout

@@ -2,14 +2,13 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, launch_failure
+from conftest import free_port, launch_failure, two_cpu_processes
 
 from derd_scale.config import EvalConfig
 from derd_scale.evaluation import PRESETS, Protocol, evaluate, protocol_from_config
@@ -109,63 +108,25 @@ def test_masking_warnings_fire_on_suspicious_numbers():
 
 @pytest.mark.slow
 def test_two_processes_give_exactly_the_one_process_numbers(tmp_path, shared_data, weights_dir):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     common = [
-        str(REPO / "launch" / "evaluate.py"),
         "--model",
         str(weights_dir / "abcrown_robust_cifar10" / "resnet4b.pth"),
-        "--set",
-        "arch=resnet4b",
-        "--set",
-        "data.name=cifar10",
-        "--set",
-        "data.source=parquet",
-        "--set",
-        f"data.path={shared_data}",
-        "--set",
-        "eval.protocol=cifar",
-        "--set",
-        f"eval.eps={2 / 255}",
-        "--set",
-        "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]",
-        "--set",
-        "eval.n_examples=37",
-        "--set",
-        "eval.batch_size=8",
-        "--set",
-        "eval.steps=3",
-        "--set",
-        "eval.masking_check=false",
+        *("--set", "arch=resnet4b", "--set", "data.name=cifar10", "--set", "data.source=parquet"),
+        *("--set", f"data.path={shared_data}", "--set", "eval.protocol=cifar", "--set", f"eval.eps={2 / 255}"),
+        *("--set", "eval.attacks=[clean,fgsm,pgd_s,pgd_t,cw]", "--set", "eval.n_examples=37"),
+        *("--set", "eval.batch_size=8", "--set", "eval.steps=3", "--set", "eval.masking_check=false"),
     ]
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    script = REPO / "launch" / "evaluate.py"
+    two_cmd, env = two_cpu_processes(script, *common, "--out", str(tmp_path / "two"))
     one = subprocess.run(
-        [sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env
-    )
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(
-        [
-            accelerate,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            free_port(),
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            *common,
-            "--out",
-            str(tmp_path / "two"),
-        ],
+        [sys.executable, str(script), *common, "--out", str(tmp_path / "one")],
         capture_output=True,
         text=True,
         timeout=600,
         env=env,
     )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(two_cmd, capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, launch_failure(two)
     a = json.loads((tmp_path / "one" / "report.json").read_text())
     b = json.loads((tmp_path / "two" / "report.json").read_text())
