@@ -487,6 +487,11 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         shared_stage1 = derd_row and row != "stage1_only"  # a Stage-II row's DONE counts its Stage I too
         t0 -= own_train_seconds(row_dir, out / run_name("stage1_only", seed) if shared_stage1 else None)
     else:
+        # A row killed and resumed: this process's clock misses the training done before the kill,
+        # which its newest checkpoint holds (train_seconds accumulates over resumes).
+        t0 -= trained_before_resume(
+            row_dir, out / run_name("stage1_only", seed) if derd_row and row != "stage1_only" else None
+        )
         train(cfg, row)  # resumes a killed row from its newest checkpoint
         report = json.loads((row_dir / "eval" / "report.json").read_text())
         if derd_row and row != "stage1_only":
@@ -524,6 +529,21 @@ def run_train_seconds(run: Path) -> float:
     """A finished run's training seconds (its DONE file; accumulated over resumes), 0 if unknown."""
     done = run / "DONE"
     return float(json.loads(done.read_text()).get("train_seconds", 0.0)) if done.exists() else 0.0
+
+
+def trained_before_resume(row_dir: Path, stage1: Path | None) -> float:
+    """Training seconds a killed row already spent, from its newest checkpoint; for a Stage-II row
+    (``stage1``: the stage1_only run it resumed from) without its Stage I's. 0 for a fresh row."""
+    from derd_scale.checkpoint import read_checkpoint_state
+    from derd_scale.errors import ResumeError
+
+    for checkpoint in sorted((p.parent for p in (row_dir / "checkpoints").glob("*/state.pt")), reverse=True):
+        try:
+            seconds = float(read_checkpoint_state(checkpoint).get("train_seconds", 0.0))
+        except ResumeError:
+            continue  # torn by the kill: the trainer resumes from the previous one, and so do we
+        return max(0.0, seconds - (run_train_seconds(stage1) if stage1 is not None else 0.0))
+    return 0.0
 
 
 def own_train_seconds(row_dir: Path, stage1: Path | None) -> float:

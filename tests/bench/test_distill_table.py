@@ -325,6 +325,44 @@ def test_a_derd_row_retrains_a_restored_stage1_and_counts_only_its_own_seconds(t
     assert dt.run_row("stage1_only", r, out, progress=False, seed=1)["seconds"] == 100.0
 
 
+def test_a_row_killed_and_resumed_counts_the_training_before_the_kill(tmp_path, monkeypatch):
+    dt = _load()
+    r = dt.recipe("fmnist", str(tmp_path / "data"))
+    out = tmp_path / "out"
+    stage1 = out / "stage1_only"
+    stage1.mkdir(parents=True)
+    (stage1 / "DONE").write_text(json.dumps({"train_seconds": 100.0}))
+    row_dir = out / "derd_recommended"
+
+    def checkpoint(name, seconds, stage="stage2"):
+        blob = {"stage": stage, "step": 1, "models": {}, "schedulers": {}, "torch_rng": torch.get_rng_state()}
+        (row_dir / "checkpoints" / name).mkdir(parents=True)
+        torch.save({**blob, "train_seconds": seconds}, row_dir / "checkpoints" / name / "state.pt")
+
+    checkpoint("stage1-00000400", 100.0, stage="stage1")  # the copied Stage I
+    shutil.copytree(row_dir / "checkpoints", stage1 / "checkpoints")
+    assert dt.trained_before_resume(row_dir, stage1) == 0.0  # a fresh Stage-II row
+    checkpoint("stage2-00000600", 160.0)
+    checkpoint("stage2-00000700", 170.0)
+    (row_dir / "checkpoints" / "stage2-00000800").mkdir()
+    (row_dir / "checkpoints" / "stage2-00000800" / "state.pt").write_bytes(b"torn by the kill")
+    assert dt.trained_before_resume(row_dir, stage1) == 70.0  # the newest readable one, less its Stage I
+    assert dt.trained_before_resume(row_dir, None) == 170.0
+
+    clock = type("Clock", (), {"now": 0.0, "time": lambda self: self.now})()
+    monkeypatch.setattr(dt, "time", clock)
+
+    def fake_train(cfg, stem):  # the resumed process trains 5 s more, then evaluates
+        clock.now += 5.0
+        (row_dir / "DONE").write_text(json.dumps({"train_seconds": 175.0}))
+        (row_dir / "eval").mkdir(exist_ok=True)
+        (row_dir / "eval" / "report.json").write_text(json.dumps({"attacks": {"clean": {"accuracy": 0.7, "n": 10}}}))
+        (row_dir / "metrics.jsonl").write_text("")
+
+    monkeypatch.setattr("derd_scale.trainer.train", fake_train)
+    assert dt.run_row("derd_recommended", r, out, progress=False, seed=0)["seconds"] == 75.0
+
+
 def test_autoattack_on_a_run_without_its_student_says_so_and_leaves_the_cell_empty(tmp_path, capsys):
     dt = _load()
     _row(tmp_path, "sa_only", 0.44)  # e.g. restored from an archive that predates kept students
