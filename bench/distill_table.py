@@ -480,9 +480,10 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
     ]
     cfg = config_from_dict({}, base + row_overrides(row, config_from_dict({}, base)))
     derd_row = row in ROW_OVERRIDES
-    if derd_row and row != "stage1_only":
+    # A Stage-II DERD row starts from the stage1_only run's Stage I, and its DONE counts that Stage I too.
+    stage1 = out / run_name("stage1_only", seed) if derd_row and row != "stage1_only" else None
+    if stage1 is not None:
         # Share Stage I: start this row from the stage1_only row's final Stage-I checkpoint.
-        stage1 = out / run_name("stage1_only", seed)
         if not (row_dir / "DONE").exists() and not list((stage1 / "checkpoints").glob("stage1-*")):
             retrain_restored_stage1(r, out, progress, seed)
             t0 = time.time()  # the retrained Stage I is its own row's time, not this one's
@@ -499,21 +500,17 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         # Trained before under another evaluation budget (e.g. a steering run on fewer test
         # images): evaluate its exported student with this recipe's; count its training time.
         report = evaluate_exported(row_dir, cfg, progress)
-        shared_stage1 = derd_row and row != "stage1_only"  # a Stage-II row's DONE counts its Stage I too
-        t0 -= own_train_seconds(row_dir, out / run_name("stage1_only", seed) if shared_stage1 else None)
+        t0 -= own_train_seconds(row_dir, stage1)
     else:
         # A row killed and resumed: this process's clock misses the training done before the kill,
         # which its newest checkpoint holds (train_seconds accumulates over resumes).
-        t0 -= trained_before_resume(
-            row_dir, out / run_name("stage1_only", seed) if derd_row and row != "stage1_only" else None
-        )
+        t0 -= trained_before_resume(row_dir, stage1)
         train(cfg, row)  # resumes a killed row from its newest checkpoint
         report = json.loads((row_dir / "eval" / "report.json").read_text())
-        if derd_row and row != "stage1_only":
+        if stage1 is not None:
             # Its DONE counts the Stage I it resumed from (train_seconds accumulates over the copied
             # checkpoint): record those seconds beside it, so a later re-tabling counts its own.
-            stage1_seconds = run_train_seconds(out / run_name("stage1_only", seed))
-            (row_dir / STAGE1_SOURCE).write_text(json.dumps({"train_seconds": stage1_seconds}))
+            (row_dir / STAGE1_SOURCE).write_text(json.dumps({"train_seconds": run_train_seconds(stage1)}))
     plot_training_curves(
         row_dir / "metrics.jsonl",
         row_dir / "curves.png",
@@ -551,8 +548,9 @@ def trained_before_resume(row_dir: Path, stage1: Path | None) -> float:
     (``stage1``: the stage1_only run it resumed from) without its Stage I's. 0 for a fresh row."""
     from derd_scale.checkpoint import read_checkpoint_state
     from derd_scale.errors import ResumeError
+    from derd_scale.run_dir import RunDir
 
-    for checkpoint in sorted((p.parent for p in (row_dir / "checkpoints").glob("*/state.pt")), reverse=True):
+    for checkpoint in reversed(RunDir(row_dir).checkpoint_dirs()):  # newest first, as the trainer resumes
         try:
             seconds = float(read_checkpoint_state(checkpoint).get("train_seconds", 0.0))
         except ResumeError:
