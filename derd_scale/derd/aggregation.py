@@ -124,18 +124,27 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _hash32_int(x: int) -> int:
+    """``hash32`` on one Python int (the keys are a handful of host-side scalars per step)."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    x ^= x >> 16
+    return x
+
+
 def _key(*parts: int) -> int:
-    k = torch.tensor(0, dtype=torch.int64)
+    k = 0
     for p in parts:
-        k = hash32(k ^ torch.tensor(p & _M32, dtype=torch.int64))
-    return int(k)
+        k = _hash32_int(k ^ (p & _M32))
+    return k
 
 
-def sga_noise(seed: int, step: int, name: str, indices: torch.Tensor, sigma: float) -> torch.Tensor:
-    """r for the elements ``indices`` (flat indices into the full parameter ``name``):
-    N(0, σ²) by Box–Muller from two hashed uniforms. The same (seed, step, name, index)
-    always gives the same value, on any rank and any sharding layout."""
-    key = _key(seed, step, zlib.crc32(name.encode()))
+def _noise_from_keys(key, indices: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Box–Muller N(0, σ²) from two hashed uniforms of (key, index), elementwise; ``key`` is one
+    int or an int64 tensor shaped like ``indices``."""
     idx = indices.to(torch.int64)
     h_lo = hash32((idx & _M32) ^ key)
     h = hash32(h_lo ^ (idx >> 32) ^ 0x5BD1E995)
@@ -144,6 +153,36 @@ def sga_noise(seed: int, step: int, name: str, indices: torch.Tensor, sigma: flo
     u2 = h2.double() / 4294967296.0
     z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)
     return (sigma * z).float()
+
+
+def sga_noise(seed: int, step: int, name: str, indices: torch.Tensor, sigma: float) -> torch.Tensor:
+    """r for the elements ``indices`` (flat indices into the full parameter ``name``):
+    N(0, σ²) by Box–Muller from two hashed uniforms. The same (seed, step, name, index)
+    always gives the same value, on any rank and any sharding layout."""
+    return _noise_from_keys(_key(seed, step, zlib.crc32(name.encode())), indices, sigma)
+
+
+def sga_noise_many(
+    seed: int, step: int, names: Sequence[str], indices: Sequence[torch.Tensor], sigma: float
+) -> list[torch.Tensor]:
+    """``[sga_noise(seed, step, n, i, sigma) for n, i in zip(names, indices)]``, bit for bit, in one
+    hash pass over the concatenated indices (each element carrying its tensor's key), where the
+    per-tensor loop launches ~30 small kernels per tensor: on a GPU that loop cost 0.05 s of
+    ResNet-20's and 0.2 s of ViT-T's Stage-II step (docs/performance.md, "GPU")."""
+    if not names:
+        return []
+    device = indices[0].device
+    sizes = [i.numel() for i in indices]
+    keys = torch.tensor([_key(seed, step, zlib.crc32(n.encode())) for n in names], dtype=torch.int64, device=device)
+    per_element = keys.repeat_interleave(torch.tensor(sizes, device=device), output_size=sum(sizes))
+    flat = torch.cat([i.reshape(-1).to(device=device, dtype=torch.int64) for i in indices])
+    return list(_noise_from_keys(per_element, flat, sigma).split(sizes))
+
+
+def _noise_device(param: torch.Tensor) -> torch.device:
+    """Where ``sga_noise`` runs for ``param``: its own device, except where float64 (Box–Muller's
+    log and cos) is missing (Apple's MPS), there the host."""
+    return torch.device("cpu") if param.device.type == "mps" else param.device
 
 
 def sga_gradient(
@@ -210,7 +249,12 @@ def aggregate(
     combined, stats = aggregate_gradients(g1, g2, "sum" if method == "sum" else "ga", granularity, all_reduce)
     if method != "sga" or lambda_sga <= 0 or sigma_r <= 0:
         return combined, stats
-    noise = [sga_noise(seed, step, v.name, v.indices, sigma_r).to(v.param.device).view_as(v.param) for v in shards]
+    # r is hashed where the parameter lives: on a GPU, hashing a ViT-T's 5.7 M indices on the host
+    # and copying r over took 0.2 s of a 1 s Stage-II step (docs/performance.md, "GPU").
+    # r is hashed where the parameters live, all tensors in one pass (sga_noise_many's docstring).
+    where = _noise_device(shards[0].param) if shards else torch.device("cpu")
+    noise = sga_noise_many(seed, step, [v.name for v in shards], [v.indices.to(where) for v in shards], sigma_r)
+    noise = [r.to(v.param.device).view_as(v.param) for r, v in zip(noise, shards)]
     tau = sga_tau(stats.tau1, stats.tau2, tau_mode)
     extra, _ = sga_gradient([v.param for v in shards], noise, tau, all_reduce)
     extra = [lambda_sga * e for e in extra]

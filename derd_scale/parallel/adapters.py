@@ -188,7 +188,7 @@ class GradientAdapter:
         return g1, g2, l1_sum, l2_sum
 
     def shards(self) -> list[ShardView]:
-        return [ShardView(n, p, torch.arange(p.numel())) for n, p in self.named]
+        return [ShardView(n, p, torch.arange(p.numel(), device=p.device)) for n, p in self.named]
 
     def write_gradients(self, grads: Sequence[torch.Tensor]) -> None:
         for p, g in zip(self.params, grads):

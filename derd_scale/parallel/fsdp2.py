@@ -92,7 +92,7 @@ class FSDPGradients(ShardedAdapter):
         views = []
         for (name, p), start in zip(self.named, self._starts):
             local = p.to_local().detach().reshape(-1)
-            views.append(ShardView(name, local, torch.arange(start, start + local.numel())))
+            views.append(ShardView(name, local, torch.arange(start, start + local.numel(), device=local.device)))
         return views
 
     def write_gradients(self, grads: Sequence[torch.Tensor]) -> None:

@@ -183,7 +183,7 @@ class DeepSpeedGradients(ShardedAdapter):
 
     def shards(self) -> list[ShardView]:
         return [
-            ShardView(name, theta, torch.arange(start, start + valid))
+            ShardView(name, theta, torch.arange(start, start + valid, device=theta.device))
             for (name, _), (theta, start, valid) in zip(self.named, self._layout())
         ]
 

@@ -8,18 +8,27 @@ def _load():
     return load_bench("throughput")
 
 
-def _row(stage: str, variant: str, seconds: float, threads: int = 1, precision: str = "fp32") -> dict:
+def _row(
+    stage: str, variant: str, seconds: float, threads: int = 1, precision: str = "fp32", gflop: float = 100.0
+) -> dict:
     return dict(
-        recipe="cifar10", stage=stage, variant=variant, threads=threads, precision=precision, seconds_per_step=seconds
+        recipe="cifar10",
+        stage=stage,
+        variant=variant,
+        threads=threads,
+        precision=precision,
+        seconds_per_step=seconds,
+        gflop_per_step=gflop,
     )
 
 
-def test_ratios_pair_each_variant_with_the_default_step_of_the_same_threads_and_precision():
+def test_ratios_pair_each_variant_with_its_reference_step_of_the_same_threads_and_precision():
     throughput = _load()
     rows = [
         _row("stage2", "default", 4.4),
         _row("stage2", "ga", 4.0),
-        _row("stage1", "default", 1.5),
+        _row("stage1", "default", 6.0, gflop=400.0),  # the recipe's Stage I: not the bare loop's reference
+        _row("stage1", "plain", 1.5),
         _row("stage1", "bare", 1.2),
         _row("stage2", "ga", 2.0, threads=2),  # no default at 2 threads: no ratio
     ]
@@ -29,3 +38,12 @@ def test_ratios_pair_each_variant_with_the_default_step_of_the_same_threads_and_
     assert got["sga_over_ga", 1]["target"] == "<= 1.10"
     assert got["prepared_over_bare_stage1", 1]["value"] == pytest.approx(1.25)
     assert got["prepared_over_bare_stage1", 1]["target"] == "<= 1.05"
+    assert got["prepared_over_bare_stage1", 1]["flop_ratio"] == pytest.approx(1.0)
+
+
+def test_the_bare_loop_is_compared_with_the_prepared_step_on_the_same_plain_stage1():
+    throughput = _load()
+    specs = [s for s in throughput.plan(["cifar10"], [1], ["fp32"], 3) if s["stage"] == "stage1"]
+    by = {s.get("variant", "default"): s for s in specs}
+    assert by["bare"]["bare"] and not by["plain"]["bare"]
+    assert by["bare"]["variant_overrides"] == by["plain"]["variant_overrides"] == throughput.PLAIN_STAGE1

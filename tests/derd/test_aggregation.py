@@ -149,3 +149,21 @@ def test_aggregate_is_the_one_home_of_the_method():
     assert s_sga.sga_norm == pytest.approx(extra.norm().item(), rel=1e-5)
     with pytest.raises(ValueError, match="allowed: sum, ga, sga"):
         aggregate(g1, g2, views, "pcgrad")
+
+
+def test_host_key_hash_equals_the_tensor_hash():
+    from derd_scale.derd.aggregation import _hash32_int
+
+    xs = [0, 1, 7, 0x5BD1E995, 0xFFFFFFFF, 123456789, 2**31]
+    assert [_hash32_int(x) for x in xs] == hash32(torch.tensor(xs, dtype=torch.int64)).tolist()
+
+
+def test_sga_noise_many_equals_the_per_tensor_noise_bit_for_bit():
+    from derd_scale.derd.aggregation import sga_noise_many
+
+    names = ["conv.weight", "bn.bias", "fc.weight"]
+    indices = [torch.arange(0, 300), torch.arange(5, 9), torch.arange(2**33, 2**33 + 50)]  # a shard, a >2³² offset
+    many = sga_noise_many(11, 4, names, indices, 0.02)
+    for n, i, r in zip(names, indices, many):
+        assert torch.equal(r, sga_noise(11, 4, n, i, 0.02))
+    assert sga_noise_many(11, 4, [], [], 0.02) == []
