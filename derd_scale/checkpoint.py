@@ -41,6 +41,11 @@ def checkpoint_dirs(run: RunDir) -> list[Path]:
     return run.checkpoint_dirs()
 
 
+def _stage_bank(state: TrainState):
+    """The replay bank of the checkpoint's stage, if that stage keeps one."""
+    return state.replay if state.stage == "stage1" else state.replay2
+
+
 def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict, par: Parallel) -> Path:
     """Every rank calls it. Sharded backends write their own shards first (DeepSpeed
     ``save_checkpoint``, FSDP2 ``torch.distributed.checkpoint``); the main process writes
@@ -51,8 +56,9 @@ def save_checkpoint(run: RunDir, state: TrainState, models: Models, scheds: dict
         path.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     entries = {name: adapter.save(path) for name, adapter in par.adapters.items()}
-    if state.replay is not None and state.stage == "stage1":  # Stage II never reads the bank again
-        state.replay.save(path, par.rank)
+    bank = _stage_bank(state)
+    if bank is not None:  # each stage's own bank (Stage II never reads Stage I's again)
+        bank.save(path, par.rank)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         blob = {
@@ -114,8 +120,9 @@ def load_checkpoint(
     state.stage, state.step = blob["stage"], blob["step"]
     state.train_seconds = float(blob.get("train_seconds", 0.0))
     state.method_state = dict(blob.get("method_state", {}))
-    if state.replay is not None and state.stage == "stage1":
-        state.replay.load(path, par.rank, par.accelerator.device)
+    bank = _stage_bank(state)
+    if bank is not None:
+        bank.load(path, par.rank, par.accelerator.device)
     for name, adapter in par.adapters.items():
         adapter.load(path, blob["models"][name])
     for k, s in scheds.items():

@@ -235,6 +235,8 @@ class Stage2Config:
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
     student_steps: int = 1
     """Not in the paper (1): student updates per Stage-II step, i.e. per G update and SA batch. Each update reuses the step's anchors, x_d and every teacher output, and redoes only the student's own inner maximisation against the updated student, so k updates cost one G update + one SA + k student passes; the student's schedule counts Stage-II steps (as Stage I's counts G steps) and its budget is steps × k. Why: a Stage-II step spends ~75 % of its time on G's update and SA (docs/performance.md), and the data-free KD recipes take many student steps per generator step."""
+    replay_steps: int = 0
+    """Not in the paper (0 = off): keep the last N Stage-II steps' anchors (the student's view of G(z)) with T_nat's and T_rob's logits on them (derd/replay.py) and append one earlier step's anchors, drawn uniformly, to every student update: L_1 on them with the stored T_nat targets, L_2 with the stored T_rob targets from the student's inner maximisation started at the anchor (they have no x_d; derd/expert_guiding.py::replayed_batch). No teacher pass; the student-side work of an update doubles. Needs the anchor-side targets: eg.natural_data=gz, eg.robust_target=anchor|agreed, eg.robust_data=x_adv, no robust_mask or class_balance. Why: the Stage-I bank took the CIFAR-10 Stage-I student from 47 to 67 % clean, and every Stage-II row on CIFAR-10 ends near 54 % clean on the current batch of a still-moving G alone (docs/results.md)."""
     generator_teacher: Literal["natural", "robust"] = "natural"
     """Whose Eq. 11 G learns in Stage II: the natural expert's (the paper) or the robust teacher's. Images G makes for T_nat carry features T_rob does not share (it agreed with T_nat's label on 22-40 % of G(z) for six Fashion-MNIST classes after Stage I), so the robust targets the student distils on them are noise; T_rob's inversions carry the features it is robust on. Measured worse on Fashion-MNIST (seed 2: −4.0 clean, −2.9 PGD_S; docs/results.md), so the presets keep natural."""
     lr_scale: float = 1.0
@@ -908,6 +910,30 @@ def load_evaluate_config(
     return config_from_dict(base, cls=EvaluateConfig), run_cfg
 
 
+def _check_stage2_replay(cfg: RunConfig) -> None:
+    """stage2.replay_steps: ≥ 0, and a replayed anchor has only the anchor-side targets."""
+    s2 = cfg.stage2
+    if s2.replay_steps < 0:
+        raise ConfigError(f"stage2.replay_steps: must be ≥ 0 (0 = no replay), got {s2.replay_steps}")
+    if not s2.replay_steps:
+        return
+    if cfg.method != "derd":
+        raise ConfigError(f"stage2.replay_steps: only DERD's Stage II keeps a bank (method: {cfg.method})")
+    needs = {
+        "stage2.eg.natural_data": (s2.eg.natural_data, ("gz",)),
+        "stage2.eg.robust_target": (s2.eg.robust_target, ("anchor", "agreed")),
+        "stage2.eg.robust_data": (s2.eg.robust_data, ("x_adv",)),
+        "stage2.eg.robust_mask": (s2.eg.robust_mask, ("none",)),
+        "stage2.eg.class_balance": (s2.eg.class_balance, (False,)),
+    }
+    for key, (value, allowed) in needs.items():
+        if value not in allowed:
+            raise ConfigError(
+                f"{key}: {value!r} with stage2.replay_steps > 0; a replayed anchor has no x_d, so it needs "
+                f"{' or '.join(repr(a) for a in allowed)}"
+            )
+
+
 def validate(cfg: RunConfig) -> None:
     """Range checks the type system cannot express; each names its key."""
 
@@ -927,6 +953,7 @@ def validate(cfg: RunConfig) -> None:
     positive("stage1.student_steps", cfg.stage1.student_steps)
     positive("stage1.generator_steps", cfg.stage1.generator_steps)
     positive("stage2.student_steps", cfg.stage2.student_steps)
+    _check_stage2_replay(cfg)
     positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)
     positive("stage2.sa.alpha", cfg.stage2.sa.alpha, strict=False)
     positive("stage2.sa.lambda_d", cfg.stage2.sa.lambda_d, strict=False)

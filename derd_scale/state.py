@@ -41,3 +41,6 @@ class TrainState:
     replay: Any = None
     """Stage I's replay bank (``derd.replay.ReplayBank``) when stage1.replay_steps > 0; each rank
     saves its own beside the Stage-I checkpoints."""
+    replay2: Any = None
+    """Stage II's replay bank when stage2.replay_steps > 0; each rank saves its own beside the
+    Stage-II checkpoints."""

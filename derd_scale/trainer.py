@@ -35,7 +35,7 @@ from .checkpoint import maybe_simulate_preemption, save_checkpoint
 from .config import RunConfig
 from .data import dataset_info
 from .derd.aggregation import aggregate
-from .derd.expert_guiding import class_balance_weights, student_batch, student_losses
+from .derd.expert_guiding import class_balance_weights, concat_batches, replayed_batch, student_batch, student_losses
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
 from .derd.replay import ReplayBank
@@ -304,6 +304,17 @@ def _stage1_views(cfg: RunConfig, step: int, update: int, m: int, n: int, replay
     return torch.cat(parts)
 
 
+def stage2_bank(cfg: RunConfig) -> Optional[ReplayBank]:
+    """Stage II's replay bank (stage2.replay_steps; None when off)."""
+    n = cfg.stage2.replay_steps
+    # fp32 anchors: the student's inner maximisation starts from them at a radius of a few 1/255
+    # (fp16 rounds pixels near 1 by 2.4e-4), and a 1e-7 difference between process layouts must
+    # not change a stored pixel (tests/parallel: two processes equal one).
+    if not n:
+        return None
+    return ReplayBank(n, name="replay2", setting="stage2.replay_steps", stream=1, image_dtype=torch.float32)
+
+
 def stage2_step(
     models: Models, cfg: RunConfig, state: TrainState, scheds: dict, par: Parallel, eps: Optional[float] = None
 ) -> dict:
@@ -368,6 +379,18 @@ def stage2_step(
     if s2.eg.class_balance:
         weights, metrics["class_balance_max_weight"] = _class_balance([dd.anchor_natural_logits for dd in dds], par)
 
+    # Stage II's bank (stage2.replay_steps): each update also learns from one earlier step's anchors
+    # with their stored T_nat and T_rob logits (no teacher pass); drawn before this step joins the
+    # bank, so always earlier steps.
+    earlier: list = [None] * s2.student_steps
+    if state.replay2 is not None:
+        earlier = [state.replay2.draw(cfg.seed, state.step, update) for update in range(s2.student_steps)]
+        state.replay2.add(
+            state.step,
+            anchors,
+            [torch.cat([dd.anchor_natural_logits.float(), dd.anchor_robust_logits.float()], 1) for dd in dds],
+        )
+
     # Steps 2-3 run stage2.student_steps times on these anchors and x_d: the teachers' outputs are
     # reused, only the student's own inner maximisation is redone against the updated student.
     for update in range(s2.student_steps):
@@ -387,6 +410,11 @@ def stage2_step(
                 )
                 for m, (x, dd) in enumerate(zip(anchors, dds))
             ]
+            if earlier[update] is not None:  # [current; earlier step's anchors] per micro-batch
+                batches = [
+                    concat_batches(b, _replayed_batch(cfg, state.step, m, update, old, par, eps))
+                    for m, (b, old) in enumerate(zip(batches, earlier[update]))
+                ]
 
         # 3. The student's update: SA only (one loss) or expert guiding with GA/SGA.
         if s2.eg.enabled:
@@ -397,16 +425,31 @@ def stage2_step(
         par.natural_expert.update(par.student)  # the EMA follows the student (a collective when sharded)
     scheds["student"].step()  # the schedule counts Stage-II steps, as Stage I's counts G steps
 
-    with torch.no_grad():  # the last update's predictions
-        pred = torch.cat([losses[m].prediction for m in range(len(batches))])
+    with torch.no_grad():  # the last update's predictions on this step's rows (not the replayed ones)
+        pred = torch.cat([losses[m].prediction[: len(dds[m].x_d)] for m in range(len(batches))])
         metrics["student_agree_rob"] = (
-            (pred == torch.cat([b.robust_target for b in batches]).argmax(1)).float().mean().item()
+            (pred == torch.cat([b.robust_target[: len(dd.x_d)] for b, dd in zip(batches, dds)]).argmax(1))
+            .float()
+            .mean()
+            .item()
         )
         metrics["student_agree_nat"] = (
             (pred == torch.cat([dd.natural_logits for dd in dds]).argmax(1)).float().mean().item()
         )
     metrics["lr"] = scheds["student"].get_last_lr()[0]
     return metrics
+
+
+def _replayed_batch(cfg: RunConfig, step: int, m: int, update: int, stored, par: Parallel, eps: float):
+    """Micro-batch ``m``'s replayed anchors (``stored``: the bank's images and [T_nat | T_rob]
+    logits) as a ``StudentBatch``, with their own inner-maximisation start noise."""
+    images, logits = stored
+    c = logits.shape[1] // 2
+    noise = _adv_noise(cfg, step, m, images, par, update, replayed=True)
+    with par.autocast():
+        return replayed_batch(
+            cfg.stage2.eg, cfg.stage2.adv, images, logits[:, :c], logits[:, c:], par.student.unwrapped, noise, eps
+        )
 
 
 def _class_balance(natural_logits: list[torch.Tensor], par: Parallel) -> tuple[list[torch.Tensor], float]:
@@ -490,14 +533,16 @@ def _expert_guided_update(
 
 
 def _adv_noise(
-    cfg: RunConfig, step: int, m: int, x: torch.Tensor, par: Parallel, update: int = 0
+    cfg: RunConfig, step: int, m: int, x: torch.Tensor, par: Parallel, update: int = 0, replayed: bool = False
 ) -> Optional[torch.Tensor]:
     """RSLAD's 0.001·N(0, 1) start for the student's inner maximisation: drawn for the global
-    micro-batch from (seed, step, m, update) and sliced by rank, so any process count draws the same."""
+    micro-batch from (seed, step, m, update) and sliced by rank, so any process count draws the same.
+    ``replayed``: the bank's anchors of that micro-batch (always RSLAD's start; their own stream)."""
     adv = cfg.stage2.adv
-    if cfg.stage2.eg.robust_data != "x_adv" or (adv.start == "x_d" and cfg.stage2.sa.enabled):
+    if not replayed and (cfg.stage2.eg.robust_data != "x_adv" or (adv.start == "x_d" and cfg.stage2.sa.enabled)):
         return None
-    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + 104_729 * step + m + 15_485_863 * update) % (2**63 - 1))
+    key = cfg.seed * 1_000_003 + 104_729 * step + m + 15_485_863 * update + 998_244_353 * int(replayed)
+    gen = torch.Generator().manual_seed(key % (2**63 - 1))
     full = torch.randn((x.shape[0] * par.world_size, *x.shape[1:]), generator=gen)
     return local_slice(full, par.rank, par.world_size).to(x.device)
 
@@ -733,7 +778,10 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
     check_models(models, par)
     run = _on_main_agreed(par, lambda: open_run_dir(plan, cfg, accelerator.is_main_process), plan.run)
 
-    state = TrainState(replay=ReplayBank(cfg.stage1.replay_steps) if cfg.stage1.replay_steps else None)
+    state = TrainState(
+        replay=ReplayBank(cfg.stage1.replay_steps) if cfg.stage1.replay_steps else None,
+        replay2=stage2_bank(cfg),
+    )
     if plan.action == "resume":
         chosen = resume(run, plan.checkpoints, state, models, scheds, par)
         if accelerator.is_main_process:

@@ -144,3 +144,21 @@ def test_the_loader_is_generic_over_the_root_dataclass(tmp_path):
         config_from_dict({"model": "x"}, ["eval.eps=3"], cls=EvaluateConfig)
     keys = [line.split()[0] for line in schema_lines(EvaluateConfig)]
     assert keys[:3] == ["model", "arch", "data.name"] and "eval.eps" in keys and "stage2.sa.steps" not in keys
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["stage2.replay_steps=-1"], r"^stage2\.replay_steps: must be ≥ 0"),
+        ([], r"^stage2\.eg\.natural_data: 'x_d' with stage2\.replay_steps > 0; a replayed anchor has no x_d"),
+        (["preset=derd_recommended", "stage2.eg.robust_target=x_d"], r"^stage2\.eg\.robust_target: 'x_d' with"),
+        (["preset=derd_recommended", "stage2.eg.robust_data=x_d"], r"^stage2\.eg\.robust_data: 'x_d' with"),
+        (["preset=derd_recommended", "stage2.eg.class_balance=true"], r"^stage2\.eg\.class_balance: True with"),
+        (["preset=derd_recommended", "method=rslad"], r"^stage2\.replay_steps: only DERD's Stage II keeps a bank"),
+    ],
+)
+def test_stage2_replay_needs_the_anchor_side_targets(extra, message):
+    replay = [] if extra and extra[0].startswith("stage2.replay_steps") else ["stage2.replay_steps=4"]
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, replay + extra)
+    config_from_dict({}, ["preset=derd_recommended", "stage2.replay_steps=4"])  # the recommended targets: fine

@@ -18,7 +18,10 @@ and the measurements behind the recommended preset):
     robust_clean_weight β          L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z)))
     lambda_nat, lambda_rob         L_1 and L_2 weights (they scale g1, g2 before GA/SGA)
 
-so with every switch at the paper's value this is Eq. 17 exactly, and with
+With ``stage2.replay_steps`` each micro-batch also carries an earlier step's anchors from the
+bank, with their stored targets (``replayed_batch``, ``concat_batches``).
+
+So with every switch at the paper's value this is Eq. 17 exactly, and with
 ``robust_target=anchor, robust_data=x_adv, β=1/6`` and no natural term it is RSLAD's
 objective on G(z). The teachers' outputs are never recomputed: SA already has them on the
 anchor and on the final x_d (``DiscrepancyData``).
@@ -149,6 +152,54 @@ def student_batch(
     if sample_weight is not None:
         robust_weight = sample_weight if robust_weight is None else robust_weight * sample_weight
     return StudentBatch(anchor, robust_input, target, natural_input, natural_target, robust_weight, sample_weight)
+
+
+def replayed_batch(
+    eg,
+    adv,
+    anchor: torch.Tensor,
+    natural_logits: torch.Tensor,
+    robust_logits: torch.Tensor,
+    attack_student,
+    noise: Optional[torch.Tensor],
+    eps: float,
+) -> StudentBatch:
+    """``stage2.replay_steps``: the student's inputs and targets on an earlier step's anchor x (from
+    the bank, with T_nat(x) and T_rob(x) stored beside it). Only the anchor-side switches apply
+    (config validation refuses the others): L_1 = KL(T_nat(x) ‖ S(x)); L_2 on x_adv, the student's
+    inner maximiser in the ε-ball of x started at RSLAD's x + 0.001·noise (a replayed anchor has
+    no x_d), towards t = T_rob(x) (``anchor``) or ``agreed_robust_target`` (``agreed``)."""
+    target = (
+        agreed_robust_target(natural_logits, robust_logits) if eg.robust_target == "agreed" else robust_logits
+    ).float()
+    was = attack_student.training
+    attack_student.eval()
+    alpha = adv.alpha if adv.alpha is not None else eps / 4
+    robust_input = student_inner_max(
+        attack_student, torch.log_softmax(target, dim=1), anchor, eps, alpha, adv.steps, noise=noise
+    )
+    attack_student.train(was)
+    return StudentBatch(anchor, robust_input, target, anchor, natural_logits.float())
+
+
+def concat_batches(current: StudentBatch, earlier: StudentBatch) -> StudentBatch:
+    """One micro-batch of [current; earlier] rows. Inputs that are one tensor in ``current`` (the
+    natural term's input is the anchor G(z)) stay one tensor, so ``student_losses`` still sends
+    each distinct input through the student once. Weighted batches are not concatenated
+    (replay refuses robust_mask and class_balance)."""
+    if current.robust_weight is not None or current.natural_weight is not None:
+        raise ValueError("concat_batches: per-sample weights are not supported with replay")
+    anchor = torch.cat([current.anchor, earlier.anchor])
+    natural_input = (
+        anchor if current.natural_input is current.anchor else torch.cat([current.natural_input, earlier.natural_input])
+    )
+    return StudentBatch(
+        anchor,
+        torch.cat([current.robust_input, earlier.robust_input]),
+        torch.cat([current.robust_target.float(), earlier.robust_target.float()]),
+        natural_input,
+        torch.cat([current.natural_target.float(), earlier.natural_target.float()]),
+    )
 
 
 def student_losses(student, batch: StudentBatch, eg, temperature: float, natural_term: bool = True) -> StudentLosses:

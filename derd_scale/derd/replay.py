@@ -1,4 +1,4 @@
-"""Stage I's replay bank: the student also distils T_nat on pseudo images of earlier steps.
+"""Replay banks: the student also distils its targets on pseudo images of earlier steps.
 
 Not in the paper (``stage1.replay_steps``; 0 = off). A generator trained against a fixed
 teacher drifts from mode to mode, and a student that only ever sees the current batch forgets
@@ -27,21 +27,33 @@ from typing import Optional
 import torch
 
 
-def replay_noise(seed: int, step: int, update: int = 0) -> torch.Generator:
-    """The draw for student update ``update`` of Stage-I step ``step`` (a pure function of its
-    inputs, equal on every rank)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + 104_729 * (3 + update) + step) % (2**63 - 1))
+def replay_noise(seed: int, step: int, update: int = 0, stream: int = 0) -> torch.Generator:
+    """The draw for student update ``update`` of step ``step`` (a pure function of its inputs,
+    equal on every rank); ``stream`` 0 is Stage I's bank, 1 Stage II's."""
+    return torch.Generator().manual_seed(
+        (seed * 1_000_003 + 104_729 * (3 + update) + step + 998_244_353 * stream) % (2**63 - 1)
+    )
 
 
 class ReplayBank:
-    def __init__(self, capacity_steps: int):
+    def __init__(
+        self,
+        capacity_steps: int,
+        name: str = "replay",
+        setting: str = "stage1.replay_steps",
+        stream: int = 0,
+        image_dtype: torch.dtype = torch.float16,
+    ):
+        """``name``: the per-rank file's stem; ``setting``: the config key named in errors;
+        ``stream``: the draw's stream (replay_noise); ``image_dtype``: how images are stored."""
         if capacity_steps < 1:
-            raise ValueError(f"stage1.replay_steps: must be ≥ 1 for a bank, got {capacity_steps}")
+            raise ValueError(f"{setting}: must be ≥ 1 for a bank, got {capacity_steps}")
+        self.name, self.setting, self.stream, self.image_dtype = name, setting, stream, image_dtype
         self.capacity = capacity_steps
         self.steps: list[int] = []
         """The stored steps, oldest first."""
         self.entries: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        """Per stored step: this rank's (images fp16, teacher logits fp32) per micro-batch."""
+        """Per stored step: this rank's (images in ``image_dtype``, teacher logits fp32) per micro-batch."""
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -51,22 +63,21 @@ class ReplayBank:
         in fp32, logits) on the device they were stored from."""
         if not self.steps:
             return None
-        i = int(torch.randint(len(self.steps), (1,), generator=replay_noise(seed, step, update)))
+        i = int(torch.randint(len(self.steps), (1,), generator=replay_noise(seed, step, update, self.stream)))
         return [(x.float(), t) for x, t in self.entries[i]]
 
     def add(self, step: int, images: list[torch.Tensor], logits: list[torch.Tensor]) -> None:
         """Store step ``step``'s micro-batches (detached); the oldest step leaves when full."""
         self.steps.append(step)
-        self.entries.append([(x.detach().half(), t.detach().float()) for x, t in zip(images, logits)])
+        self.entries.append([(x.detach().to(self.image_dtype), t.detach().float()) for x, t in zip(images, logits)])
         if len(self.steps) > self.capacity:
             self.steps.pop(0)
             self.entries.pop(0)
 
     # ---- checkpoint: one file per rank ------------------------------------------------
 
-    @staticmethod
-    def file(directory: Path, rank: int) -> Path:
-        return Path(directory) / f"replay-rank{rank}.pt"
+    def file(self, directory: Path, rank: int) -> Path:
+        return Path(directory) / f"{self.name}-rank{rank}.pt"
 
     def save(self, directory: Path, rank: int) -> None:
         entries = [[(x.cpu(), t.cpu()) for x, t in e] for e in self.entries]
@@ -79,7 +90,7 @@ class ReplayBank:
         if not path.exists():
             from ..errors import ResumeError
 
-            raise ResumeError(f"{path}: missing (stage1.replay_steps > 0 needs this rank's replay bank to resume)")
+            raise ResumeError(f"{path}: missing ({self.setting} > 0 needs this rank's replay bank to resume)")
         blob = torch.load(path, map_location="cpu", weights_only=True)
         self.steps = list(blob["steps"])[-self.capacity :]
         entries = blob["entries"][-self.capacity :]

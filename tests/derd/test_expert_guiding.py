@@ -9,6 +9,8 @@ from derd_scale.config import EGConfig, StudentAdversaryConfig
 from derd_scale.derd.expert_guiding import (
     agreed_robust_target,
     class_balance_weights,
+    concat_batches,
+    replayed_batch,
     robust_mask_weight,
     student_batch,
     student_losses,
@@ -138,3 +140,48 @@ def test_class_balance_weighs_both_terms_and_multiplies_the_robust_mask():
     assert out.robust.item() == pytest.approx(sum(wi * k for wi, k in zip([0.5, 0, 0.5, 0.5, 2, 2], kl)) / 6, rel=1e-5)
     kl_n = [kd_kl(nat[i : i + 1], s_x[i : i + 1]).item() for i in range(6)]
     assert out.natural.item() == pytest.approx(sum(wi * k for wi, k in zip(w.tolist(), kl_n)) / 6, rel=1e-5)
+
+
+def test_replayed_batch_learns_the_stored_targets_on_the_anchor_and_its_inner_maximiser():
+    """stage2.replay_steps: L_1 = KL(T_nat(x) ‖ S(x)), L_2 towards T_rob(x) from x_adv in the ε-ball
+    of x (RSLAD's start); ``agreed`` mixes the stored logits per sample."""
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 2, 2)
+    natural = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    robust = torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.1, 0.2, 0.3, 0.0]])
+    student = Counting()
+    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_data="x_adv")
+    adv = StudentAdversaryConfig(alpha=0.02, steps=2)
+    b = replayed_batch(eg, adv, x, natural, robust, student, torch.zeros_like(x), eps=0.05)
+    assert b.natural_input is x and b.anchor is x
+    assert torch.equal(b.natural_target, natural) and torch.equal(b.robust_target, robust)
+    assert 0 < (b.robust_input - x).abs().max() <= 0.05 + 1e-6 and student.training
+    agreed = replayed_batch(EGConfig(robust_target="agreed"), adv, x, natural, robust, student, None, eps=0.05)
+    # rows 0 and 2: the experts agree (0, 2) → T_rob's row; row 1: T_nat 1, T_rob 2 → T_nat's row
+    assert torch.equal(agreed.robust_target, torch.stack([robust[0], natural[1], robust[2]]))
+    # ε = 0: the ascent cannot move, x_adv = x
+    zero = replayed_batch(eg, adv, x, natural, robust, student, None, eps=0.0)
+    assert torch.equal(zero.robust_input, x)
+
+
+def test_concat_batches_stacks_rows_and_keeps_one_forward_per_distinct_input():
+    x, dd, student = _setup()
+    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_data="x_adv")
+    adv = StudentAdversaryConfig(alpha=0.02, steps=2, start="x_d")
+    current = student_batch(eg, adv, x, dd, attack_student=student, eps=0.05)
+    old_x = torch.rand(4, 3, 2, 2)
+    old_nat, old_rob = torch.randn(4, 4), torch.randn(4, 4)
+    earlier = replayed_batch(eg, adv, old_x, old_nat, old_rob, student, torch.zeros_like(old_x), eps=0.05)
+    both = concat_batches(current, earlier)
+    assert both.natural_input is both.anchor and both.anchor.shape[0] == 10
+    assert torch.equal(both.robust_target[6:], old_rob) and torch.equal(
+        both.natural_target[:6], dd.anchor_natural_logits
+    )
+    student.calls = 0
+    out = student_losses(student, both, eg, temperature=1.0)
+    assert student.calls == 2  # [x_adv; old x_adv] and [G(z); old x] once each
+    s_x = student.net(both.anchor)
+    expected = kd_kl(torch.cat([dd.anchor_natural_logits, old_nat]), s_x)
+    assert out.natural.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="per-sample weights"):
+        concat_batches(student_batch(eg, adv, x, dd, student, eps=0.05, sample_weight=torch.ones(6)), earlier)

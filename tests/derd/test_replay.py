@@ -104,3 +104,92 @@ def test_a_resumed_run_replays_as_an_uninterrupted_one(tmp_path, monkeypatch):
     assert (run_path / "checkpoints" / "stage1-00000002" / "replay-rank0.pt").exists()
     train_tiny(tmp_path, "stage1.replay_steps=2")
     assert_same_student(straight.path, run_path)
+
+
+# --------------------------------------------------------------------------------------
+# Stage II's bank (stage2.replay_steps)
+# --------------------------------------------------------------------------------------
+
+REPLAY2 = ["preset=derd_recommended", "stage2.replay_steps=2", "stage2.adv.steps=2"]
+
+
+def test_stage2_bank_has_its_own_file_setting_and_draw_stream(tmp_path):
+    from conftest import tiny_config
+
+    from derd_scale.derd.replay import replay_noise
+    from derd_scale.trainer import stage2_bank
+
+    bank = stage2_bank(tiny_config(tmp_path, *REPLAY2))
+    assert bank.capacity == 2 and bank.file(tmp_path, 3).name == "replay2-rank3.pt"
+    with pytest.raises(ResumeError, match="replay2-rank0.pt: missing \\(stage2.replay_steps > 0"):
+        bank.load(tmp_path, rank=0, device=torch.device("cpu"))
+    assert stage2_bank(tiny_config(tmp_path)) is None
+    # stream 1 draws differently from Stage I's stream 0 at the same (seed, step, update)
+    a = [int(torch.randint(10**6, (1,), generator=replay_noise(0, t, 0, 0))) for t in range(5)]
+    b = [int(torch.randint(10**6, (1,), generator=replay_noise(0, t, 0, 1))) for t in range(5)]
+    assert a != b
+
+
+def _stage2_models(cfg):
+    from accelerate import Accelerator
+
+    from derd_scale.data import dataset_info
+    from derd_scale.derd.generator import PseudoImageGenerator
+    from derd_scale.models import create_model, freeze
+    from derd_scale.state import Models
+    from derd_scale.trainer import build_training
+
+    torch.manual_seed(0)
+    models = Models(
+        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
+        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
+        create_model("small_cnn", 10, in_chans=1, width=4),
+        PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4),
+        dataset_info("fashion_mnist"),
+    )
+    return build_training(cfg, Accelerator(cpu=True), models)
+
+
+def test_stage2_steps_store_anchors_with_both_experts_logits_and_replay_from_the_second_step(tmp_path):
+    """Step 0 (empty bank) updates the student exactly as without a bank; step 1 learns from
+    [current; step 0's anchors] and so differs; the bank holds each step's anchors (fp32) with
+    [T_nat | T_rob] logits (2C columns) and keeps the last stage2.replay_steps steps."""
+    import copy
+
+    from conftest import tiny_config
+
+    from derd_scale.state import TrainState
+    from derd_scale.trainer import stage2_bank, stage2_step
+
+    cfg = tiny_config(tmp_path, *REPLAY2, "distributed.channels_last=false")
+    plain = tiny_config(tmp_path, *REPLAY2[:1], "stage2.adv.steps=2", "distributed.channels_last=false")
+
+    def run(cfg, steps, bank):
+        models, par, scheds, _ = _stage2_models(cfg)
+        state = TrainState(stage="stage2", replay2=bank)
+        for t in range(steps):
+            state.step = t
+            stage2_step(models, cfg, state, scheds, par)
+        return copy.deepcopy(models.student.state_dict())
+
+    bank = stage2_bank(cfg)
+    one = run(cfg, 1, bank)
+    assert bank.steps == [0]
+    images, logits = bank.entries[0][0]
+    assert images.dtype == torch.float32 and images.shape == (8, 1, 28, 28) and logits.shape == (8, 20)
+    assert all(torch.equal(one[k], v) for k, v in run(plain, 1, None).items())  # nothing to replay at step 0
+
+    bank = stage2_bank(cfg)
+    three = run(cfg, 3, bank)
+    assert bank.steps == [1, 2]  # capacity 2: step 0 left
+    without = run(plain, 3, None)
+    assert any(not torch.equal(three[k], v) for k, v in without.items() if v.is_floating_point())
+
+
+def test_a_resumed_stage2_run_replays_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    straight = train_tiny(tmp_path, *REPLAY2, name="straight")
+    run_path = interrupted_run(tmp_path, monkeypatch, "stage2:3", *REPLAY2)  # resumes from stage2 step 2
+    assert (run_path / "checkpoints" / "stage2-00000002" / "replay2-rank0.pt").exists()
+    assert not (run_path / "checkpoints" / "stage1-00000002" / "replay2-rank0.pt").exists()
+    train_tiny(tmp_path, *REPLAY2)
+    assert_same_student(straight.path, run_path)

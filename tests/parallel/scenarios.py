@@ -92,6 +92,13 @@ SCENARIOS = {
         0,
         2,
     ),
+    # Stage II's bank: steps 1 and 2 replay an earlier step's local anchors with their stored
+    # [T_nat | T_rob] logits, the replayed inner maximisation's start drawn globally, sliced by rank
+    "stage2_replay": (
+        ["preset=derd_recommended", "stage2.eps=0.1", "stage2.adv.steps=2", "stage2.replay_steps=2"],
+        0,
+        3,
+    ),
     # A registered baseline (trainer.method_step): G steps through the plain student in train mode
     # (DFAD's -D, global BatchNorm), then student steps with RSLAD's inner maximisation.
     "dfad_rslad": (
@@ -145,7 +152,7 @@ def build(name: str, backend: str, accelerator, ds_stage: int | None = None, ext
 
 def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra: tuple = ()) -> dict:
     from derd_scale.derd.replay import ReplayBank
-    from derd_scale.trainer import TrainState, method_step, stage1_step, stage2_step
+    from derd_scale.trainer import TrainState, method_step, stage1_step, stage2_bank, stage2_step
 
     cfg, models, par, scheds, (s1, s2) = build(name, backend, accelerator, ds_stage, tuple(extra))
     models.student.train()
@@ -154,7 +161,7 @@ def run(name: str, backend: str, accelerator, ds_stage: int | None = None, extra
     replay = ReplayBank(cfg.stage1.replay_steps) if cfg.stage1.replay_steps else None
     for i in range(s1):
         metrics.append(par.mean_metrics(stage1_step(models, cfg, i, scheds, par, replay)))
-    state = TrainState(stage="stage2")
+    state = TrainState(stage="stage2", replay2=stage2_bank(cfg))
     if s2:
         par.natural_expert.start(par.student)
     for i in range(s2):
