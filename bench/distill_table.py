@@ -449,10 +449,13 @@ def training_precision(overrides: list[str]) -> str:
     bf16, or auto on a processor with native bf16, which is what ran here)."""
     import torch
 
-    from derd_scale.config import config_from_dict
+    from derd_scale.config import DistributedConfig, apply_overrides
     from derd_scale.distributed import resolve_mixed_precision
 
-    setting = config_from_dict({}, overrides).distributed.mixed_precision
+    # The recipe's overrides alone, not validated as a run: a --set may only make sense with a
+    # row's preset (stage2.replay_steps needs derd_recommended's anchor-side targets).
+    distributed = apply_overrides({}, overrides).get("distributed", {})
+    setting = distributed.get("mixed_precision", DistributedConfig().mixed_precision)
     resolved = resolve_mixed_precision(setting, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     return "bf16 autocast" if resolved == "bf16" else "fp32"
 
