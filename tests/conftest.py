@@ -145,6 +145,24 @@ def train_tiny(root: Path, *extra: str, name: str = "run"):
     return train(tiny_config(root, *extra, name=name), "tiny")
 
 
+def tiny_models(*, base_channels: int = 4, seed: int = 0):
+    """The toy Fashion-MNIST ``Models`` the step-level tests build: two frozen width-4 SmallCNN
+    experts (T_nat, T_rob), a trainable width-4 student and a 16-dim generator, drawn in that
+    order after ``torch.manual_seed(seed)`` so a test and its hand-built reference see the same
+    weights."""
+    from derd_scale.data import dataset_info
+    from derd_scale.derd.generator import PseudoImageGenerator
+    from derd_scale.models import create_model, freeze
+    from derd_scale.state import Models
+
+    torch.manual_seed(seed)
+    natural_teacher = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
+    robust_teacher = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
+    student = create_model("small_cnn", 10, in_chans=1, width=4)
+    generator = PseudoImageGenerator(28, 1, latent_dim=16, base_channels=base_channels)
+    return Models(natural_teacher, robust_teacher, student, generator, dataset_info("fashion_mnist"))
+
+
 class Interrupted(Exception):
     """What ``interrupted_run``'s preemption hook raises instead of exiting."""
 

@@ -15,12 +15,10 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_models
 
 from derd_scale.config import config_from_dict
-from derd_scale.data import dataset_info
-from derd_scale.derd.generator import PseudoImageGenerator
 from derd_scale.distributed import native_bf16
-from derd_scale.models import create_model, freeze
 from derd_scale.state import Models, TrainState
 from derd_scale.trainer import build_training, stage2_step
 
@@ -28,14 +26,7 @@ CUDA = torch.cuda.is_available()
 
 
 def _models() -> Models:
-    torch.manual_seed(0)
-    return Models(
-        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
-        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
-        create_model("small_cnn", 10, in_chans=1, width=4),
-        PseudoImageGenerator(28, 1, latent_dim=16, base_channels=8),
-        dataset_info("fashion_mnist"),
-    )
+    return tiny_models(base_channels=8)
 
 
 def _update(models: Models, device: str, precision: str) -> torch.Tensor:

@@ -60,23 +60,14 @@ def test_mixed_precision_auto_follows_native_bf16(monkeypatch):
 def test_channels_last_changes_memory_format_not_the_step():
     """One Stage-II step with channels-last models equals the contiguous step within fp32 round-off."""
     from accelerate import Accelerator
+    from conftest import tiny_models
 
     from derd_scale.config import config_from_dict
-    from derd_scale.data import dataset_info
-    from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.models import create_model, freeze
-    from derd_scale.state import Models, TrainState
+    from derd_scale.state import TrainState
     from derd_scale.trainer import build_training, stage2_step
 
     def step(channels_last: bool) -> dict:
-        torch.manual_seed(0)
-        models = Models(
-            freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
-            freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
-            create_model("small_cnn", 10, in_chans=1, width=4),
-            PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4),
-            dataset_info("fashion_mnist"),
-        )
+        models = tiny_models()
         cfg = config_from_dict(
             {},
             [

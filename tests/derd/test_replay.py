@@ -132,22 +132,11 @@ def test_stage2_bank_has_its_own_file_setting_and_draw_stream(tmp_path):
 
 def _stage2_models(cfg):
     from accelerate import Accelerator
+    from conftest import tiny_models
 
-    from derd_scale.data import dataset_info
-    from derd_scale.derd.generator import PseudoImageGenerator
-    from derd_scale.models import create_model, freeze
-    from derd_scale.state import Models
     from derd_scale.trainer import build_training
 
-    torch.manual_seed(0)
-    models = Models(
-        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
-        freeze(create_model("small_cnn", 10, in_chans=1, width=4)),
-        create_model("small_cnn", 10, in_chans=1, width=4),
-        PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4),
-        dataset_info("fashion_mnist"),
-    )
-    return build_training(cfg, Accelerator(cpu=True), models)
+    return build_training(cfg, Accelerator(cpu=True), tiny_models())
 
 
 def test_stage2_steps_store_anchors_with_both_experts_logits_and_replay_from_the_second_step(tmp_path):

@@ -5,13 +5,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_models
 
 from derd_scale.config import config_from_dict
-from derd_scale.data import dataset_info
 from derd_scale.derd.aggregation import sga_noise
-from derd_scale.derd.generator import PseudoImageGenerator
-from derd_scale.models import create_model, freeze
-from derd_scale.state import Models, TrainState
+from derd_scale.state import TrainState
 from derd_scale.trainer import build_training, stage2_step, step_noise
 
 
@@ -35,12 +33,7 @@ def _setup(method="sga", natural_data="x_d"):
             "optim.student.schedule=constant",
         ],
     )
-    torch.manual_seed(0)
-    nat = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
-    rob = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
-    student = create_model("small_cnn", 10, in_chans=1, width=4)
-    gen = PseudoImageGenerator(28, 1, latent_dim=16, base_channels=4)
-    return cfg, Models(nat, rob, student, gen, dataset_info("fashion_mnist"))
+    return cfg, tiny_models()
 
 
 def _reference(cfg, models, student):
