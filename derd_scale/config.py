@@ -243,8 +243,8 @@ class Stage2Config:
     """The student's peak learning rate in Stage II, where its schedule restarts, as a fraction of optim.student.lr (1 = the paper: one rate for both stages; a fraction, so a preset suits SGD CNN and AdamW ViT recipes alike). Restarting at the full rate knocks the Stage-I student off its clean solution within ~100 steps; a lower peak keeps more of it."""
     student_ema: float = 0.0
     """Decay of an EMA of the student's Stage-II weights (derd_scale/weight_average.py); > 0: the average is probed, exported and evaluated. 0 = off (the paper)."""
-    augment: Literal["none", "crop_flip"] = "none"
-    """Not in the paper ("none"): the clean anchors G(z) of the student's terms are replaced by a random crop (4-px zero pad) + horizontal flip of themselves before the self-adversary, so x_d, x_adv and every teacher target are taken on that view (no extra teacher pass; G's own update still sees G(z) as made)."""
+    augment: Literal["none", "crop_flip", "crop_flip_mixup"] = "none"
+    """Not in the paper ("none"): the clean anchors G(z) of the student's terms are replaced by a random crop (4-px zero pad) + horizontal flip of themselves before the self-adversary, so x_d, x_adv and every teacher target are taken on that view (no extra teacher pass; G's own update still sees G(z) as made). "crop_flip_mixup": then each view is blended with its neighbour in the rank's micro-batch, weight λ ~ U[0, 1] per image (methods/augment.py::mixup; targets are the teachers' outputs on the blend, no label mixing)."""
     eps: Optional[float] = None
     """Training radius ε (L∞, pixel units) of the ball mechanisms (sa.ball, the student's inner maximisation); None = the evaluation protocol's ε."""
     sa: SAConfig = field(default_factory=SAConfig)

@@ -42,7 +42,7 @@ from .derd.replay import ReplayBank
 from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
 from .methods import Batch, Context, get_method
-from .methods.augment import crop_flip
+from .methods.augment import crop_flip, mixup
 from .methods.base import mode
 from .methods.cmi import agreement_adv
 from .models import freeze
@@ -64,6 +64,9 @@ def step_noise(seed: int, stage: str, step: int) -> torch.Generator:
 def generator_step_noise(seed: int, step: int, update: int) -> torch.Generator:
     """The latents of Stage-I G update ``update`` ≥ 1 of a step (update 0 draws ``step_noise``'s)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + 104_729 * (step + 1) + 7_927 * update) % (2**63 - 1))
+
+
+MIXUP_STREAM = 1_000  # augment_uniforms' stream of stage2's mixup weights (crop_flip uses 0…accumulation − 1)
 
 
 def augment_uniforms(seed: int, stage: str, step: int, stream: int, local_n: int, par: Parallel) -> torch.Tensor:
@@ -338,9 +341,19 @@ def stage2_step(
         with torch.no_grad(), par.autocast():
             anchors = [models.generator(z, y).float() for z, y in latents]
 
-    if s2.augment == "crop_flip":  # the student's anchors are a random view of G(z)
+    if s2.augment in ("crop_flip", "crop_flip_mixup"):  # the student's anchors are a random view of G(z)
         anchors = [
             crop_flip(x, augment_uniforms(cfg.seed, "stage2", state.step, m, x.shape[0], par).to(x.device))
+            for m, x in enumerate(anchors)
+        ]
+    if s2.augment == "crop_flip_mixup":  # ...blended with a neighbour: inputs between G's modes
+        # Partners are neighbours within this rank's micro-batch (as timm's Mixup under DDP), so
+        # the blends depend on the process count; the weights come from the global draw.
+        anchors = [
+            mixup(
+                x,
+                augment_uniforms(cfg.seed, "stage2", state.step, MIXUP_STREAM + m, x.shape[0], par)[:, 0].to(x.device),
+            )
             for m, x in enumerate(anchors)
         ]
 

@@ -1,6 +1,6 @@
 """Batch augmentations as pure functions of the images and given U[0, 1) draws (so every rank and
-every resume draws the same): the CIFAR recipe's random crop + flip, DeepInversion's jitter, and
-CMI's local view (random resized crop + flip)."""
+every resume draws the same): the CIFAR recipe's random crop + flip, DeepInversion's jitter,
+CMI's local view (random resized crop + flip), and mixup of a batch with itself rolled by one."""
 
 from __future__ import annotations
 
@@ -58,3 +58,13 @@ def resized_crop_flip(
     theta[:, 1, 2] = (2 * top + h - 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def mixup(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """x'_i = λ_i·x_i + (1 − λ_i)·x_{i−1 mod B}: each image blended with its batch neighbour (the
+    batch rolled by one), per-sample weight ``lam`` (B,) in [0, 1] (U[0, 1] draws = Beta(1, 1), the
+    mixing of Beyer et al. 2022's "function matching" KD). No labels are mixed: every target a
+    distiller needs is a teacher's output on x' itself, so x' is just another input the teachers
+    can be matched on, between the modes of the batch."""
+    lam = lam.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return lam * x + (1 - lam) * x.roll(1, dims=0)
