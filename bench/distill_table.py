@@ -894,7 +894,12 @@ def write_tables(out: Path, r: dict, title: str) -> None:
 
         def cell(k: str) -> str:
             if accs.get(k) is None:
-                return "—"
+                # A column only some seeds have (AutoAttack runs after all training): their values,
+                # named, never averaged in with the rows' seed means.
+                have = {s: v[k] for s, v in res.get("seeds", {}).items() if v.get(k) is not None}
+                if not have:
+                    return "—"
+                return " / ".join(f"{100 * v:.2f}" for v in have.values()) + f" (seed {', '.join(have)} only)"
             return f"{100 * accs[k]:.2f}" + (f" ± {100 * std.get(k, 0.0):.2f}" if n_seeds > 1 else "")
 
         vals = [accs.get(k) for k, _ in cols]

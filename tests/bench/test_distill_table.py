@@ -58,6 +58,19 @@ def test_a_run_over_some_rows_keeps_the_others_in_the_table(tmp_path):
     ]
 
 
+def test_a_column_only_some_seeds_have_is_shown_per_seed_not_averaged(tmp_path):
+    """AutoAttack on seed 0 of a two-seed row: the cell names seed 0's value; the row's mean
+    (results.json 'attacks') leaves AA out until every seed has it, and 'seeds' keeps it."""
+    dt = _load()
+    _row(tmp_path, "derd_recommended", 0.40, aa=0.38)
+    _row(tmp_path, "derd_recommended-seed1", 0.38, seed=1)
+    dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
+    table = (tmp_path / "results.md").read_text()
+    assert "| 40.00 ± 0.00 | 38.00 (seed 0 only) | — |" in table
+    saved = json.loads((tmp_path / "results.json").read_text())["derd_recommended"]
+    assert "aa" not in saved["attacks"] and saved["seeds"]["0"]["aa"] == 0.38
+
+
 def test_the_table_reports_the_evaluations_share_of_each_rows_time(tmp_path):
     """Rows that recorded their white-box seconds (and AutoAttack's in aa.json) get a time-share
     line: training = seconds − eval_seconds; share = (white-box + AA) / (seconds + AA)."""
