@@ -3,6 +3,8 @@
     python bench/throughput.py                                   # every recipe, 1 and 2 threads, fp32 and bf16
     python bench/throughput.py --recipes cifar10 --threads 1 --precisions fp32 --steps 5
     python bench/throughput.py --out bench/out/throughput.json   # + throughput.md beside it
+    python bench/throughput.py --recipes vit_real --threads 16 --precisions bf16 --batch 32 \
+        --stages stage2 --compile default                        # + the torch.compile'd step (GPU)
 
 For each recipe (``RECIPES``: the Fashion-MNIST CNNs, the CIFAR-10 recipe ResNet-56 natural +
 ResNet-4B robust -> ResNet-20, the tiny ImageNet-100 ViT twin, one real-size ViT-S -> ViT-T
@@ -23,7 +25,10 @@ step at 224x224), each stage, each thread count and precision, one fresh worker 
 
 Derived ratios (written under ``ratios``): SGA step ÷ GA step (Stage II of the CIFAR-10
 recipe), the Accelerate-prepared Stage-I step ÷ the same Stage-I step written as a bare
-loop over the unwrapped modules. Writes ``<out>`` (json) and ``<out>.md``; the committed copy
+loop over the unwrapped modules, and with ``--compile MODES`` the eager step ÷ the step under
+``distributed.compile=MODE`` (``compiled_speedup``; each compiled row also records its warm-up,
+which holds the compilation, and takes its FLOPs from the same step run eagerly: compiled
+kernels do not dispatch ATen ops one by one). Writes ``<out>`` (json) and ``<out>.md``; the committed copy
 is ``docs/results/throughput.json`` and the table is in ``docs/performance.md``.
 """
 
@@ -38,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -235,7 +240,9 @@ def worker(spec: dict) -> dict:
     from derd_scale.state import TrainState
 
     recipe = RECIPES[spec["recipe"]]
-    overrides = list(recipe["overrides"]) + list(spec.get("variant_overrides", []))
+    # Eager unless the variant compiles (configs/imnet100_vit.yaml asks for compile=auto): the
+    # default row is the eager reference of compiled_speedup.
+    overrides = list(recipe["overrides"]) + ["distributed.compile=none"] + list(spec.get("variant_overrides", []))
     batch = spec.get("batch") or recipe.get("batch")
     if batch:
         overrides += [f"stage1.batch_size={batch}", f"stage2.batch_size={batch}"]
@@ -269,7 +276,11 @@ def worker(spec: dict) -> dict:
         timer.install(trainer, par)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step_fn(0)  # warm-up: allocator, oneDNN kernels, lazy state
+    _sync(device)
+    t_warm = time.perf_counter()
+    step_fn(0)  # warm-up: allocator, oneDNN kernels, lazy state, compilation under distributed.compile
+    _sync(device)
+    warmup_seconds = time.perf_counter() - t_warm
     timer.seconds.clear()
     times = []
     for i in range(1, spec["steps"] + 1):
@@ -284,7 +295,9 @@ def worker(spec: dict) -> dict:
 
     counter = flop_counter()
     timer.counter = counter
-    with counter:
+    # Compiled code runs fused kernels, not ATen ops one by one: count the same step eagerly.
+    eager = torch.compiler.set_stance("force_eager") if cfg.distributed.compile != "none" else nullcontext()
+    with eager, counter:
         step_fn(spec["steps"] + 1)
     seconds = statistics.median(times)
     gflop = counter.total / 1e9
@@ -302,6 +315,8 @@ def worker(spec: dict) -> dict:
         "precision": spec["precision"],
         "batch": batch_size,
         "sa_steps": cfg.stage2.sa.steps,
+        "compile": cfg.distributed.compile,
+        "warmup_seconds": warmup_seconds,
         "steps_timed": len(times),
         "seconds_per_step": seconds,
         "seconds_all": times,
@@ -365,15 +380,31 @@ def run_worker(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def plan(recipes, threads, precisions, steps, cuda: bool = False) -> list[dict]:
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+STAGES = ("stage1", "stage2")
+
+
+def plan(recipes, threads, precisions, steps, cuda: bool = False, compile_modes=(), stages=STAGES) -> list[dict]:
     specs = []
     for recipe in recipes:
         n = 1 if recipe == "vit_real" and not cuda else steps  # a real-size step takes ~1 min on one CPU thread
         for t in threads:
             for precision in precisions:
-                for stage in ("stage1", "stage2"):
+                for stage in stages:
                     specs.append(dict(recipe=recipe, stage=stage, threads=t, precision=precision, steps=n))
-                if recipe == "cifar10":
+                    for mode in compile_modes:
+                        specs.append(
+                            dict(
+                                recipe=recipe,
+                                stage=stage,
+                                threads=t,
+                                precision=precision,
+                                steps=n,
+                                variant=f"compile_{mode}",
+                                variant_overrides=[f"distributed.compile={mode}"],
+                            )
+                        )
+                if recipe == "cifar10" and stages == STAGES:
                     specs.append(
                         dict(
                             recipe=recipe,
@@ -412,6 +443,7 @@ def _key(row: dict) -> tuple:
 _RATIOS = {
     "ga": ("sga_over_ga", "default", "<= 1.10"),
     "bare": ("prepared_over_bare_stage1", "plain", "<= 1.05"),
+    **{f"compile_{m}": (f"compiled_speedup_{m}", "default", "> 1 (else leave it off)") for m in COMPILE_MODES},
 }
 
 
@@ -431,7 +463,16 @@ def ratios(rows: list[dict]) -> list[dict]:
         value = ref["seconds_per_step"] / r["seconds_per_step"]
         flop_ratio = ref["gflop_per_step"] / max(r["gflop_per_step"], 1e-12)
         out.append(
-            dict(name=name, recipe=recipe, threads=t, precision=p, value=value, flop_ratio=flop_ratio, target=target)
+            dict(
+                name=name,
+                recipe=recipe,
+                stage=stage,
+                threads=t,
+                precision=p,
+                value=value,
+                flop_ratio=flop_ratio,
+                target=target,
+            )
         )
     return out
 
@@ -474,7 +515,7 @@ def markdown(result: dict) -> str:
     lines += ["", "Ratios:", ""]
     for q in result["ratios"]:
         lines.append(
-            f"- {q['name']} ({q['recipe']}, {q['threads']} thread(s), {q['precision']}): {q['value']:.3f} (target {q['target']}; FLOP ratio {q.get('flop_ratio', float('nan')):.3f})"
+            f"- {q['name']} ({q['recipe']} {q.get('stage', '')}, {q['threads']} thread(s), {q['precision']}): {q['value']:.3f} (target {q['target']}; FLOP ratio {q.get('flop_ratio', float('nan')):.3f})"
         )
     return "\n".join(lines) + "\n"
 
@@ -491,6 +532,14 @@ def main(argv=None) -> int:
         "--steps", type=int, default=3, help="timed steps per measurement (vit_real on a CPU: 1), after 1 warm-up"
     )
     p.add_argument("--batch", type=int, default=None, help="per-device batch for every recipe (default: each recipe's)")
+    p.add_argument(
+        "--compile",
+        default="",
+        help=f"comma list of distributed.compile modes ({', '.join(COMPILE_MODES)}) measured beside the eager step",
+    )
+    p.add_argument(
+        "--stages", default=",".join(STAGES), help="comma list of stage1, stage2 (both: + the ratio variants)"
+    )
     p.add_argument("--out", default="bench/out/throughput.json")
     p.add_argument("--fresh", action="store_true", help="start over instead of keeping the rows already in --out")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -528,7 +577,15 @@ def main(argv=None) -> int:
         "rows": [],
         "ratios": [],
     }
-    specs = plan(recipes, threads, precisions, args.steps, torch.cuda.is_available())
+    compile_modes = [x for x in args.compile.split(",") if x]
+    if any(x not in COMPILE_MODES for x in compile_modes):
+        print(f"--compile: {compile_modes}; allowed: {', '.join(COMPILE_MODES)}", file=sys.stderr)
+        return 2
+    stages = tuple(x for x in STAGES if x in args.stages.split(","))
+    if not stages or set(args.stages.split(",")) - set(STAGES):
+        print(f"--stages: {args.stages!r}; allowed: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    specs = plan(recipes, threads, precisions, args.steps, torch.cuda.is_available(), compile_modes, stages)
     for spec in specs:
         spec["batch"] = args.batch
     if out.exists() and not args.fresh:

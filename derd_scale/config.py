@@ -313,6 +313,8 @@ class DistributedConfig:
     """With several processes, student/generator BatchNorm and Stage I's L_BN/L_ie use global-batch statistics (one small all-reduce per layer), so results do not depend on the process count; false = per-process statistics."""
     channels_last: bool = True
     """Store the conv nets in channels-last memory format (teachers always; student and generator under none/ddp): oneDNN's fast layout on CPUs and cuDNN's for tensor cores; numerics stay fp32."""
+    compile: Literal["none", "auto", "default", "max-autotune-no-cudagraphs"] = "none"
+    """auto = default on CUDA, none elsewhere. torch.compile in place (nn.Module.compile: the same modules, parameters and state_dict keys, so checkpoints, EMA, export and resume are unchanged) with this mode: the teachers always, the student and generator under none/ddp (the sharded backends' flattened parameters stay eager); every copy (snapshots, the EMA and student-as-T_nat copies, the evaluation's attacked copy) runs eager. On an H200 `default` made the real-size ViT Stage-II step 1.8x faster; on these CPUs it is slower (docs/performance.md). The CUDA-graph modes (reduce-overhead, max-autotune) are not offered: SA and the trainer keep teacher outputs across calls, which CUDA graph trees overwrite. none = eager."""
     teachers_bf16: bool = True
     """Under bf16, store the frozen teachers' Linear/Conv weights in bf16 (autocast rounds them anyway: same outputs, half the memory)."""
     deepspeed_config: Optional[str] = None

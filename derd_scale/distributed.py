@@ -159,6 +159,24 @@ def place_frozen(model: nn.Module, device, bf16_weights: bool) -> nn.Module:
     return model
 
 
+def compile_models(models, mode: str, trained: bool) -> None:
+    """``torch.compile`` the teachers (and, with ``trained``, the student and the generator) in
+    place, before any wrapper: ``nn.Module.compile`` keeps the module, its parameters and its
+    state_dict keys, so checkpoints and resume do not depend on the switch; a deep copy (snapshot,
+    EMA, the evaluation's attacked copy) drops the compiled forward and runs eager. Why these modules: SA and the student's inner maximisation call
+    the teachers and the student K times per step with input gradients, a chain of small kernels
+    that fusion shortens (1.6-1.8x per real-size ViT step on an H200; docs/performance.md)."""
+    import torch._functorch.config
+
+    # GA takes the two task gradients from one student forward (retain_graph=True), which
+    # inductor's donated backward buffers forbid; donation only saves a copy.
+    torch._functorch.config.donated_buffer = False
+    kwargs = {} if mode == "default" else {"mode": mode}
+    names = ("natural_teacher", "robust_teacher", *(("student", "generator") if trained else ()))
+    for name in names:
+        getattr(models, name).compile(**kwargs)
+
+
 @dataclass
 class Parallel:
     """What the training loops need after ``prepare``: one owner per trained or derived role —
@@ -269,6 +287,9 @@ def prepare(models, cfg, accelerator) -> Parallel:
         if backend in ("deepspeed", "fsdp")
         else {}
     )
+    compile_mode = dc.compile if dc.compile != "auto" else ("default" if device.type == "cuda" else "none")
+    if compile_mode != "none":
+        compile_models(models, compile_mode, trained=backend in ("none", "ddp"))
     batch_mean = None
     if size > 1 and dc.global_batch_statistics:
         # Its own group: these collectives run inside forward/backward, interleaved with the

@@ -86,3 +86,25 @@ def test_channels_last_changes_memory_format_not_the_step():
     a, b = step(False), step(True)
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+@pytest.mark.parametrize(("mode", "compiled"), [("none", False), ("auto", False), ("default", True)])
+def test_compile_applies_in_place_to_teachers_student_and_generator(mode, compiled):
+    """distributed.compile: the same modules (state_dict keys unchanged) with a compiled forward;
+    auto compiles on CUDA only, so on this CPU it is eager. Nothing runs here (no compilation)."""
+    from accelerate import Accelerator
+    from conftest import tiny_models
+
+    from derd_scale.config import config_from_dict
+    from derd_scale.trainer import build_training
+
+    models = tiny_models()
+    keys = list(models.student.state_dict())
+    cfg = config_from_dict({}, ["data.name=fashion_mnist", f"distributed.compile={mode}"])
+    models, par, _, _ = build_training(cfg, Accelerator(cpu=True), models)
+    for name in ("natural_teacher", "robust_teacher", "student", "generator"):
+        assert (getattr(models, name)._compiled_call_impl is not None) == compiled, name
+    assert list(par.student.unwrapped.state_dict()) == keys
+    # Copies (snapshots, EMA, the evaluation's attacked copy) run eager on their own weights:
+    # nn.Module.__getstate__ drops the compiled forward, which is bound to the original module.
+    assert par.student.snapshot()._compiled_call_impl is None

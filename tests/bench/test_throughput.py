@@ -47,3 +47,20 @@ def test_the_bare_loop_is_compared_with_the_prepared_step_on_the_same_plain_stag
     by = {s.get("variant", "default"): s for s in specs}
     assert by["bare"]["bare"] and not by["plain"]["bare"]
     assert by["bare"]["variant_overrides"] == by["plain"]["variant_overrides"] == throughput.PLAIN_STAGE1
+
+
+def test_compile_modes_add_one_variant_per_stage_paired_with_the_eager_step():
+    throughput = _load()
+    specs = throughput.plan(
+        ["vit_real"], [16], ["bf16"], 5, True, ["default", "max-autotune-no-cudagraphs"], ("stage2",)
+    )
+    assert [(s["stage"], s.get("variant", "default")) for s in specs] == [
+        ("stage2", "default"),
+        ("stage2", "compile_default"),
+        ("stage2", "compile_max-autotune-no-cudagraphs"),
+    ]
+    assert specs[2]["variant_overrides"] == ["distributed.compile=max-autotune-no-cudagraphs"]
+    rows = [_row("stage2", "default", 1.0), _row("stage2", "compile_default", 0.5)]
+    (ratio,) = throughput.ratios(rows)
+    assert ratio["name"] == "compiled_speedup_default" and ratio["stage"] == "stage2"
+    assert ratio["value"] == pytest.approx(2.0)
