@@ -20,7 +20,7 @@ from conftest import tiny_models
 from derd_scale.config import config_from_dict
 from derd_scale.distributed import native_bf16
 from derd_scale.state import Models, TrainState
-from derd_scale.trainer import build_training, stage2_step
+from derd_scale.trainer import build_training, stage1_step, stage2_step
 
 CUDA = torch.cuda.is_available()
 
@@ -125,3 +125,35 @@ def test_cuda_compiled_bf16_step_follows_cpu_fp32(cpu_reference, mode):
     delta = _update(models, "cuda", "bf16", compile_mode=mode)
     _assert_same_direction(delta, reference, min_cos=0.9, max_norm_ratio=1.25)
     torch._dynamo.reset()
+
+
+def test_compiled_stage1_step_keeps_the_bn_prior(monkeypatch):
+    """Stage I under distributed.compile: L_BN's forward hooks (registered per step, after the
+    teacher was compiled) are traced into the compiled teacher, so L_BN and the step equal the
+    eager ones (aot_eager backend, as above)."""
+    import torch._dynamo
+    from accelerate import Accelerator
+
+    def step(compile_mode: str) -> tuple[dict, torch.Tensor]:
+        cfg = config_from_dict(
+            {"data": {"name": "fashion_mnist"}},
+            [
+                "seed=1",
+                "stage1.batch_size=16",
+                "distributed.channels_last=false",
+                f"distributed.compile={compile_mode}",
+            ],
+        )
+        models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), _models())
+        metrics = stage1_step(models, cfg, 0, scheds, par)
+        return metrics, torch.cat([p.detach().reshape(-1) for p in par.generator.unwrapped.parameters()])
+
+    eager_metrics, eager_g = step("none")
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="aot_eager"))
+    torch._dynamo.reset()
+    metrics, g = step("default")
+    torch._dynamo.reset()
+    assert eager_metrics["l_bn"] > 0
+    assert float(metrics["l_bn"]) == pytest.approx(float(eager_metrics["l_bn"]), rel=1e-4)
+    assert torch.allclose(g, eager_g, atol=1e-5, rtol=1e-4)
