@@ -643,6 +643,10 @@ def row_overrides(row: str, cfg) -> list[str]:
     from derd_scale.config import config_from_dict
 
     method_cfg = config_from_dict({}, _NO_STAGE1 + METHOD_ROWS[row])
+    for key in ("generator_steps", "student_steps"):
+        # --set baselines.student_steps=… changes a method's G : student ratio, never the budget.
+        if getattr(cfg.baselines, key) is not None:
+            setattr(method_cfg.baselines, key, getattr(cfg.baselines, key))
     return _NO_STAGE1 + METHOD_ROWS[row] + [f"stage2.steps={student_budget(cfg) // step_counts(method_cfg)[1]}"]
 
 

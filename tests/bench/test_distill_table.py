@@ -170,6 +170,20 @@ def test_every_baseline_row_is_a_valid_config_with_the_derd_rows_student_budget(
     assert set(dt.BASELINE_ROWS) <= set(dt.ALL_ROWS) and {"dfad_rslad", "ferd_recon", "mtard"} <= set(dt.TABLE2_ROWS)
 
 
+def test_a_changed_generator_student_ratio_keeps_the_student_budget():
+    """--set baselines.student_steps=1 (ZSKT's ratio 1 : 10 → 1 : 1): 800 steps of one student
+    step each, not ZSKT's 80 steps of one."""
+    from derd_scale.config import config_from_dict
+
+    dt = _load()
+    r = dt.recipe("fmnist", "../shared/data")
+    config = r["config"] + ["baselines.student_steps=1"]
+    base = config_from_dict({}, config)
+    cfg = config_from_dict({}, config + dt.row_overrides("zskt_kd", base))
+    assert dt.step_counts(cfg) == (1, 1)
+    assert cfg.stage2.steps == dt.student_budget(base) == 800
+
+
 def test_a_method_row_trains_through_train_writes_the_same_row_schema_and_is_resumable(tmp_path, monkeypatch):
     dt = _load()
     r = dt.recipe("fmnist", str(tmp_path / "data"))
