@@ -163,9 +163,9 @@ def compile_models(models, mode: str, trained: bool) -> None:
     """``torch.compile`` the teachers (and, with ``trained``, the student and the generator) in
     place, before any wrapper: ``nn.Module.compile`` keeps the module, its parameters and its
     state_dict keys, so checkpoints and resume do not depend on the switch; a deep copy (snapshot,
-    EMA, the evaluation's attacked copy) drops the compiled forward and runs eager. Why these modules: SA and the student's inner maximisation call
-    the teachers and the student K times per step with input gradients, a chain of small kernels
-    that fusion shortens (1.6-1.8x per real-size ViT step on an H200; docs/performance.md)."""
+    EMA, the evaluation's attacked copy) drops the compiled forward and runs eager. Why these
+    modules: SA and the student's inner maximisation call the teachers and the student K times per
+    step with input gradients, a chain of small kernels that fusion shortens (1.6-1.8x per real-size ViT step on an H200; docs/performance.md)."""
     import torch._functorch.config
 
     # GA takes the two task gradients from one student forward (retain_graph=True), which

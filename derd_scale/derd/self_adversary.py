@@ -109,8 +109,7 @@ def craft_discrepancy_data(
             if k == 0:
                 # The first ascent step's forward is the anchor's: ŷ and D_before come from it
                 # (the same values as a no-grad forward, one pass of both teachers fewer).
-                # (cloned: under CUDA graphs the next replay reuses the outputs' memory)
-                nat0, rob0 = nat_k.detach().clone(), rob_k.detach().clone()
+                nat0, rob0 = nat_k.detach(), rob_k.detach()
                 labels = nat0.argmax(dim=1)
             objective = ascent_objective(nat_k, rob_k, labels, lambda_d, on)
             (grad,) = torch.autograd.grad(objective, x)
