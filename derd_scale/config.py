@@ -102,6 +102,11 @@ class GeneratorConfig:
     """Number of pseudo images optimised directly when kind=implicit."""
     grad_checkpointing: bool = False
     """Recompute the generator's upsampling stages in backward (memory at 224²)."""
+    head: Literal["sigmoid", "tanh_bn", "bn"] = "sigmoid"
+    """The last layer after the final 3×3 conv (BASELINES.md §0.3 rule 1). sigmoid: pixels in [0, 1]
+    directly (this project's default; CMI's and DFHL-RS's generators end so). tanh_bn (DAFL/DFAD's
+    head: Tanh → BatchNorm without affine) and bn (ZSKT's: BatchNorm with affine) emit a normalised
+    image, mapped to pixels with the natural teacher's mean/std and clamped to [0, 1]. dcgan only."""
 
 
 @dataclass
@@ -977,6 +982,10 @@ def validate(cfg: RunConfig) -> None:
     positive("stage2.aggregation.lambda_sga", cfg.stage2.aggregation.lambda_sga, strict=False)
     positive("generator.latent_dim", cfg.generator.latent_dim)
     positive("generator.base_channels", cfg.generator.base_channels)
+    if cfg.generator.head != "sigmoid" and cfg.generator.kind == "implicit":
+        raise ConfigError(
+            f"generator.head: {cfg.generator.head!r} is a layer of the dcgan generator; kind=implicit optimises pixels (keep sigmoid)"
+        )
     for which in ("student", "generator"):
         oc = getattr(cfg.optim, which)
         positive(f"optim.{which}.lr", oc.lr)

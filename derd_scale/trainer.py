@@ -113,6 +113,10 @@ def build_models(cfg: RunConfig) -> Models:
         g.pseudo_labels,
         g.implicit_bank_size,
         cfg.seed,
+        g.head,
+        # A normalised head (tanh_bn, bn) emits the natural teacher's input space: its mean/std map it to pixels.
+        natural.mean.flatten() if natural.has_norm else None,
+        natural.std.flatten() if natural.has_norm else None,
     )
     for key, module, wanted in (
         ("student.grad_checkpointing", student.model, cfg.student.grad_checkpointing),

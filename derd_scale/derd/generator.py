@@ -1,7 +1,10 @@
 """Generators of pseudo images in [0, 1] (Stage I and the generator updates of Stage II).
 
 ``PseudoImageGenerator`` is DCGAN-style: z (latent 256) → Linear → BN → a 4×4 (or
-7×7 for 28-px images) map → N × (upsample ×2 → conv → BN → LeakyReLU) → conv → Sigmoid.
+7×7 for 28-px images) map → N × (upsample ×2 → conv → BN → LeakyReLU) → conv → head.
+The head is Sigmoid by default; ``tanh_bn`` (DAFL/DFAD) and ``bn`` (ZSKT) are the baselines'
+original heads, which emit a *normalised* image: it is mapped to pixels with the teacher's
+mean/std and clamped to [0, 1], so every generator hands the teachers [0, 1] pixels.
 N is chosen from the image size, so 32×32 gets 3 stages and 224×224 gets 5 from a 7×7
 map — real upsampling stages, never a resize of a small image. Channels follow the
 dataset (1 for (Fashion-)MNIST, 3 otherwise). With ``pseudo_labels: sampled`` the
@@ -41,6 +44,9 @@ class PseudoImageGenerator(nn.Module):
         latent_dim: int = 256,
         base_channels: int = 64,
         num_classes: Optional[int] = None,
+        head: str = "sigmoid",
+        pixel_mean: Optional[torch.Tensor] = None,
+        pixel_std: Optional[torch.Tensor] = None,
     ):
         super().__init__()
         self.image_size, self.channels, self.latent_dim = image_size, channels, latent_dim
@@ -63,7 +69,24 @@ class PseudoImageGenerator(nn.Module):
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         self.blocks = nn.Sequential(*blocks)
-        self.to_image = nn.Sequential(nn.Conv2d(widths[-1], channels, 3, 1, 1), nn.Sigmoid())
+        self.head = head
+        conv = nn.Conv2d(widths[-1], channels, 3, 1, 1)
+        if head == "sigmoid":
+            self.to_image = nn.Sequential(conv, nn.Sigmoid())
+        elif head == "tanh_bn":  # DAFL / DFAD: Tanh, then BatchNorm without affine
+            self.to_image = nn.Sequential(conv, nn.Tanh(), nn.BatchNorm2d(channels, affine=False))
+        elif head == "bn":  # ZSKT: BatchNorm with affine
+            self.to_image = nn.Sequential(conv, nn.BatchNorm2d(channels, affine=True))
+        else:
+            raise ValueError(f"generator.head: {head!r}; allowed: sigmoid, tanh_bn, bn")
+        # The normalised heads' output is in the teacher's input space: pixels = out·std + mean.
+        # Derived from the teacher, so not saved (state_dicts stay those of the sigmoid head's layout).
+        mean = torch.zeros(channels) if pixel_mean is None else torch.as_tensor(pixel_mean, dtype=torch.float32)
+        std = torch.ones(channels) if pixel_std is None else torch.as_tensor(pixel_std, dtype=torch.float32)
+        self.register_buffer(
+            "pixel_mean", mean.reshape(1, -1, 1, 1).expand(1, channels, 1, 1).clone(), persistent=False
+        )
+        self.register_buffer("pixel_std", std.reshape(1, -1, 1, 1).expand(1, channels, 1, 1).clone(), persistent=False)
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -94,7 +117,10 @@ class PseudoImageGenerator(nn.Module):
             h = checkpoint_sequential(self.blocks, max(1, len(self.blocks) // 4), h, use_reentrant=False)
         else:
             h = self.blocks(h)
-        return self.to_image(h)
+        out = self.to_image(h)
+        if self.head == "sigmoid":
+            return out
+        return (out * self.pixel_std + self.pixel_mean).clamp(0.0, 1.0)
 
 
 class ImplicitGenerator(nn.Module):
@@ -132,8 +158,13 @@ def build_generator(
     pseudo_labels: str = "argmax",
     bank_size: int = 1024,
     seed: int = 0,
+    head: str = "sigmoid",
+    pixel_mean: Optional[torch.Tensor] = None,
+    pixel_std: Optional[torch.Tensor] = None,
 ) -> nn.Module:
     conditional = num_classes if pseudo_labels == "sampled" else None
     if kind == "implicit":
         return ImplicitGenerator(image_size, channels, bank_size, conditional, seed)
-    return PseudoImageGenerator(image_size, channels, latent_dim, base_channels, conditional)
+    return PseudoImageGenerator(
+        image_size, channels, latent_dim, base_channels, conditional, head, pixel_mean, pixel_std
+    )
