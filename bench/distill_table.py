@@ -438,7 +438,9 @@ def ensure_cifar10_8_teacher(folder: Path, data_path: str, aa_examples: int = 10
 
 def evaluate_teacher_columns(teacher: Path, data_path: str, n_examples: int) -> dict:
     """The tables' six columns (AA = standard AutoAttack) at ε = 8/255, step 2/255, on the first
-    ``n_examples`` CIFAR-10 test images → ``teacher/eval/report.{json,md}``."""
+    ``n_examples`` CIFAR-10 test images → ``teacher/eval/report.{json,md}``. Each finished batch is
+    kept in ``teacher/eval_partial/`` (small; commit it if a session ends mid-way) and a re-run
+    resumes at the next batch; the folder goes once the report is saved."""
     from derd_scale.config import DataConfig, EvalConfig, ModelConfig
     from derd_scale.data import dataset_info, load_dataset_split
     from derd_scale.evaluation import evaluate, protocol_from_config
@@ -447,9 +449,14 @@ def evaluate_teacher_columns(teacher: Path, data_path: str, n_examples: int) -> 
     data = DataConfig(name="cifar10", source="parquet", path=data_path)
     model = model_from_config(ModelConfig(arch=f"local-dir:{teacher}"), dataset_info(data.name))
     test, _ = load_dataset_split(data, data.eval_split)
-    protocol = protocol_from_config(EvalConfig(protocol="cifar", eps=8 / 255, alpha=2 / 255), data.name)
-    report = evaluate(model, test, TEACHER_COLUMNS, protocol, n_examples=n_examples, seed=0, progress=False)
+    # 100-image batches (the preset's 512 would make two): a session that ends mid-way keeps all but one.
+    protocol = protocol_from_config(EvalConfig(protocol="cifar", eps=8 / 255, alpha=2 / 255, batch_size=100), data.name)
+    partial = teacher / "eval_partial"
+    report = evaluate(
+        model, test, TEACHER_COLUMNS, protocol, n_examples=n_examples, seed=0, progress=False, resume_dir=partial
+    )
     report.save(teacher / "eval")
+    shutil.rmtree(partial, ignore_errors=True)
     return report.to_json()
 
 

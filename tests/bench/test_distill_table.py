@@ -287,6 +287,7 @@ def test_the_cifar10_8_teacher_recipe_trains_resumably_loads_as_local_dir_and_ge
     assert metrics["best_epoch"] == 1 and metrics["n"] == 8 and metrics["eps"] == pytest.approx(8 / 255)
     report = json.loads((teacher / "eval" / "report.json").read_text())
     assert set(report["attacks"]) == set(dt.TEACHER_COLUMNS) and report["attacks"]["aa"]["n"] == 4
+    assert not (teacher / "eval_partial").exists()  # the resume batches go once the report is saved
     model = model_from_config(ModelConfig(arch=f"local-dir:{teacher}"), dataset_info("cifar10"))
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     import derd_scale.teacher_training as tt
