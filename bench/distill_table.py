@@ -10,7 +10,7 @@ teachers); ``cifar10_2`` (ε = 2/255, the shared akamaster ResNet-56 and alpha-b
 teachers; ``cifar10`` is its old name and still works, its default output folder is
 bench/out/cifar10); ``cifar10_8`` (ε = 8/255, the paper's protocol, with the project's own
 FGSM-RS ResNet-20 robust teacher in bench/teachers/cifar10_8/, trained by
-``ensure_cifar10_8_teacher`` if it is missing — a few CPU hours, docs/models.md).
+``ensure_cifar10_8_teacher`` if it is missing — committed; 52 min of one bf16 thread, docs/models.md).
 
 Rows (every DERD row uses the same teachers, student architecture and step count):
   natural        student trained with CE on the real training set, no attack (data-driven)
