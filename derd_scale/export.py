@@ -207,14 +207,14 @@ def _readme(arch: str, config: dict) -> str:
     )
     if config["derd_scale"]["library"] == "timm":
         how = (
-            '```python\nimport timm\nmodel = timm.create_model("local-dir:THIS_FOLDER", pretrained=True).eval()  # or "hf-hub:ORG/REPO"\n'
+            '```python\nimport timm\n\nmodel = timm.create_model("local-dir:THIS_FOLDER", pretrained=True).eval()  # or "hf-hub:ORG/REPO"\n'
             "cfg = timm.data.resolve_data_config({}, model=model)  # mean/std/input size from config.json\n```\n\n"
             "timm's model does **not** normalise: apply `pretrained_cfg` mean/std to [0, 1] pixels (timm's transforms do). "
             '`derd_scale.export.load_exported("THIS_FOLDER")` gives the same network with the normalisation built in.'
         )
     else:
         how = (
-            '```python\nfrom derd_scale.export import load_exported\nmodel = load_exported("THIS_FOLDER").eval()  # normalisation included: feed [0, 1] pixels\n```\n\n'
+            '```python\nfrom derd_scale.export import load_exported\n\nmodel = load_exported("THIS_FOLDER").eval()  # normalisation included: feed [0, 1] pixels\n```\n\n'
             f'`{arch}` is a derd_scale architecture that timm does not ship, so `timm.create_model("local-dir:…")` cannot build it; '
             "the weights are a plain state_dict in `model.safetensors`."
         )

@@ -370,7 +370,7 @@ def _card_body(
     else:
         load = (
             f"`{arch}` is a derd_scale architecture (timm does not ship it), so load it with derd_scale:\n\n"
-            f"```python\nfrom huggingface_hub import snapshot_download\nfrom derd_scale.export import load_exported\n"
+            f"```python\nfrom huggingface_hub import snapshot_download\nfrom derd_scale.export import load_exported\n\n"
             f'model = load_exported(snapshot_download("{repo_id}")).eval()  # normalisation included: feed [0, 1] pixels, {c}×{h}×{w}\n```'
         )
     return f"""
