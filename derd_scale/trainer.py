@@ -114,9 +114,11 @@ def build_models(cfg: RunConfig) -> Models:
         g.implicit_bank_size,
         cfg.seed,
         g.head,
-        # A normalised head (tanh_bn, bn) emits the natural teacher's input space: its mean/std map it to pixels.
-        natural.mean.flatten() if natural.has_norm else None,
-        natural.std.flatten() if natural.has_norm else None,
+        # A normalised head (tanh_bn, bn) emits the natural teacher's input space: its mean/std map it to
+        # pixels. Only then: the sigmoid head needs none, and a teacher built for other data must reach
+        # the teacher/data compatibility check with its own one-line error.
+        natural.mean.flatten() if g.head != "sigmoid" and natural.has_norm else None,
+        natural.std.flatten() if g.head != "sigmoid" and natural.has_norm else None,
     )
     for key, module, wanted in (
         ("student.grad_checkpointing", student.model, cfg.student.grad_checkpointing),

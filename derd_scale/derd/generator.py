@@ -83,6 +83,10 @@ class PseudoImageGenerator(nn.Module):
         # Derived from the teacher, so not saved (state_dicts stay those of the sigmoid head's layout).
         mean = torch.zeros(channels) if pixel_mean is None else torch.as_tensor(pixel_mean, dtype=torch.float32)
         std = torch.ones(channels) if pixel_std is None else torch.as_tensor(pixel_std, dtype=torch.float32)
+        if mean.numel() not in (1, channels) or std.numel() not in (1, channels):
+            raise ValueError(
+                f"generator.head={head}: the teacher normalises {mean.numel()} channels, the images have {channels}"
+            )
         self.register_buffer(
             "pixel_mean", mean.reshape(1, -1, 1, 1).expand(1, channels, 1, 1).clone(), persistent=False
         )
