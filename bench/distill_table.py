@@ -547,6 +547,8 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         "seconds": time.time() - t0,
         # of which the white-box evaluation (every attack's seconds in the report): its share of a row
         "eval_seconds": sum(float(v.get("seconds", 0.0)) for v in report["attacks"].values()),
+        # per-class clean and PGD_S accuracy (a sink class hides in the mean; not tabled, read from here)
+        "per_class": {k: v["accuracy"] for k, v in report.get("per_class", {}).items() if k in ("clean", "pgd_s")},
     }
     row_dir.mkdir(parents=True, exist_ok=True)
     (row_dir / "row.json").write_text(json.dumps(result, indent=2))

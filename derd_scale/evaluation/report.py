@@ -4,7 +4,8 @@ records, and gradient-masking warnings.
 Files written by ``EvalReport.save(dir)``:
   report.json        {"protocol", "n", "interval", "attacks": {name: {accuracy, correct, n, ci95, seconds, eps, ...,
                       autoattack (aa/aa_fast: version and component budgets)}}, "ave", "warnings",
-                      "monotonicity_violations"} — strict JSON: a NaN (n = 0) is written as null
+                      "monotonicity_violations", "per_class": {attack: {"accuracy": [per class], "n": [per class]}}}
+                     — strict JSON: a NaN (n = 0, or a class without examples) is written as null
   report.md          | Clean | FGSM | PGD_S | PGD_T | CW | AA | Ave |  (+ other attacks, warnings), each
                      accuracy with its 95 % Wilson interval and n
   per_example.jsonl  {"index", "label", "correct": {attack: bool}, "first_fooled_by": attack|null}
@@ -115,6 +116,22 @@ class EvalReport:
                 out[f"{strong}>{weak}"] = int((s & ~w).sum())
         return out
 
+    def per_class(self, attack: str) -> dict[str, list]:
+        """Per class c = 0 … max label: {"accuracy": [k_c / n_c], "n": [n_c]} (NaN where n_c = 0).
+
+        Why: an aggregate accuracy hides a sink class — a data-free student that files every
+        ambiguous real image under one label keeps a middling mean while whole classes fall
+        (docs/results.md, the CIFAR-10 per-class reading)."""
+        j = self.attacks.index(attack)
+        labels = torch.as_tensor(self.labels, dtype=torch.long)
+        classes = int(labels.max()) + 1 if labels.numel() else 0
+        n = torch.bincount(labels, minlength=classes)
+        k = torch.bincount(labels, weights=self.correct[:, j].double(), minlength=classes) if classes else n
+        return {
+            "accuracy": [float(kc) / int(nc) if nc else float("nan") for kc, nc in zip(k.tolist(), n.tolist())],
+            "n": n.tolist(),
+        }
+
     def interval(self, attack: str) -> Optional[tuple[float, float]]:
         """95 % Wilson interval of an attack's accuracy (None without counts or with n = 0)."""
         r = self.results.get(attack) or {}
@@ -139,6 +156,7 @@ class EvalReport:
                 "ave": self.ave,
                 "warnings": self.warnings,
                 "monotonicity_violations": self.monotonicity_violations(),
+                "per_class": {a: self.per_class(a) for a in self.attacks},
             }
         )
 

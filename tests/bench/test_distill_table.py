@@ -193,7 +193,13 @@ def test_a_method_row_trains_through_train_writes_the_same_row_schema_and_is_res
         seen.append(cfg)
         run = tmp_path / cfg.output.name
         (run / "eval").mkdir(parents=True)
-        report = {"attacks": {"clean": {"accuracy": 0.7, "n": 10}, "pgd_s": {"accuracy": 0.4, "n": 10}}}
+        report = {
+            "attacks": {"clean": {"accuracy": 0.7, "n": 10}, "pgd_s": {"accuracy": 0.4, "n": 10}},
+            "per_class": {
+                "clean": {"accuracy": [0.9, 0.5], "n": [5, 5]},
+                "pgd_s": {"accuracy": [0.6, 0.2], "n": [5, 5]},
+            },
+        }
         (run / "eval" / "report.json").write_text(json.dumps(report))
         (run / "metrics.jsonl").write_text(json.dumps({"stage": "stage2", "step": 1, "l_s": 1.0}) + "\n")
 
@@ -210,8 +216,10 @@ def test_a_method_row_trains_through_train_writes_the_same_row_schema_and_is_res
         "warnings",
         "seconds",
         "eval_seconds",
+        "per_class",
     }  # the DERD rows' schema
     assert result["attacks"] == {"clean": 0.7, "pgd_s": 0.4}
+    assert result["per_class"] == {"clean": [0.9, 0.5], "pgd_s": [0.6, 0.2]}
     assert dt.run_row("dfad_rslad", r, tmp_path, progress=False, seed=1) == result and len(seen) == 1  # cached
     dt.write_tables(tmp_path, r, "t")
     table = (tmp_path / "results.md").read_text()

@@ -60,3 +60,31 @@ def test_report_carries_n_and_interval(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "72.00 [62.5, 79.9]" in md and "| n | 100 |" in md
     assert "| aa_fast |" in md and "| AA" not in md  # aa_fast is labelled aa_fast, never AA
+
+
+def test_per_class_accuracy_hand_values(tmp_path):
+    # labels 0 0 1 1 1 3 (class 2 has no example); clean right on 0, 2, 3, 5; pgd_s on 0 and 5
+    labels = [0, 0, 1, 1, 1, 3]
+    clean = [True, False, True, True, False, True]
+    robust = [True, False, False, False, False, True]
+    results = {
+        a: {"accuracy": sum(c) / 6, "correct": sum(c), "n": 6, "seconds": 1.0}
+        for a, c in (("clean", clean), ("pgd_s", robust))
+    }
+    rep = EvalReport(
+        results,
+        {"eps": 0.03, "alpha": 0.01, "steps": 10},
+        6,
+        labels,
+        torch.tensor([clean, robust]).T,
+        ["clean", "pgd_s"],
+    )
+    got = rep.per_class("clean")
+    assert got["n"] == [2, 3, 0, 1]
+    assert got["accuracy"][:2] == pytest.approx([1 / 2, 2 / 3]) and got["accuracy"][3] == 1.0
+    assert got["accuracy"][2] != got["accuracy"][2]  # NaN: no example of class 2
+    assert rep.per_class("pgd_s")["accuracy"][:2] == pytest.approx([1 / 2, 0.0])
+    rep.save(tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text(), parse_constant=_no_constants)
+    assert data["per_class"]["clean"]["accuracy"][2] is None  # strict JSON
+    assert data["per_class"]["pgd_s"]["n"] == [2, 3, 0, 1]
