@@ -477,3 +477,43 @@ def test_restoring_never_touches_a_run_that_is_still_training(tmp_path):
     (out / "derd_recommended" / "checkpoints").mkdir(parents=True)  # training: no row.json yet
     assert dt.archive_runs(out, archive, restore=True) == []
     assert not (out / "derd_recommended" / "row.json").exists()
+
+
+def test_the_shipped_cifar10_config_carries_the_cifar10_recipes_method_switches():
+    """configs/cifar10_local.yaml is the recipe at a GPU's batch and step budget: every switch that
+    decides *what* is trained (students' start, Stage I's terms, Stage II's views, the preset, the
+    teachers, the ε) is the measured recipe's, so a user running the shipped config gets the method
+    the tables measured. Only budgets, evaluation size and output may differ."""
+    from dataclasses import asdict
+
+    from derd_scale.config import config_from_dict, load_config
+
+    dt = _load()
+    shipped = asdict(load_config(REPO / "configs" / "cifar10_local.yaml"))
+    measured = asdict(
+        config_from_dict({}, dt.recipe("cifar10_2", "../shared/data")["config"] + dt.ROW_OVERRIDES["derd_recommended"])
+    )
+    budget = {
+        ("stage1", "steps"),
+        ("stage1", "batch_size"),
+        ("stage2", "steps"),
+        ("stage2", "batch_size"),
+        ("eval", "n_examples"),
+        ("eval", "attacks"),
+        ("eval", "every_steps"),
+        ("eval", "probe_examples"),
+        ("eval", "masking_check"),
+        ("eval", "alpha"),  # the recipe's white-box step; the shipped config keeps the protocol's
+        ("baselines", "augment"),  # the data-driven rows' views; no baseline runs from this config
+    }
+    differ = []
+
+    def walk(a, b, path):
+        if isinstance(a, dict):
+            for k in a:
+                walk(a[k], b[k], path + (k,))
+        elif a != b and path[:2] not in budget and path[0] not in ("output", "logging"):
+            differ.append((".".join(path), a, b))
+
+    walk(shipped, measured, ())
+    assert not differ, differ
