@@ -198,6 +198,8 @@ class EGConfig:
     """Not in the paper (false): weight each sample of L_1 and L_2 by N / (C · n_ŷ), ŷ = T_nat's label of G(z), n_c its count in the global batch (derd/expert_guiding.py::class_balance_weights), so the classes G rarely shows (shirt on Fashion-MNIST) weigh as much as the common ones. Measured on Fashion-MNIST (3 seeds): +1.2 clean, −0.2 PGD_S, inside seed noise (docs/results.md); off in the presets until a table confirms it."""
     robust_clean_weight: float = 0.0
     """β: L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z))) with t the robust target (RSLAD: β = 1/6; the paper: 0)."""
+    robust_prior_correction: float = 0.0
+    """Not in the paper (0 = off): τ ≥ 0 in t = softmax(z − τ·log p̄), the robust target's logits z (T_rob(G(z)) under robust_target=anchor) adjusted by p̄, the mean of softmax(z) over the step's global batch (derd/expert_guiding.py::prior_corrected_logits; logit adjustment, Menon et al. 2021), so the robust soft labels the student distils are no longer skewed to the classes T_rob reads into pseudo images (τ = 1: divided by that marginal). Not with stage2.replay_steps. Why: on 1024 G(z) of the CIFAR-10 recipe T_rob gave T_nat's label on 26 % and filed 27-30 % as cat against 2-4 % as deer or dog, and every robust student then files 26-28 % of real test images as cat while losing bird and deer (docs/results.md)."""
     natural_teacher: Literal["teacher", "student", "ema"] = "teacher"
     """Who plays T_nat in Stage II: the natural teacher, a frozen copy of the student, or an EMA of it."""
     ema_decay: float = 0.999
@@ -917,6 +919,19 @@ def load_evaluate_config(
     return config_from_dict(base, cls=EvaluateConfig), run_cfg
 
 
+def _check_robust_prior_correction(cfg: RunConfig) -> None:
+    """stage2.eg.robust_prior_correction: ≥ 0, and not with replay (a stored target is not corrected)."""
+    s2 = cfg.stage2
+    tau = s2.eg.robust_prior_correction
+    if tau < 0:
+        raise ConfigError(f"stage2.eg.robust_prior_correction: must be ≥ 0 (0 = off), got {tau}")
+    if tau and s2.replay_steps:
+        raise ConfigError(
+            f"stage2.eg.robust_prior_correction: {tau} with stage2.replay_steps > 0 (a replayed anchor's stored "
+            "targets are not corrected); use one of them"
+        )
+
+
 def _check_stage2_replay(cfg: RunConfig) -> None:
     """stage2.replay_steps: ≥ 0, and a replayed anchor has only the anchor-side targets."""
     s2 = cfg.stage2
@@ -961,6 +976,7 @@ def validate(cfg: RunConfig) -> None:
     positive("stage1.generator_steps", cfg.stage1.generator_steps)
     positive("stage2.student_steps", cfg.stage2.student_steps)
     _check_stage2_replay(cfg)
+    _check_robust_prior_correction(cfg)
     positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)
     positive("stage2.sa.alpha", cfg.stage2.sa.alpha, strict=False)
     positive("stage2.sa.lambda_d", cfg.stage2.sa.lambda_d, strict=False)

@@ -35,7 +35,14 @@ from .checkpoint import maybe_simulate_preemption, save_checkpoint
 from .config import RunConfig
 from .data import dataset_info
 from .derd.aggregation import aggregate
-from .derd.expert_guiding import class_balance_weights, concat_batches, replayed_batch, student_batch, student_losses
+from .derd.expert_guiding import (
+    class_balance_weights,
+    concat_batches,
+    replayed_batch,
+    robust_target_logits,
+    student_batch,
+    student_losses,
+)
 from .derd.generator import build_generator
 from .derd.losses import generator_loss, kd_kl
 from .derd.replay import ReplayBank
@@ -397,6 +404,11 @@ def stage2_step(
     weights: list = [None] * len(anchors)
     if s2.eg.class_balance:
         weights, metrics["class_balance_max_weight"] = _class_balance([dd.anchor_natural_logits for dd in dds], par)
+    # The robust targets' marginal over the global batch, for their prior correction.
+    robust_prior = None
+    if s2.eg.robust_prior_correction:
+        robust_prior = _mean_probs([robust_target_logits(s2.eg, dd) for dd in dds], par)
+        metrics["robust_prior_max"], metrics["robust_prior_min"] = robust_prior.max().item(), robust_prior.min().item()
 
     # Stage II's bank (stage2.replay_steps): each update also learns from one earlier step's anchors
     # with their stored T_nat and T_rob logits (no teacher pass); drawn before this step joins the
@@ -426,6 +438,7 @@ def stage2_step(
                     _adv_noise(cfg, state.step, m, x, par, update),
                     eps,
                     weights[m],
+                    robust_prior,
                 )
                 for m, (x, dd) in enumerate(zip(anchors, dds))
             ]
@@ -481,6 +494,16 @@ def _class_balance(natural_logits: list[torch.Tensor], par: Parallel) -> tuple[l
         counts = sum_across_ranks(counts)
     present = torch.nonzero(counts).flatten()
     return [class_balance_weights(y, counts) for y in labels], float(class_balance_weights(present, counts).max())
+
+
+def _mean_probs(logits: list[torch.Tensor], par: Parallel) -> torch.Tensor:
+    """The mean of softmax(``logits``) over the global batch (every micro-batch and rank; fp32), so
+    any process count corrects a sample alike."""
+    sums = sum(torch.softmax(t.float(), dim=1).sum(0) for t in logits)
+    total = torch.cat([sums, sums.new_tensor([float(sum(t.shape[0] for t in logits))])])
+    if par.world_size > 1:
+        total = sum_across_ranks(total)
+    return total[:-1] / total[-1]
 
 
 def training_eps(cfg: RunConfig) -> float:

@@ -162,3 +162,21 @@ def test_stage2_replay_needs_the_anchor_side_targets(extra, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({}, replay + extra)
     config_from_dict({}, ["preset=derd_recommended", "stage2.replay_steps=4"])  # the recommended targets: fine
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["stage2.eg.robust_prior_correction=-0.5"], r"^stage2\.eg\.robust_prior_correction: must be ≥ 0"),
+        (
+            ["preset=derd_recommended", "stage2.eg.robust_prior_correction=1", "stage2.replay_steps=4"],
+            r"^stage2\.eg\.robust_prior_correction: 1\.0 with stage2\.replay_steps > 0",
+        ),
+    ],
+)
+def test_robust_prior_correction_is_checked(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, extra)
+    for preset in ("derd_recommended", "derd_paper"):  # any robust target: its own batch marginal
+        cfg = config_from_dict({}, [f"preset={preset}", "stage2.eg.robust_prior_correction=0.5"])
+        assert cfg.stage2.eg.robust_prior_correction == 0.5

@@ -41,6 +41,13 @@ ABLATIONS = {
         "stage2.eg.robust_mask=agreed",
         "stage2.eg.class_balance=true",
     ],
+    "prior_corrected": [
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.eg.robust_prior_correction=1.0",
+        "stage2.adv.steps=2",
+    ],
     "rslad_on_gz": [
         "stage2.eg.enabled=false",
         "stage2.sa.enabled=false",
@@ -79,6 +86,10 @@ def test_every_ablation_runs(tmp_path, variant):
             assert key in s2[-1], key
     assert (s2[-1].get("sga_norm", 0) > 0) == (not robust_only and variant not in ("sa_eg_sum", "ga_without_sga"))
     assert ("class_balance_max_weight" in s2[-1]) == (variant == "balanced_masked")
+    if variant == "prior_corrected":  # T_rob's batch marginal: a distribution over the classes
+        assert 0 < s2[-1]["robust_prior_min"] <= 0.1 <= s2[-1]["robust_prior_max"] < 1
+    else:
+        assert "robust_prior_max" not in s2[-1]
     assert (run.student_dir / "model.safetensors").exists()
     assert run.is_finished()
 

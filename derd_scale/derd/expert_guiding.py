@@ -16,6 +16,8 @@ and the measurements behind the recommended preset):
     class_balance  false | true    per-sample weights N / (C · n_ŷ) on L_1 and L_2, ŷ = T_nat's label
                                    of G(z), n_c its count in the global batch, C the classes present
     robust_clean_weight β          L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z)))
+    robust_prior_correction τ      t = softmax(z_t − τ log p̄), z_t the target's logits, p̄ their
+                                   mean softmax over the global batch (``prior_corrected_logits``)
     lambda_nat, lambda_rob         L_1 and L_2 weights (they scale g1, g2 before GA/SGA)
 
 With ``stage2.replay_steps`` each micro-batch also carries an earlier step's anchors from the
@@ -104,6 +106,19 @@ def robust_mask_weight(eg, dd: DiscrepancyData) -> Optional[torch.Tensor]:
     return experts_agree(dd.anchor_natural_logits, dd.anchor_robust_logits).float()
 
 
+def prior_corrected_logits(robust_logits: torch.Tensor, mean_probs: torch.Tensor, tau: float) -> torch.Tensor:
+    """``robust_prior_correction``: z − τ·log p̄ per sample (fp32 logits), with ``mean_probs`` p̄ the
+    mean of softmax(z) over the global batch (each entry floored at 1e-8).
+
+    This is logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment",
+    Eq. 10's post-hoc form): softmax(z − τ log p̄) ∝ p(y|x) / p̄(y)^τ. At τ = 1 a class T_rob reads
+    into many pseudo images loses exactly that excess; τ = 0 is the target unchanged. Why: G's
+    images are made for T_nat, and on the CIFAR-10 recipe's G(z) T_rob files 27–30 % as cat and 2–4 %
+    as deer or dog (its marginal, not the images' content: T_nat's labels there are far more even),
+    and every robust student learnt that marginal as a cat sink on real images."""
+    return robust_logits.float() - tau * torch.log(mean_probs.float().clamp_min(1e-8))
+
+
 def class_balance_weights(labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """``class_balance``: w_i = N / (C · n_{y_i}), with n_c = ``counts[c]`` the global batch's count of
     class c (N = Σ n_c samples, C = the number of classes present), so every present class carries
@@ -118,6 +133,14 @@ def class_balance_weights(labels: torch.Tensor, counts: torch.Tensor) -> torch.T
     return counts.sum() / (present * counts[labels].clamp(min=1.0))
 
 
+def robust_target_logits(eg, dd: DiscrepancyData) -> torch.Tensor:
+    """The robust target t's logits per ``robust_target``: T_rob(x_d), T_rob(G(z)) or the agreed mix
+    (before any ``robust_prior_correction``)."""
+    if eg.robust_target == "agreed":
+        return agreed_robust_target(dd.anchor_natural_logits, dd.anchor_robust_logits)
+    return dd.anchor_robust_logits if eg.robust_target == "anchor" else dd.robust_logits
+
+
 def student_batch(
     eg,
     adv,
@@ -127,15 +150,19 @@ def student_batch(
     noise: Optional[torch.Tensor] = None,
     eps: float = 0.0,
     sample_weight: Optional[torch.Tensor] = None,
+    robust_prior: Optional[torch.Tensor] = None,
 ) -> StudentBatch:
     """Pick inputs and targets per the switches; with ``robust_data=x_adv`` run the student's inner
     maximisation in the ε-ball of the anchor (``attack_student``: the student's plain module, put in
     eval mode here as in RSLAD; step size ``adv.alpha`` or ε/4). ``sample_weight``: per-sample
-    weights of both terms (``class_balance_weights``), multiplied into ``robust_mask``'s."""
-    if eg.robust_target == "agreed":
-        target = agreed_robust_target(dd.anchor_natural_logits, dd.anchor_robust_logits)
-    else:
-        target = dd.anchor_robust_logits if eg.robust_target == "anchor" else dd.robust_logits
+    weights of both terms (``class_balance_weights``), multiplied into ``robust_mask``'s.
+    ``robust_prior``: the robust targets' mean softmax over the global batch, needed when
+    ``robust_prior_correction`` > 0 (the target, hence the inner maximisation's too, is corrected)."""
+    target = robust_target_logits(eg, dd)
+    if eg.robust_prior_correction:
+        if robust_prior is None:
+            raise ValueError("student_batch: robust_prior_correction > 0 needs robust_prior (T_rob's batch marginal)")
+        target = prior_corrected_logits(target, robust_prior, eg.robust_prior_correction)
     natural_input, natural_target = (
         (dd.x_d, dd.natural_logits) if eg.natural_data == "x_d" else (anchor, dd.anchor_natural_logits)
     )

@@ -10,6 +10,7 @@ from derd_scale.derd.expert_guiding import (
     agreed_robust_target,
     class_balance_weights,
     concat_batches,
+    prior_corrected_logits,
     replayed_batch,
     robust_mask_weight,
     student_batch,
@@ -140,6 +141,34 @@ def test_class_balance_weighs_both_terms_and_multiplies_the_robust_mask():
     assert out.robust.item() == pytest.approx(sum(wi * k for wi, k in zip([0.5, 0, 0.5, 0.5, 2, 2], kl)) / 6, rel=1e-5)
     kl_n = [kd_kl(nat[i : i + 1], s_x[i : i + 1]).item() for i in range(6)]
     assert out.natural.item() == pytest.approx(sum(wi * k for wi, k in zip(w.tolist(), kl_n)) / 6, rel=1e-5)
+
+
+def test_prior_corrected_logits_divide_the_target_by_the_batch_marginal_to_the_power_tau():
+    """softmax(z − τ log p̄) ∝ p / p̄^τ: p = (0.6, 0.3, 0.1), p̄ = (0.5, 0.25, 0.25), τ = 1 →
+    (1.2, 1.2, 0.4) / 2.8 = (3/7, 3/7, 1/7); τ = 0.5 → p / √p̄ = (0.8485, 0.6, 0.2) / 1.6485."""
+    p = torch.tensor([[0.6, 0.3, 0.1]])
+    z = torch.log(p) + 1.7  # logits up to a constant
+    prior = torch.tensor([0.5, 0.25, 0.25])
+    full = torch.softmax(prior_corrected_logits(z, prior, 1.0), 1)
+    assert torch.allclose(full, torch.tensor([[3 / 7, 3 / 7, 1 / 7]]), atol=1e-6)
+    half = torch.softmax(prior_corrected_logits(z, prior, 0.5), 1)
+    assert torch.allclose(half, torch.tensor([[0.8485, 0.6, 0.2]]) / 1.6485, atol=1e-4)
+    assert torch.allclose(torch.softmax(prior_corrected_logits(z, prior, 0.0), 1), p, atol=1e-6)
+    # a class absent from the marginal is floored, not infinite
+    assert torch.isfinite(prior_corrected_logits(z, torch.tensor([1.0, 0.0, 0.0]), 1.0)).all()
+
+
+def test_student_batch_corrects_the_anchor_target_and_needs_the_marginal():
+    x, dd, student = _setup()
+    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_prior_correction=1.0)
+    prior = torch.softmax(dd.anchor_robust_logits, 1).mean(0)
+    batch = student_batch(eg, StudentAdversaryConfig(), x, dd, robust_prior=prior)
+    assert torch.allclose(batch.robust_target, dd.anchor_robust_logits - torch.log(prior))
+    # the corrected targets' batch marginal is more even than T_rob's own
+    spread = torch.softmax(batch.robust_target, 1).mean(0)
+    assert (spread.max() - spread.min()) < (prior.max() - prior.min())
+    with pytest.raises(ValueError, match="needs robust_prior"):
+        student_batch(eg, StudentAdversaryConfig(), x, dd)
 
 
 def test_replayed_batch_learns_the_stored_targets_on_the_anchor_and_its_inner_maximiser():

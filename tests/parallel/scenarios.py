@@ -62,7 +62,8 @@ SCENARIOS = {
     "stage2_augment": (["stage2.augment=crop_flip"], 1, 1),
     "stage2": ([], 0, 3),  # full DERD: G update + SA + EG + GA + SGA, three steps
     # ‖g‖ ≈ 0.5: clipping acts; class-balance weights from counts over the global batch (an
-    # all-reduce), times the experts-agree mask on L_2
+    # all-reduce), times the experts-agree mask on L_2; T_rob's marginal on the global batch's
+    # anchors (another all-reduce) corrects the robust targets
     "gz_per_tensor_clip": (
         [
             "stage2.eg.natural_data=gz",
@@ -71,6 +72,7 @@ SCENARIOS = {
             "stage2.eg.robust_target=anchor",
             "stage2.eg.robust_mask=agreed",
             "stage2.eg.class_balance=true",
+            "stage2.eg.robust_prior_correction=1.0",
         ],
         0,
         2,
