@@ -51,6 +51,21 @@ def markdown(results: dict[str, dict], class_names) -> str:
     return "\n".join(lines) + "\n"
 
 
+def student_labels(folders: list[Path]) -> list[str]:
+    """A table label per exported student folder: its run's name (the folder's parent), lengthened by
+    the folders above it where two students share one (``c10_p_a/derd_recommended`` and
+    ``c10_p_b/derd_recommended``), so no result replaces another in the table or the JSON."""
+    parts = [folder.resolve().parent.parts for folder in folders]
+    depth = [1] * len(folders)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not clashing:
+            return labels
+        for i in clashing:
+            depth[i] += 1
+
+
 def _parse_model(spec: str):
     from derd_scale.config import ModelConfig
 
@@ -77,9 +92,22 @@ def main(argv=None) -> int:
         print("nothing to evaluate: give exported model folders and/or --model", file=sys.stderr)
         return 2
 
+    from derd_scale.config import ModelConfig
+
+    models = [_parse_model(s) for s in args.model]
+    models += [
+        (label, ModelConfig(arch=f"local-dir:{folder}"))
+        for label, folder in zip(student_labels(args.students), args.students)
+    ]
+    names_seen = [name for name, _ in models]
+    twice = sorted({name for name in names_seen if names_seen.count(name) > 1})
+    if twice:
+        print(f"two models named {', '.join(twice)}: give each --model its own NAME, each folder once", file=sys.stderr)
+        return 2
+
     import torch
 
-    from derd_scale.config import DataConfig, ModelConfig
+    from derd_scale.config import DataConfig
     from derd_scale.data import dataset_info, load_dataset_split
     from derd_scale.teachers import model_from_config
 
@@ -88,8 +116,6 @@ def main(argv=None) -> int:
     n = min(args.n, len(test))
     x = torch.stack([test[i][0] for i in range(n)])
     y = torch.tensor([int(test[i][1]) for i in range(n)])
-    models = [_parse_model(s) for s in args.model]
-    models += [(folder.parent.name, ModelConfig(arch=f"local-dir:{folder}")) for folder in args.students]
     results = {
         name: class_accuracy(model_from_config(mc, dataset_info(args.data)), x, y, info.num_classes)
         for name, mc in models

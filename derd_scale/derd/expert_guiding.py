@@ -113,7 +113,7 @@ def prior_corrected_logits(robust_logits: torch.Tensor, mean_probs: torch.Tensor
     This is logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment",
     Eq. 10's post-hoc form): softmax(z − τ log p̄) ∝ p(y|x) / p̄(y)^τ. At τ = 1 a class T_rob reads
     into many pseudo images loses exactly that excess; τ = 0 is the target unchanged. Why: G's
-    images are made for T_nat, and on the CIFAR-10 recipe's G(z) T_rob files 27–30 % as cat and 2–4 %
+    images are made for T_nat, and on the CIFAR-10 recipe's G(z) T_rob files 21–30 % as cat and 2–4 %
     as deer or dog (its marginal, not the images' content: T_nat's labels there are far more even),
     and every robust student learnt that marginal as a cat sink on real images."""
     return robust_logits.float() - tau * torch.log(mean_probs.float().clamp_min(1e-8))
@@ -161,7 +161,9 @@ def student_batch(
     target = robust_target_logits(eg, dd)
     if eg.robust_prior_correction:
         if robust_prior is None:
-            raise ValueError("student_batch: robust_prior_correction > 0 needs robust_prior (T_rob's batch marginal)")
+            raise ValueError(
+                "student_batch: robust_prior_correction > 0 needs robust_prior (the robust targets' mean softmax over the global batch)"
+            )
         target = prior_corrected_logits(target, robust_prior, eg.robust_prior_correction)
     natural_input, natural_target = (
         (dd.x_d, dd.natural_logits) if eg.natural_data == "x_d" else (anchor, dd.anchor_natural_logits)

@@ -49,3 +49,18 @@ def test_nothing_to_evaluate_is_refused(capsys):
     name, mc = ca._parse_model("T_rob=resnet4b:/w/resnet4b.pth")
     assert (name, mc.arch, mc.checkpoint) == ("T_rob", "resnet4b", "/w/resnet4b.pth")
     assert ca._parse_model("S=local-dir:/runs/x/student")[1].arch == "local-dir:/runs/x/student"
+
+
+def test_students_of_two_runs_with_one_row_name_keep_both_labels(tmp_path, capsys):
+    ca = load_bench("class_accuracy")
+    a, b, c = (
+        tmp_path / "c10_p_a" / "derd_recommended" / "student",
+        tmp_path / "c10_p_b" / "derd_recommended" / "student",
+        tmp_path / "c10_p_b" / "rslad" / "student",
+    )
+    assert ca.student_labels([a, c]) == ["derd_recommended", "rslad"]
+    assert ca.student_labels([a, b, c]) == ["c10_p_a/derd_recommended", "c10_p_b/derd_recommended", "rslad"]
+    # the same folder twice cannot be told apart: refused with one line, before any model loads
+    assert ca.main([str(a), str(a), "--data-path", "x"]) == 2
+    assert "two models named" in capsys.readouterr().err
+    assert ca.main([str(c), "--model", "rslad=resnet20", "--data-path", "x"]) == 2
