@@ -11,7 +11,9 @@ KD term nor CMI's adversarial term (``stage1.lambda_adv``), which need one. Ever
 steps it prints L_oh, L_BN and the batch's shares; at the end, on ``--samples`` fresh G(z) (G in train
 mode: batch statistics, as in training), it reports the share T_nat files under G's label y (a
 class-conditional G, ``generator.pseudo_labels=sampled``), the share T_rob does, both, the experts'
-agreement and T_rob's mean top probability, overall and per label (prints JSON; ``--out`` writes it).
+agreement and T_rob's mean top probability, overall and per label, and as the yardstick the experts'
+agreement and T_rob's top probability on the first ``--real`` test images (prints JSON; ``--out``
+writes it). ``--steps 0`` reports the untrained G and the yardstick only.
 
 Why: on the CIFAR-10 recipe G's L_oh stayed at 6–9 through 1600 Stage-I steps (it does not follow
 its labels) while L_BN, summed over ResNet-56's BatchNorm layers, fell from 190 to 45, and T_rob
@@ -47,7 +49,29 @@ def follow_shares(labels, natural_logits, robust_logits, classes: int) -> dict:
     return out
 
 
-def generator_objective(cfg, steps: int, samples: int, log_every: int, log=print) -> dict:
+def real_reference(cfg, models, n: int) -> dict:
+    """The experts on the first ``n`` real test images: accuracy, agreement, T_rob's mean top probability."""
+    import torch
+
+    from derd_scale.data import load_dataset_split
+
+    test, _ = load_dataset_split(cfg.data, "test")
+    n = min(n, len(test))
+    x = torch.stack([test[i][0] for i in range(n)])
+    y = torch.tensor([int(test[i][1]) for i in range(n)])
+    with torch.no_grad():
+        nat = torch.cat([models.natural_teacher(x[i : i + 250]) for i in range(0, n, 250)])
+        rob = torch.cat([models.robust_teacher(x[i : i + 250]) for i in range(0, n, 250)])
+    return {
+        "images": n,
+        "natural_accuracy": (nat.argmax(1) == y).float().mean().item(),
+        "robust_accuracy": (rob.argmax(1) == y).float().mean().item(),
+        "teacher_agreement": (nat.argmax(1) == rob.argmax(1)).float().mean().item(),
+        "robust_max_prob": rob.softmax(1).max(1).values.mean().item(),
+    }
+
+
+def generator_objective(cfg, steps: int, samples: int, log_every: int, real: int = 0, log=print) -> dict:
     """Train ``cfg``'s fresh generator on its Eq. 11 terms (no student); the history and final shares."""
     import torch
 
@@ -64,6 +88,7 @@ def generator_objective(cfg, steps: int, samples: int, log_every: int, log=print
     natural, robust = models.natural_teacher.eval(), models.robust_teacher.eval()
     for p in [*natural.parameters(), *robust.parameters()]:
         p.requires_grad_(False)
+    reference = real_reference(cfg, models, real) if real else None
     optimizer = build_optimizer(generator.parameters(), cfg.optim.generator)
     precision = resolve_mixed_precision(cfg.distributed.mixed_precision, torch.device("cpu"))
     s1 = cfg.stage1
@@ -99,7 +124,14 @@ def generator_objective(cfg, steps: int, samples: int, log_every: int, log=print
             ys.append(y), nat.append(natural(x)), rob.append(robust(x))
     y, nat, rob = torch.cat(ys)[:samples], torch.cat(nat)[:samples], torch.cat(rob)[:samples]
     final = follow_shares(y, nat, rob, models.info.num_classes)
-    return {"steps": steps, "samples": int(len(y)), "precision": precision, "history": history, "final": final}
+    return {
+        "steps": steps,
+        "samples": int(len(y)),
+        "precision": precision,
+        "history": history,
+        "final": final,
+        "real_test_images": reference,
+    }
 
 
 def main(argv=None) -> int:
@@ -111,13 +143,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=600, help="G updates")
     p.add_argument("--samples", type=int, default=512, help="fresh G(z) for the final shares")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--real", type=int, default=1000, help="the yardstick's first N real test images (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override, repeatable")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    for name in ("steps", "samples", "log_every"):
-        if getattr(args, name) < 1:
-            print(f"--{name.replace('_', '-')} must be ≥ 1", file=sys.stderr)
+    for name, least in (("steps", 0), ("samples", 1), ("log_every", 1), ("real", 0)):
+        if getattr(args, name) < least:
+            print(f"--{name.replace('_', '-')} must be ≥ {least}", file=sys.stderr)
             return 2
 
     from derd_scale.config import ConfigError, config_from_dict
@@ -132,7 +165,7 @@ def main(argv=None) -> int:
         print(f"--set: {e}", file=sys.stderr)
         return 2
     result = {"recipe": args.recipe, "set": args.set, "seed": args.seed}
-    result |= generator_objective(cfg, args.steps, args.samples, args.log_every)
+    result |= generator_objective(cfg, args.steps, args.samples, args.log_every, args.real)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
