@@ -101,7 +101,7 @@ def generator_objective(cfg, steps: int, samples: int, log_every: int, real: int
             x = generator(z, y)
             loss, natural_logits, parts = generator_loss(natural, x, *weights, targets=y)
             if s1.lambda_robust_g:  # as the trainer's generator_update: the same labels on T_rob
-                robust_loss, robust_logits, robust_parts = generator_loss(robust, x, *weights, targets=y)
+                robust_loss, _, _ = generator_loss(robust, x, *weights, targets=y)
                 loss = loss + s1.lambda_robust_g * robust_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
