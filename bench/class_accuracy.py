@@ -42,6 +42,17 @@ def class_accuracy(model, x, y, num_classes: int, batch_size: int = 250) -> dict
     }
 
 
+def first_test_images(data, n: int):
+    """(x, y, info): the first ``n`` images of ``data``'s test split (a ``DataConfig``) as tensors."""
+    import torch
+
+    from derd_scale.data import load_dataset_split
+
+    test, info = load_dataset_split(data, "test")
+    n = min(n, len(test))
+    return torch.stack([test[i][0] for i in range(n)]), torch.tensor([int(test[i][1]) for i in range(n)]), info
+
+
 def markdown(results: dict[str, dict], class_names) -> str:
     head = "| model | clean | " + " | ".join(class_names) + " | predicted per class |"
     lines = [head, "|---" * (len(class_names) + 3) + "|"]
@@ -105,17 +116,13 @@ def main(argv=None) -> int:
         print(f"two models named {', '.join(twice)}: give each --model its own NAME, each folder once", file=sys.stderr)
         return 2
 
-    import torch
-
     from derd_scale.config import DataConfig
-    from derd_scale.data import dataset_info, load_dataset_split
+    from derd_scale.data import dataset_info
     from derd_scale.teachers import model_from_config
 
     data = DataConfig(name=args.data, source="parquet", path=str(Path(args.data_path) / args.data))
-    test, info = load_dataset_split(data, "test")
-    n = min(args.n, len(test))
-    x = torch.stack([test[i][0] for i in range(n)])
-    y = torch.tensor([int(test[i][1]) for i in range(n)])
+    x, y, info = first_test_images(data, args.n)
+    n = len(y)
     results = {
         name: class_accuracy(model_from_config(mc, dataset_info(args.data)), x, y, info.num_classes)
         for name, mc in models

@@ -52,13 +52,10 @@ def follow_shares(labels, natural_logits, robust_logits, classes: int) -> dict:
 def real_reference(cfg, models, n: int) -> dict:
     """The experts on the first ``n`` real test images: accuracy, agreement, T_rob's mean top probability."""
     import torch
+    from class_accuracy import first_test_images
 
-    from derd_scale.data import load_dataset_split
-
-    test, _ = load_dataset_split(cfg.data, "test")
-    n = min(n, len(test))
-    x = torch.stack([test[i][0] for i in range(n)])
-    y = torch.tensor([int(test[i][1]) for i in range(n)])
+    x, y, _ = first_test_images(cfg.data, n)
+    n = len(y)
     with torch.no_grad():
         nat = torch.cat([models.natural_teacher(x[i : i + 250]) for i in range(0, n, 250)])
         rob = torch.cat([models.robust_teacher(x[i : i + 250]) for i in range(0, n, 250)])
