@@ -49,7 +49,7 @@ from .derd.replay import ReplayBank
 from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
 from .methods import Batch, Context, get_method
-from .methods.augment import crop_flip, mixup
+from .methods.augment import crop_flip, mixup, resized_crop_flip
 from .methods.base import mode
 from .methods.cmi import agreement_adv
 from .models import freeze
@@ -74,6 +74,10 @@ def generator_step_noise(seed: int, step: int, update: int) -> torch.Generator:
 
 
 MIXUP_STREAM = 1_000  # augment_uniforms' stream of stage2's mixup weights (crop_flip uses 0…accumulation − 1)
+RESIZED_CROP_STREAM = 2_000  # the two more uniforms a resized crop needs (area, aspect, left, top, flip)
+# stage2.augment=resized_crop_flip's area fraction: at most a 1.41× zoom, so a crop keeps most of
+# a 32-px object (CMI's 0.25 is for its contrastive local views, not for a student's inputs).
+RESIZED_CROP_SCALE = (0.5, 1.0)
 
 
 def augment_uniforms(seed: int, stage: str, step: int, stream: int, local_n: int, par: Parallel) -> torch.Tensor:
@@ -357,6 +361,21 @@ def stage2_step(
     if s2.augment in ("crop_flip", "crop_flip_mixup"):  # the student's anchors are a random view of G(z)
         anchors = [
             crop_flip(x, augment_uniforms(cfg.seed, "stage2", state.step, m, x.shape[0], par).to(x.device))
+            for m, x in enumerate(anchors)
+        ]
+    if s2.augment == "resized_crop_flip":  # ...or a zoomed-in view: a random resized crop + flip
+        anchors = [
+            resized_crop_flip(
+                x,
+                torch.cat(
+                    [
+                        augment_uniforms(cfg.seed, "stage2", state.step, m, x.shape[0], par),
+                        augment_uniforms(cfg.seed, "stage2", state.step, RESIZED_CROP_STREAM + m, x.shape[0], par)[:, :2],
+                    ],
+                    dim=1,
+                ).to(x.device),
+                scale=RESIZED_CROP_SCALE,
+            )
             for m, x in enumerate(anchors)
         ]
     if s2.augment == "crop_flip_mixup":  # ...blended with a neighbour: inputs between G's modes

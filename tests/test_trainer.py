@@ -404,15 +404,16 @@ def test_stage1_views_draw_the_current_and_replayed_halves_as_separate_global_ba
         assert torch.equal(local, torch.cat([h[2 * rank : 2 * rank + 2] for h in halves]))
 
 
-@pytest.mark.parametrize("augment", ["crop_flip", "crop_flip_mixup"])
+@pytest.mark.parametrize("augment", ["crop_flip", "crop_flip_mixup", "resized_crop_flip"])
 def test_stage2_augment_puts_every_student_term_on_a_view_of_the_anchor(monkeypatch, augment):
     """stage2.augment=crop_flip: the self-adversary (and so x_d, x_adv and the teachers' targets)
     starts from crop_flip(G(z), u), u drawn from (seed, stage2, step, micro-batch);
-    crop_flip_mixup: from that view blended with its neighbour, λ from the mixup stream."""
+    crop_flip_mixup: from that view blended with its neighbour, λ from the mixup stream;
+    resized_crop_flip: from a resized crop, u's first three columns + two of its own stream."""
     import copy
 
     import derd_scale.trainer as trainer
-    from derd_scale.methods.augment import crop_flip, mixup
+    from derd_scale.methods.augment import crop_flip, mixup, resized_crop_flip
     from derd_scale.state import TrainState
 
     cfg, models, par, scheds = _fmnist_training(f"stage2.augment={augment}", "stage2.sa.steps=1")
@@ -423,6 +424,16 @@ def test_stage2_augment_puts_every_student_term_on_a_view_of_the_anchor(monkeypa
     gz = copy.deepcopy(models.generator)(*latents[0]).detach()
     trainer.stage2_step(models, cfg, TrainState(step=3), scheds, par)
     want = crop_flip(gz, trainer.augment_uniforms(cfg.seed, "stage2", 3, 0, 8, par))
+    if augment == "resized_crop_flip":
+        u = torch.cat(
+            [
+                trainer.augment_uniforms(cfg.seed, "stage2", 3, 0, 8, par),
+                trainer.augment_uniforms(cfg.seed, "stage2", 3, trainer.RESIZED_CROP_STREAM, 8, par)[:, :2],
+            ],
+            dim=1,
+        )
+        want = resized_crop_flip(gz, u, scale=(0.5, 1.0))
+        assert not torch.allclose(want, crop_flip(gz, u[:, :3]))
     if augment == "crop_flip_mixup":
         lam = trainer.augment_uniforms(cfg.seed, "stage2", 3, trainer.MIXUP_STREAM, 8, par)[:, 0]
         assert not torch.allclose(mixup(want, lam), want)
