@@ -370,7 +370,9 @@ def stage2_step(
                 torch.cat(
                     [
                         augment_uniforms(cfg.seed, "stage2", state.step, m, x.shape[0], par),
-                        augment_uniforms(cfg.seed, "stage2", state.step, RESIZED_CROP_STREAM + m, x.shape[0], par)[:, :2],
+                        augment_uniforms(cfg.seed, "stage2", state.step, RESIZED_CROP_STREAM + m, x.shape[0], par)[
+                            :, :2
+                        ],
                     ],
                     dim=1,
                 ).to(x.device),
