@@ -74,20 +74,22 @@ def generator_step_noise(seed: int, step: int, update: int) -> torch.Generator:
 
 
 MIXUP_STREAM = 1_000  # augment_uniforms' stream of stage2's mixup weights (crop_flip uses 0…accumulation − 1)
-RESIZED_CROP_STREAM = 2_000  # the two more uniforms a resized crop needs (area, aspect, left, top, flip)
 # stage2.augment=resized_crop_flip's area fraction: at most a 1.41× zoom, so a crop keeps most of
 # a 32-px object (CMI's 0.25 is for its contrastive local views, not for a student's inputs).
 RESIZED_CROP_SCALE = (0.5, 1.0)
 
 
-def augment_uniforms(seed: int, stage: str, step: int, stream: int, local_n: int, par: Parallel) -> torch.Tensor:
-    """``crop_flip``'s (local_n, 3) uniforms for stream ``stream`` of a step: drawn for the global
-    batch from (seed, stage, step, stream) and sliced by rank, as the latents are, so any process
-    count and any resume crops the same views."""
+def augment_uniforms(
+    seed: int, stage: str, step: int, stream: int, local_n: int, par: Parallel, width: int = 3
+) -> torch.Tensor:
+    """(local_n, width) uniforms for stream ``stream`` of a step — 3 for ``crop_flip`` (left, top,
+    flip), 5 for ``resized_crop_flip`` (area, aspect, left, top, flip): drawn for the global batch
+    from (seed, stage, step, stream) and sliced by rank, as the latents are, so any process count
+    and any resume crops the same views."""
     gen = torch.Generator().manual_seed(
         (seed * 1_000_003 + STAGES.index(stage) * 7_919 + 65_537 * step + 257 * (stream + 1)) % (2**63 - 1)
     )
-    full = torch.rand((local_n * par.world_size, 3), generator=gen)
+    full = torch.rand((local_n * par.world_size, width), generator=gen)
     return local_slice(full, par.rank, par.world_size)
 
 
@@ -367,15 +369,7 @@ def stage2_step(
         anchors = [
             resized_crop_flip(
                 x,
-                torch.cat(
-                    [
-                        augment_uniforms(cfg.seed, "stage2", state.step, m, x.shape[0], par),
-                        augment_uniforms(cfg.seed, "stage2", state.step, RESIZED_CROP_STREAM + m, x.shape[0], par)[
-                            :, :2
-                        ],
-                    ],
-                    dim=1,
-                ).to(x.device),
+                augment_uniforms(cfg.seed, "stage2", state.step, m, x.shape[0], par, width=5).to(x.device),
                 scale=RESIZED_CROP_SCALE,
             )
             for m, x in enumerate(anchors)

@@ -409,7 +409,7 @@ def test_stage2_augment_puts_every_student_term_on_a_view_of_the_anchor(monkeypa
     """stage2.augment=crop_flip: the self-adversary (and so x_d, x_adv and the teachers' targets)
     starts from crop_flip(G(z), u), u drawn from (seed, stage2, step, micro-batch);
     crop_flip_mixup: from that view blended with its neighbour, λ from the mixup stream;
-    resized_crop_flip: from a resized crop, u's first three columns + two of its own stream."""
+    resized_crop_flip: from a resized crop, u five uniforms wide from the same stream."""
     import copy
 
     import derd_scale.trainer as trainer
@@ -425,13 +425,7 @@ def test_stage2_augment_puts_every_student_term_on_a_view_of_the_anchor(monkeypa
     trainer.stage2_step(models, cfg, TrainState(step=3), scheds, par)
     want = crop_flip(gz, trainer.augment_uniforms(cfg.seed, "stage2", 3, 0, 8, par))
     if augment == "resized_crop_flip":
-        u = torch.cat(
-            [
-                trainer.augment_uniforms(cfg.seed, "stage2", 3, 0, 8, par),
-                trainer.augment_uniforms(cfg.seed, "stage2", 3, trainer.RESIZED_CROP_STREAM, 8, par)[:, :2],
-            ],
-            dim=1,
-        )
+        u = trainer.augment_uniforms(cfg.seed, "stage2", 3, 0, 8, par, width=5)
         want = resized_crop_flip(gz, u, scale=(0.5, 1.0))
         assert not torch.allclose(want, crop_flip(gz, u[:, :3]))
     if augment == "crop_flip_mixup":
