@@ -223,13 +223,15 @@ class AggregationConfig:
 @dataclass
 class StudentAdversaryConfig:
     """The student's inner maximisation on synthetic data (data-driven robust distillation's min-max, e.g. RSLAD):
-    x_adv = argmax_{‖x'−G(z)‖∞≤ε} KL(t ‖ S(x')) by PGD (ε = stage2.eps), t the robust target; used when eg.robust_data=x_adv."""
+    x_adv = argmax_{‖x'−G(z)‖∞≤ε} KL(t ‖ S(x')) by PGD (ε = stage2.eps), t the robust target (or S(G(z)) with objective=self); used when eg.robust_data=x_adv."""
 
     alpha: Optional[float] = None
     """PGD step size; None = stage2.eps / 4."""
     steps: int = 10
     start: Literal["anchor", "x_d"] = "x_d"
     """Start of the ascent: G(z) + 0.001·N(0, 1) (RSLAD) or the discrepancy data x_d projected into the ball (SA as a warm start)."""
+    objective: Literal["target", "self"] = "target"
+    """What the ascent maximises: KL(t ‖ S(x')) towards the robust target t (RSLAD's inner maximisation), or `self`: KL(S(G(z)) ‖ S(x')), the student's own clean prediction (TRADES's inner maximisation; derd/student_adversary.py::inner_max_target). L_2 is unchanged (t at x_adv). Why: beside the natural term S(G(z)) follows T_nat, which disagrees with T_rob on most pseudo images, so KL(t ‖ S(·)) is already large at the anchor and its ascent spends the budget on that disagreement instead of on where the student's own prediction changes."""
 
 
 @dataclass
@@ -989,6 +991,13 @@ def validate(cfg: RunConfig) -> None:
     if cfg.stage2.adv.alpha is not None:
         positive("stage2.adv.alpha", cfg.stage2.adv.alpha)
     positive("stage2.adv.steps", cfg.stage2.adv.steps)
+    adv = cfg.stage2.adv
+    if adv.objective == "self" and adv.start == "x_d" and not (cfg.stage2.sa.enabled and cfg.stage2.sa.steps > 0):
+        # Without an SA ascent x_d is G(z), where KL(S(G(z)) ‖ S(x')) has zero gradient: PGD would never move.
+        raise ConfigError(
+            "stage2.adv.objective: self starting at x_d needs the self-adversary (x_d = G(z) without it); "
+            "set stage2.adv.start=anchor"
+        )
     positive("stage2.lr_scale", cfg.stage2.lr_scale)
     if not 0.0 <= cfg.stage2.student_ema < 1.0:
         raise ConfigError(f"stage2.student_ema: must be in [0, 1), got {cfg.stage2.student_ema}")

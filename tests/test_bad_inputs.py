@@ -268,6 +268,13 @@ CASES: list[tuple[str, Callable, list[str], int, str]] = [
         2,
         r"^config error: stage2\.eg\.robust_clean_weight: must be in \[0, 1\], got 2\.0$",
     ),
+    (
+        "self_objective_without_sa",
+        _none,
+        _sets("stage2.adv.objective=self", "stage2.sa.enabled=false"),
+        2,
+        r"^config error: stage2\.adv\.objective: self starting at x_d needs the self-adversary \(x_d = G\(z\) without it\); set stage2\.adv\.start=anchor$",
+    ),
     ("zero_lr", _none, _sets("optim.student.lr=0"), 2, r"^config error: optim\.student\.lr: must be > 0, got 0\.0$"),
     (
         "kwargs_not_a_mapping",

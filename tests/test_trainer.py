@@ -35,6 +35,15 @@ ABLATIONS = {
         "stage2.eg.robust_clean_weight=0.5",
         "stage2.adv.steps=2",
     ],
+    "anchor_targets_self_adversary": [
+        "stage2.sa.ball=true",
+        "stage2.eg.natural_data=gz",
+        "stage2.eg.robust_target=anchor",
+        "stage2.eg.robust_data=x_adv",
+        "stage2.adv.objective=self",
+        "stage2.adv.steps=2",
+        "stage2.replay_steps=2",
+    ],
     "balanced_masked": [
         "stage2.eg.natural_data=gz",
         "stage2.eg.robust_target=anchor",

@@ -38,7 +38,7 @@ import torch
 
 from .losses import kd_kl
 from .self_adversary import DiscrepancyData
-from .student_adversary import robust_distillation_loss, student_inner_max
+from .student_adversary import inner_max_target, robust_distillation_loss, student_inner_max
 
 
 @dataclass
@@ -172,7 +172,7 @@ def student_batch(
     if eg.robust_data == "x_adv":
         was = attack_student.training
         attack_student.eval()
-        log_t = torch.log_softmax(target.float(), dim=1)
+        log_t = inner_max_target(adv.objective, target, attack_student, anchor)
         start = dd.x_d if adv.start == "x_d" else None
         alpha = adv.alpha if adv.alpha is not None else eps / 4
         robust_input = student_inner_max(attack_student, log_t, anchor, eps, alpha, adv.steps, start=start, noise=noise)
@@ -205,7 +205,13 @@ def replayed_batch(
     attack_student.eval()
     alpha = adv.alpha if adv.alpha is not None else eps / 4
     robust_input = student_inner_max(
-        attack_student, torch.log_softmax(target, dim=1), anchor, eps, alpha, adv.steps, noise=noise
+        attack_student,
+        inner_max_target(adv.objective, target, attack_student, anchor),
+        anchor,
+        eps,
+        alpha,
+        adv.steps,
+        noise=noise,
     )
     attack_student.train(was)
     return StudentBatch(anchor, robust_input, target, anchor, natural_logits.float())

@@ -10,7 +10,9 @@ place of a real image:
     L_2   = (1 − β) · KL(t ‖ S(x_adv)) + β · KL(t ‖ S(x))                  (RSLAD: β = 1/6)
 
 with x = G(z), t the robust target (T_rob(x) on the clean anchor, RSLAD's robust soft
-labels) and S in eval mode during the ascent (RSLAD's reference code). Gradients are taken
+labels) and S in eval mode during the ascent (RSLAD's reference code). ``stage2.adv.objective=self``
+replaces the ascent's t by the student's own clean prediction S(x) (TRADES, Zhang et al. 2019,
+Eq. 5 / Alg. 1: x' = argmax KL(S(x) ‖ S(x'))), L_2 keeping t: ``inner_max_target``. Gradients are taken
 w.r.t. the input only; no parameter gradient is accumulated. The same inner maximisation
 is the data-driven RSLAD bound's and every ``-RSLAD`` baseline's (``derd_scale.methods.rslad``).
 """
@@ -28,6 +30,20 @@ from .losses import kd_kl
 def project(x: torch.Tensor, anchor: torch.Tensor, eps: float) -> torch.Tensor:
     """Π onto {‖x − anchor‖∞ ≤ ε} ∩ [0, 1]."""
     return torch.min(torch.max(x, anchor - eps), anchor + eps).clamp(0.0, 1.0)
+
+
+def inner_max_target(objective: str, target_logits: torch.Tensor, student, anchor: torch.Tensor) -> torch.Tensor:
+    """log p of what the inner maximisation moves S(x') away from: log t for ``target`` (RSLAD), or
+    log S(anchor) for ``self`` (TRADES; the student as the caller put it, no gradient).
+
+    Note that ``self`` needs a start off the anchor: KL(S(x) ‖ S(x')) has zero gradient at x' = x
+    (RSLAD's and TRADES's x + 0.001·N(0, 1), or x_d)."""
+    if objective == "target":
+        return torch.log_softmax(target_logits.float(), dim=1)
+    if objective == "self":
+        with torch.no_grad():
+            return torch.log_softmax(student(anchor).float(), dim=1)
+    raise ValueError(f"stage2.adv.objective: must be target or self, got {objective!r}")
 
 
 def student_inner_max(

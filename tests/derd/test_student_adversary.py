@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from derd_scale.derd.self_adversary import craft_discrepancy_data, sa_step
-from derd_scale.derd.student_adversary import project, robust_distillation_loss, student_inner_max
+from derd_scale.derd.student_adversary import inner_max_target, project, robust_distillation_loss, student_inner_max
 
 
 def test_sa_step_projects_into_the_ball_then_clips():
@@ -77,3 +77,39 @@ def test_inner_max_stays_in_the_ball_and_raises_the_kl():
     (g,) = torch.autograd.grad(F.kl_div(F.log_softmax(student(x), 1), log_t, reduction="sum", log_target=True), x)
     expected = project(start + 0.02 * g.sign(), anchor, 0.05)
     assert torch.allclose(student_inner_max(student, log_t, anchor, 0.05, 0.02, 1, start=start), expected)
+
+
+def test_inner_max_target_hand_values():
+    # target: log t; self: log S(anchor) with S(x) = W x, W = [[1, 0], [0, 2]] on x = [ln 2, 0] → logits [ln 2, 0]
+    student = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    anchor = torch.tensor([[math.log(2.0), 0.0]])
+    t = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [1/4, 3/4]
+    assert inner_max_target("target", t, student, anchor).exp().tolist()[0] == pytest.approx([0.25, 0.75])
+    log_self = inner_max_target("self", t, student, anchor)
+    assert log_self.exp().tolist()[0] == pytest.approx([2 / 3, 1 / 3]) and not log_self.requires_grad
+    with pytest.raises(ValueError, match="stage2.adv.objective"):
+        inner_max_target("student", t, student, anchor)
+
+
+def test_self_objective_ascends_the_students_own_kl():
+    # TRADES's inner maximisation: from a start off the anchor, one step is Π(x + α·sign ∇ KL(S(x) ‖ S(x'))),
+    # and the ascent raises that KL, not the one to the robust target.
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    anchor = torch.rand(8, 3, 2, 2)
+    log_self = inner_max_target("self", torch.zeros(8, 5), student, anchor)
+    start = anchor + 0.01
+    x = start.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.kl_div(F.log_softmax(student(x), 1), log_self, reduction="sum", log_target=True), x)
+    expected = project(start + 0.02 * g.sign(), anchor, 0.05)
+    assert torch.allclose(student_inner_max(student, log_self, anchor, 0.05, 0.02, 1, start=start), expected)
+
+    def kl_self(x):
+        with torch.no_grad():
+            return F.kl_div(F.log_softmax(student(x), 1), log_self, reduction="sum", log_target=True).item()
+
+    noise = torch.randn(anchor.shape, generator=torch.Generator().manual_seed(1))
+    x_adv = student_inner_max(student, log_self, anchor, eps=0.05, alpha=0.02, steps=5, noise=noise)
+    assert kl_self(anchor) == pytest.approx(0.0, abs=1e-6) and kl_self(x_adv) > 1e-4
