@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..linf import sign_step
 from .losses import discrepancy, frozen
 
 
@@ -54,10 +55,7 @@ def sa_step(
 ) -> torch.Tensor:
     """One update of Eqs. 13–16: x + α·sign(∇), projected into ‖x − anchor‖∞ ≤ ε (when ``eps``
     is given), then clipped to [0, 1]."""
-    x = x + alpha * grad.sign()
-    if eps is not None:
-        x = torch.min(torch.max(x, anchor - eps), anchor + eps)
-    return x.clamp_(0.0, 1.0)
+    return sign_step(x, grad, alpha, anchor, eps)
 
 
 def craft_discrepancy_data(

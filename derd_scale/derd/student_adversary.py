@@ -12,8 +12,8 @@ place of a real image:
 with x = G(z), t the robust target (T_rob(x) on the clean anchor, RSLAD's robust soft
 labels) and S in eval mode during the ascent (RSLAD's reference code). ``stage2.adv.objective=self``
 replaces the ascent's t by the student's own clean prediction S(x) (TRADES, Zhang et al. 2019,
-Eq. 5 / Alg. 1: x' = argmax KL(S(x) ‖ S(x'))), L_2 keeping t: ``inner_max_target``. Gradients are taken
-w.r.t. the input only; no parameter gradient is accumulated. The same inner maximisation
+Eq. 5 / Alg. 1: x' = argmax KL(S(x) ‖ S(x'))), L_2 keeping t: ``inner_max_target``. The ascent is
+``derd_scale.linf.pgd`` (input gradients only; no parameter gradient is accumulated). The same inner maximisation
 is the data-driven RSLAD bound's and every ``-RSLAD`` baseline's (``derd_scale.methods.rslad``).
 """
 
@@ -22,14 +22,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
+from ..linf import kl_sum, pgd, project
 from .losses import kd_kl
-
-
-def project(x: torch.Tensor, anchor: torch.Tensor, eps: float) -> torch.Tensor:
-    """Π onto {‖x − anchor‖∞ ≤ ε} ∩ [0, 1]."""
-    return torch.min(torch.max(x, anchor - eps), anchor + eps).clamp(0.0, 1.0)
 
 
 def inner_max_target(objective: str, target_logits: torch.Tensor, student, anchor: torch.Tensor) -> torch.Tensor:
@@ -63,15 +58,7 @@ def student_inner_max(
     ``start`` is None. ``student`` must be in the mode the caller wants (RSLAD: eval)."""
     if start is None:
         start = anchor + 0.001 * noise if noise is not None else anchor
-    x_adv = project(start.detach(), anchor, eps)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            log_s = F.log_softmax(student(x_adv).float(), dim=1)
-            loss = F.kl_div(log_s, target_log_probs.float(), reduction="sum", log_target=True)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = project(x_adv.detach() + alpha * grad.sign(), anchor, eps)
-    return x_adv.detach()
+    return pgd(student, kl_sum(target_log_probs), anchor, project(start, anchor, eps), eps, alpha, steps)
 
 
 def robust_distillation_loss(

@@ -2,7 +2,8 @@
 
 All functions take a model in eval mode, images x ∈ [0, 1] and labels y, and return
 x_adv with ‖x_adv − x‖∞ ≤ ε and x_adv ∈ [0, 1]. Gradients are taken w.r.t. the input only
-(``torch.autograd.grad``), so no parameter gradient is ever accumulated. Random starts
+(``torch.autograd.grad``), so no parameter gradient is ever accumulated; the step itself is
+``derd_scale.linf``'s, shared with training's attacks. Random starts
 draw from an explicit ``torch.Generator`` so results are deterministic under a seed.
 
 - FGSM:  x' = clip(x + ε · sign ∇_x CE(f(x), y))                       (one step, no start)
@@ -17,34 +18,22 @@ torchattacks' 10-iteration default (``aa_fast``), which is not the standard Auto
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-
-
-def _input_grad(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(loss_fn(x), x)
-    return grad
+from ..linf import ce_sum, input_grad, kl_sum, pgd, project, sign_step
 
 
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    grad = _input_grad(lambda z: F.cross_entropy(model(z), y, reduction="sum"), x)
-    return _project(x + eps * grad.sign(), x, eps)
+    grad = input_grad(lambda z: ce_sum(y)(model(z)), x)
+    return sign_step(x, grad, eps, x, eps)
 
 
-def _pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, x0: torch.Tensor) -> torch.Tensor:
-    x_adv = _project(x0, x, eps)
-    for _ in range(steps):
-        grad = _input_grad(loss_fn, x_adv)
-        x_adv = _project(x_adv.detach() + alpha * grad.sign(), x, eps)
-    return x_adv.detach()
+def _pgd(model, objective, x: torch.Tensor, eps: float, alpha: float, steps: int, x0: torch.Tensor) -> torch.Tensor:
+    """The evaluator's PGD: its starts are projected into the ball first (Madry)."""
+    return pgd(model, objective, x, project(x0, x, eps), eps, alpha, steps)
 
 
 def pgd_s(
@@ -62,7 +51,7 @@ def pgd_s(
     if random_start and eps > 0:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x0 = x + (2 * noise - 1) * eps
-    return _pgd(lambda z: F.cross_entropy(model(z), y, reduction="sum"), x, eps, alpha, steps, x0)
+    return _pgd(model, ce_sum(y), x, eps, alpha, steps, x0)
 
 
 def pgd_t(
@@ -78,12 +67,7 @@ def pgd_t(
     with torch.no_grad():
         clean_log_p = F.log_softmax(model(x), dim=1)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    x0 = x + 0.001 * noise
-
-    def loss(z: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(F.log_softmax(model(z), dim=1), clean_log_p, reduction="sum", log_target=True)
-
-    return _pgd(loss, x, eps, alpha, steps, x0)
+    return _pgd(model, kl_sum(clean_log_p), x, eps, alpha, steps, x + 0.001 * noise)
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
@@ -109,7 +93,7 @@ def cw_pgd(
     if random_start and eps > 0:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x0 = x + (2 * noise - 1) * eps
-    return _pgd(lambda z: -cw_margin(model(z), y, kappa).sum(), x, eps, alpha, steps, x0)
+    return _pgd(model, lambda logits: -cw_margin(logits, y, kappa).sum(), x, eps, alpha, steps, x0)
 
 
 def autoattack_fast(model, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int, seed: int = 0) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """What every registered method shares: the registry entry, the context a step hands it, and the
-small pure pieces several baselines use (KL at a stated scale, PGD with the sources' starts).
+small pure pieces several baselines use (KL at a stated scale, the sources' PGD starts; the PGD
+step and its objectives live in ``derd_scale.linf``).
 
 A method (``Method``) is two objectives and a schedule, never a loop:
 
@@ -26,6 +27,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..linf import project
 
 
 @dataclass
@@ -122,15 +125,8 @@ def kl_b(target_logits: torch.Tensor, student_logits: torch.Tensor, temperature:
 
 
 # --------------------------------------------------------------------------------------
-# PGD with the sources' starts (BASELINES.md §0.1)
+# The sources' PGD starts (BASELINES.md §0.1); the step itself is derd_scale.linf.pgd
 # --------------------------------------------------------------------------------------
-
-
-def project(x: torch.Tensor, anchor: torch.Tensor, eps: Optional[float]) -> torch.Tensor:
-    """Π_ε: into the L∞ ball of ``anchor`` (unless eps is None) and [0, 1]."""
-    if eps is not None:
-        x = torch.min(torch.max(x, anchor - eps), anchor + eps)
-    return x.clamp(0.0, 1.0)
 
 
 def start_normal(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -143,28 +139,6 @@ def start_uniform(x: torch.Tensor, eps: float, uniform: torch.Tensor) -> torch.T
     return project(x + (2 * uniform - 1) * eps, x, eps)
 
 
-def pgd(
-    model: nn.Module,
-    objective: Callable[[torch.Tensor], torch.Tensor],
-    anchor: torch.Tensor,
-    start: torch.Tensor,
-    eps: Optional[float],
-    alpha: float,
-    steps: int,
-) -> torch.Tensor:
-    """x^{k+1} = Π_ε(x^k + α·sign ∇_x objective(model(x^k))), K steps from ``start``; detached.
-
-    ``objective`` maps logits to a scalar summed over the batch (so sign(∇) is per example);
-    only the input gets a gradient. The caller sets the model's mode (``mode``)."""
-    x = start.detach()
-    for _ in range(steps):
-        x.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(objective(model(x).float()), x)
-        x = project(x.detach() + alpha * grad.sign(), anchor, eps)
-    return x.detach()
-
-
 @contextmanager
 def mode(module: nn.Module, train: bool) -> Iterator[nn.Module]:
     """The module in train or eval mode for the duration, then back."""
@@ -174,18 +148,6 @@ def mode(module: nn.Module, train: bool) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was)
-
-
-def ce_sum(labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """PGD objective: Σ_i CE(logits_i, y_i) (the SAT/ARD/IAD/MTARD attacks; sign(∇) = mean's)."""
-    return lambda logits: F.cross_entropy(logits, labels, reduction="sum")
-
-
-def kl_sum(target_log_probs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """PGD objective: Σ_i KL(t_i ‖ softmax(logits_i)) (RSLAD, TRADES with t = p_S(x))."""
-    return lambda logits: F.kl_div(
-        F.log_softmax(logits, dim=1), target_log_probs.float(), reduction="sum", log_target=True
-    )
 
 
 def kd_teacher(ctx: Context) -> nn.Module:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Batch, Context, Method, ce_sum, kl_b, mode, pgd, start_normal
+from ..linf import ce_sum, pgd
+from .base import Batch, Context, Method, kl_b, mode, start_normal
 
 SOURCE_KL_DIVISOR = 10.0
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Context, Method, kl_per_sample, kl_sum, mode, pgd, start_normal
+from ..linf import kl_sum, pgd
+from .base import Batch, Context, Method, kl_per_sample, mode, start_normal
 
 
 def trades_loss(

@@ -148,17 +148,8 @@ def test_augmentations():
     assert torch.equal(augment.jitter(x, torch.tensor([0.99, 0.0]), 2), torch.roll(x, (2, -2), (2, 3)))
 
 
-class _Sum(nn.Module):
-    def forward(self, x):
-        return torch.stack([x.flatten(1).sum(1), torch.zeros(x.shape[0])], dim=1)
-
-
-def test_pgd_and_starts():
+def test_starts():
     x = torch.full((2, 1, 2, 2), 0.5)
-    up = base.pgd(_Sum(), lambda logits: logits[:, 0].sum(), x, x, eps=0.1, alpha=0.03, steps=5)
-    assert torch.allclose(up, torch.full_like(x, 0.6))  # 5 × 0.03 = 0.15, projected to ε = 0.1
-    free = base.pgd(_Sum(), lambda logits: logits[:, 0].sum(), x, x, eps=None, alpha=0.2, steps=5)
-    assert torch.equal(free, torch.ones_like(x))  # no ball: the pixel range only
     u = base.start_uniform(x, 0.1, torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand_as(x))
     assert torch.allclose(u[0], torch.full_like(x[0], 0.4)) and torch.allclose(u[1], torch.full_like(x[1], 0.6))
     assert torch.allclose(base.start_normal(x, torch.ones_like(x)), x + 0.001)
