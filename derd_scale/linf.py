@@ -79,6 +79,13 @@ def ce_sum(labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda logits: F.cross_entropy(logits, labels, reduction="sum")
 
 
+def clean_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """log p_f(x) without gradient: the reference KL ascents move away from when the target is the
+    model's own clean prediction (TRADES's inner maximisation, PGD_T, ``stage2.adv.objective=self``)."""
+    with torch.no_grad():
+        return F.log_softmax(model(x).float(), dim=1)
+
+
 def kl_sum(target_log_probs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """PGD objective Σ_i KL(t_i ‖ softmax(logits_i)) from log t (RSLAD; TRADES and PGD_T with t = p_f(x))."""
     return lambda logits: F.kl_div(

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from derd_scale.linf import ce_sum, input_grad, kl_sum, pgd, project, sign_step
+from derd_scale.linf import ce_sum, clean_log_probs, input_grad, kl_sum, pgd, project, sign_step
 
 
 class _Sum(nn.Module):
@@ -67,3 +67,13 @@ def test_input_grad_hand_value():
     x = torch.tensor([1.0, -2.0, 3.0])
     assert input_grad(lambda z: (z**2).sum(), x).tolist() == pytest.approx([2.0, -4.0, 6.0])
     assert not x.requires_grad
+
+
+def test_clean_log_probs_is_the_detached_log_softmax():
+    model = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    x = torch.tensor([[math.log(2.0), 0.0]])  # logits [ln 2, 0, 0] → p = [1/2, 1/4, 1/4]
+    out = clean_log_probs(model, x)
+    assert torch.exp(out).tolist()[0] == pytest.approx([0.5, 0.25, 0.25])
+    assert not out.requires_grad

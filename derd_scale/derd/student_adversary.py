@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from ..linf import kl_sum, pgd, project
+from ..linf import clean_log_probs, kl_sum, pgd, project
 from .losses import kd_kl
 
 
@@ -36,8 +36,7 @@ def inner_max_target(objective: str, target_logits: torch.Tensor, student, ancho
     if objective == "target":
         return torch.log_softmax(target_logits.float(), dim=1)
     if objective == "self":
-        with torch.no_grad():
-            return torch.log_softmax(student(anchor).float(), dim=1)
+        return clean_log_probs(student, anchor)
     raise ValueError(f"stage2.adv.objective: must be target or self, got {objective!r}")
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..linf import ce_sum, input_grad, kl_sum, pgd, project, sign_step
+from ..linf import ce_sum, clean_log_probs, input_grad, kl_sum, pgd, project, sign_step
 
 
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -64,8 +64,7 @@ def pgd_t(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """TRADES-style PGD: start at x + 0.001·N(0,1), ascend KL(f(x) ‖ f(x'))."""
-    with torch.no_grad():
-        clean_log_p = F.log_softmax(model(x), dim=1)
+    clean_log_p = clean_log_probs(model, x)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return _pgd(model, kl_sum(clean_log_p), x, eps, alpha, steps, x + 0.001 * noise)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..linf import kl_sum, pgd
+from ..linf import clean_log_probs, kl_sum, pgd
 from .base import Batch, Context, Method, kl_per_sample, mode, start_normal
 
 
@@ -30,8 +30,7 @@ def trades_loss(
 def _student(ctx: Context, batch: Batch) -> tuple[torch.Tensor, dict]:
     x = batch.x
     with mode(ctx.plain_student, False):
-        with torch.no_grad():
-            log_p_clean = torch.log_softmax(ctx.plain_student(x).float(), dim=1)
+        log_p_clean = clean_log_probs(ctx.plain_student, x)
         start = start_normal(x, ctx.noise(tuple(x.shape)))
         x_adv = pgd(ctx.plain_student, kl_sum(log_p_clean), x, start, ctx.eps, ctx.alpha, ctx.settings.attack_steps)
     clean = ctx.student(x)
