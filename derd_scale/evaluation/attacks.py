@@ -36,6 +36,16 @@ def _pgd(model, objective, x: torch.Tensor, eps: float, alpha: float, steps: int
     return pgd(model, objective, x, project(x0, x, eps), eps, alpha, steps)
 
 
+def _uniform_start(
+    x: torch.Tensor, eps: float, random_start: bool, generator: Optional[torch.Generator]
+) -> torch.Tensor:
+    """Madry's start x + U(−ε, ε) drawn from ``generator`` on the CPU (device-independent), or x itself."""
+    if not (random_start and eps > 0):
+        return x
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return x + (2 * noise - 1) * eps
+
+
 def pgd_s(
     model,
     x: torch.Tensor,
@@ -47,10 +57,7 @@ def pgd_s(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Madry PGD on cross-entropy with a uniform random start in the ε-ball."""
-    x0 = x
-    if random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        x0 = x + (2 * noise - 1) * eps
+    x0 = _uniform_start(x, eps, random_start, generator)
     return _pgd(model, ce_sum(y), x, eps, alpha, steps, x0)
 
 
@@ -88,10 +95,7 @@ def cw_pgd(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """L∞ PGD minimising the CW margin (i.e. ascending its negative)."""
-    x0 = x
-    if random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        x0 = x + (2 * noise - 1) * eps
+    x0 = _uniform_start(x, eps, random_start, generator)
     return _pgd(model, lambda logits: -cw_margin(logits, y, kappa).sum(), x, eps, alpha, steps, x0)
 
 
