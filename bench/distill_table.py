@@ -1057,6 +1057,8 @@ def main(argv=None) -> int:
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r["config"] = r["config"] + args.overrides
     r["budget"] += f"; training in {training_precision(r['config'])}, evaluation in fp32"
+    if args.overrides:  # the text above is the recipe's: a --set that changes the budget must show
+        r["budget"] += "; every row also with --set " + ", ".join(f"`{o}`" for o in args.overrides)
     title = f"{RECIPE_ALIASES.get(args.recipe, args.recipe)}: DERD rows and data-driven references"
     t0 = time.time()
     for seed in seeds:

@@ -237,6 +237,18 @@ def test_rows_table2_expands_and_an_unknown_row_is_refused(tmp_path, monkeypatch
     assert "unknown ['nope']" in capsys.readouterr().err
 
 
+def test_a_set_override_is_named_in_the_stated_budget(tmp_path, monkeypatch):
+    """The budget line is the recipe's text: a --set (e.g. a pilot's stage2.batch_size=128) must be named in it."""
+    dt = _load()
+    budgets = []
+    monkeypatch.setattr(dt, "run_row", lambda row, r, out, progress, seed=0: budgets.append(r["budget"]))
+    monkeypatch.setattr(dt, "write_tables", lambda *a: (tmp_path / "results.md").write_text(""))
+    argv = ["--recipe", "cifar10", "--out", str(tmp_path), "--rows", "rslad", "--no-aa"]
+    assert dt.main(argv) == 0 and "--set" not in budgets[-1]
+    assert dt.main(argv + ["--set", "stage2.batch_size=128"]) == 0
+    assert budgets[-1].endswith("; every row also with --set `stage2.batch_size=128`")
+
+
 def test_cifar10_is_cifar10_2_and_cifar10_8_is_the_papers_protocol_on_the_projects_teacher():
     from derd_scale.config import config_from_dict
 
