@@ -44,6 +44,16 @@ def sign_step(
     return project(x + alpha * grad.sign(), anchor, eps)
 
 
+def start_normal(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """`N` (BASELINES.md §0.1): x + 0.001·N(0, I) from N(0, 1) draws, not projected before the first step."""
+    return x + 0.001 * noise
+
+
+def start_uniform(x: torch.Tensor, eps: float, uniform: torch.Tensor) -> torch.Tensor:
+    """`U` (BASELINES.md §0.1, Madry): Π_ε(x + U(−ε, ε)) from U[0, 1) draws."""
+    return project(x + (2 * uniform - 1) * eps, x, eps)
+
+
 def input_grad(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """∇_x loss(x) at a detached copy of x (grad mode forced on: attacks run inside no_grad evaluation)."""
     x = x.detach().requires_grad_(True)

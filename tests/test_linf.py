@@ -6,7 +6,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from derd_scale.linf import ce_sum, clean_log_probs, input_grad, kl_sum, pgd, project, sign_step
+from derd_scale.linf import (
+    ce_sum,
+    clean_log_probs,
+    input_grad,
+    kl_sum,
+    pgd,
+    project,
+    sign_step,
+    start_normal,
+    start_uniform,
+)
 
 
 class _Sum(nn.Module):
@@ -77,3 +87,10 @@ def test_clean_log_probs_is_the_detached_log_softmax():
     out = clean_log_probs(model, x)
     assert torch.exp(out).tolist()[0] == pytest.approx([0.5, 0.25, 0.25])
     assert not out.requires_grad
+
+
+def test_the_sources_starts_hand_values():
+    x = torch.full((2, 1, 2, 2), 0.5)
+    u = start_uniform(x, 0.1, torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand_as(x))
+    assert torch.allclose(u[0], torch.full_like(x[0], 0.4)) and torch.allclose(u[1], torch.full_like(x[1], 0.6))
+    assert torch.allclose(start_normal(x, torch.ones_like(x)), x + 0.001)

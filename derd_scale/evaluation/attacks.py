@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..linf import ce_sum, clean_log_probs, input_grad, kl_sum, pgd, project, sign_step
+from ..linf import ce_sum, clean_log_probs, input_grad, kl_sum, pgd, project, sign_step, start_normal, start_uniform
 
 
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -39,11 +39,10 @@ def _pgd(model, objective, x: torch.Tensor, eps: float, alpha: float, steps: int
 def _uniform_start(
     x: torch.Tensor, eps: float, random_start: bool, generator: Optional[torch.Generator]
 ) -> torch.Tensor:
-    """Madry's start x + U(−ε, ε) drawn from ``generator`` on the CPU (device-independent), or x itself."""
+    """Madry's start (``linf.start_uniform``) from U[0, 1) drawn by ``generator`` on the CPU (device-independent), or x itself."""
     if not (random_start and eps > 0):
         return x
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return x + (2 * noise - 1) * eps
+    return start_uniform(x, eps, torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device))
 
 
 def pgd_s(
@@ -73,7 +72,7 @@ def pgd_t(
     """TRADES-style PGD: start at x + 0.001·N(0,1), ascend KL(f(x) ‖ f(x'))."""
     clean_log_p = clean_log_probs(model, x)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return _pgd(model, kl_sum(clean_log_p), x, eps, alpha, steps, x + 0.001 * noise)
+    return _pgd(model, kl_sum(clean_log_p), x, eps, alpha, steps, start_normal(x, noise))
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:

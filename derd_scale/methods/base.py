@@ -1,6 +1,6 @@
 """What every registered method shares: the registry entry, the context a step hands it, and the
-small pure pieces several baselines use (KL at a stated scale, the sources' PGD starts; the PGD
-step and its objectives live in ``derd_scale.linf``).
+small pure pieces several baselines use (KL at a stated scale, the PGD step, its
+objectives and the sources' starts live in ``derd_scale.linf``).
 
 A method (``Method``) is two objectives and a schedule, never a loop:
 
@@ -27,8 +27,6 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from ..linf import project
 
 
 @dataclass
@@ -122,21 +120,6 @@ def kl_b(target_logits: torch.Tensor, student_logits: torch.Tensor, temperature:
     """τ²·KL_B(p_T^τ ‖ p_S^τ) with the target detached (a teacher's or a fixed soft label)."""
     t = temperature
     return kl_per_sample(target_logits.detach(), student_logits, t).mean() * (t * t)
-
-
-# --------------------------------------------------------------------------------------
-# The sources' PGD starts (BASELINES.md §0.1); the step itself is derd_scale.linf.pgd
-# --------------------------------------------------------------------------------------
-
-
-def start_normal(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """`N`: x + 0.001·N(0, I) (no projection before the first step)."""
-    return x + 0.001 * noise
-
-
-def start_uniform(x: torch.Tensor, eps: float, uniform: torch.Tensor) -> torch.Tensor:
-    """`U`: Π_ε(x + U(−ε, ε)) from U[0, 1) draws."""
-    return project(x + (2 * uniform - 1) * eps, x, eps)
 
 
 @contextmanager

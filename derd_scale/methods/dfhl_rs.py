@@ -21,9 +21,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..linf import pgd
+from ..linf import pgd, start_normal
 from .augment import crop_flip
-from .base import Batch, Context, Method, mode, start_normal
+from .base import Batch, Context, Method, mode
 
 
 def smoothed_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from ..linf import ce_sum, pgd
-from .base import Batch, Context, Method, kl_b, mode, start_normal
+from ..linf import ce_sum, pgd, start_normal
+from .base import Batch, Context, Method, kl_b, mode
 
 SOURCE_KL_DIVISOR = 10.0
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..derd.student_adversary import student_inner_max
-from .base import Batch, Context, Method, kl_b, mode, start_normal
+from ..linf import start_normal
+from .base import Batch, Context, Method, kl_b, mode
 
 SOURCE_KL_DIVISOR = 10.0  # KL_E on CIFAR-10 = KL_B/10; the CIFAR-100 script's 10·KL_E = KL_B/10 too
 

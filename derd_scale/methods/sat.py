@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..linf import ce_sum, pgd
-from .base import Batch, Context, Method, mode, start_uniform
+from ..linf import ce_sum, pgd, start_uniform
+from .base import Batch, Context, Method, mode
 
 
 def pgd_ce(ctx: Context, x: torch.Tensor, y: torch.Tensor, source_mode_train: bool) -> torch.Tensor:

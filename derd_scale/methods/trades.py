@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..linf import clean_log_probs, kl_sum, pgd
-from .base import Batch, Context, Method, kl_per_sample, mode, start_normal
+from ..linf import clean_log_probs, kl_sum, pgd, start_normal
+from .base import Batch, Context, Method, kl_per_sample, mode
 
 
 def trades_loss(

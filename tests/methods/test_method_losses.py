@@ -148,13 +148,6 @@ def test_augmentations():
     assert torch.equal(augment.jitter(x, torch.tensor([0.99, 0.0]), 2), torch.roll(x, (2, -2), (2, 3)))
 
 
-def test_starts():
-    x = torch.full((2, 1, 2, 2), 0.5)
-    u = base.start_uniform(x, 0.1, torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand_as(x))
-    assert torch.allclose(u[0], torch.full_like(x[0], 0.4)) and torch.allclose(u[1], torch.full_like(x[1], 0.6))
-    assert torch.allclose(base.start_normal(x, torch.ones_like(x)), x + 0.001)
-
-
 def test_the_image_gradient_trick_gives_the_generators_own_gradient():
     """G backpropagates ⟨x, ∂L/∂x⟩ (trainer._method_generator_update): the same ∇_θG as L itself."""
     torch.manual_seed(0)
