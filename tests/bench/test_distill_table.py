@@ -249,6 +249,32 @@ def test_a_set_override_is_named_in_the_stated_budget(tmp_path, monkeypatch):
     assert budgets[-1].endswith("; every row also with --set `stage2.batch_size=128`")
 
 
+@pytest.mark.parametrize("recipe", ["cifar10_2", "cifar10_8"])
+def test_the_cifar10_derd_rows_train_stage2_at_128_and_the_method_rows_keep_64(recipe):
+    """stage2.batch_size is DERD's Stage-II batch and every registered method's batch: the recipe moves
+    DERD's to 128 and pins the methods (RSLAD's bound among them) at the 64 they were measured at,
+    and a --set of that key reaches every row."""
+    from derd_scale.config import config_from_dict
+
+    dt = _load()
+
+    def batch(r, row):
+        base = config_from_dict({}, r["config"])
+        return config_from_dict({}, dt.row_config(row, r) + dt.row_overrides(row, base)).stage2.batch_size
+
+    r = dt.recipe(recipe, "D")
+    assert [batch(r, row) for row in ("derd_recommended", "derd_paper", "sa_only", "rslad_gz")] == [128] * 4
+    assert {batch(r, row) for row in dt.METHOD_ROWS} == {64}
+    assert config_from_dict({}, dt.row_config("rslad", r)).stage1.batch_size == 64
+    assert "Stage II 1000 at batch 128" in r["budget"] and "7400 at batch 64" in r["budget"]
+    wide = dt.with_overrides(r, ["stage2.batch_size=256"])
+    assert {batch(wide, row) for row in ("derd_recommended", "rslad", "dfad_kd")} == {256}
+    assert dt.with_overrides(r, ["seed=1"])["method_config"] == r["method_config"]
+    assert r["config"] == dt.recipe(recipe, "D")["config"]  # with_overrides copies, never edits the recipe
+    fm = dt.recipe("fmnist", "D")  # one batch for every row there
+    assert batch(fm, "derd_recommended") == batch(fm, "rslad") == 128
+
+
 def test_cifar10_is_cifar10_2_and_cifar10_8_is_the_papers_protocol_on_the_projects_teacher():
     from derd_scale.config import config_from_dict
 
