@@ -683,8 +683,10 @@ def row_config(row: str, r: dict) -> list[str]:
 def with_overrides(r: dict, overrides: list[str]) -> dict:
     """``r`` with the command line's --set on every row: appended to ``config``, and a key of the
     recipe's ``method_config`` that a --set names is dropped there, so the command line wins on every row."""
-    keys = {o.split("=", 1)[0] for o in overrides}
-    method = [o for o in r.get("method_config", []) if o.split("=", 1)[0] not in keys]
+    from derd_scale.config import override_key  # the config's own reading of a --set's key
+
+    keys = {override_key(o) for o in overrides}
+    method = [o for o in r.get("method_config", []) if override_key(o) not in keys]
     return {**r, "config": r["config"] + list(overrides), "method_config": method}
 
 

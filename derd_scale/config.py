@@ -784,6 +784,11 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def override_key(item: str) -> str:
+    """The dotted key an override names, read as ``config_from_dict`` reads it (``" a.b = 1"`` → ``"a.b"``)."""
+    return ".".join(_parse_override(item)[0])
+
+
 def _check_override_path(path: list[str], root: type | None = None) -> None:
     cls: Any = root or RunConfig
     for i, part in enumerate(path):

@@ -30,6 +30,14 @@ def test_dotted_overrides_and_nested_defaults():
     assert cfg.student.kwargs == {"width": 8}
 
 
+def test_override_key_reads_the_key_as_the_config_does():
+    from derd_scale.config import override_key
+
+    assert override_key(" stage2.sa.steps = 5") == "stage2.sa.steps" and override_key("a.b=c=d") == "a.b"
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        override_key("stage2.sa.steps")
+
+
 def test_bad_key_is_one_line_naming_it():
     with pytest.raises(ConfigError) as err:
         config_from_dict({}, ["stage2.sa.stepz=5"])

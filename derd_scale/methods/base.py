@@ -1,6 +1,6 @@
 """What every registered method shares: the registry entry, the context a step hands it, and the
-small pure pieces several baselines use (KL at a stated scale, the PGD step, its
-objectives and the sources' starts live in ``derd_scale.linf``).
+small pure pieces several baselines use (KL at a stated scale; the PGD step, its objectives
+and the sources' starts live in ``derd_scale.linf``).
 
 A method (``Method``) is two objectives and a schedule, never a loop:
 

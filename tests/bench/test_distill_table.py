@@ -269,6 +269,8 @@ def test_the_cifar10_derd_rows_train_stage2_at_128_and_the_method_rows_keep_64(r
     assert "Stage II 1000 at batch 128" in r["budget"] and "7400 at batch 64" in r["budget"]
     wide = dt.with_overrides(r, ["stage2.batch_size=256"])
     assert {batch(wide, row) for row in ("derd_recommended", "rslad", "dfad_kd")} == {256}
+    spaced = dt.with_overrides(r, [" stage2.batch_size = 256"])  # read as the config reads it
+    assert {batch(spaced, row) for row in ("derd_recommended", "rslad")} == {256}
     assert dt.with_overrides(r, ["seed=1"])["method_config"] == r["method_config"]
     assert r["config"] == dt.recipe(recipe, "D")["config"]  # with_overrides copies, never edits the recipe
     fm = dt.recipe("fmnist", "D")  # one batch for every row there
