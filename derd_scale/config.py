@@ -242,6 +242,8 @@ class Stage2Config:
     kd_temperature: float = 1.0
     generator_updates: bool = True
     """Keep training G on Eq. 11 during Stage II (step 5 of the method)."""
+    generator_batch_size: Optional[int] = None
+    """Not in the paper (None = the step's batch, as in the paper): G's Stage-II update (Eq. 11 and its additions, ``stage1.lambda_adv`` / ``lambda_robust_g``) takes its own batch of this many latents, drawn from a stream of its own (trainer.py::generator_batch_noise), while the student's anchors are G(z) of the step's whole batch, made by G before that update without a gradient. Why: G's update runs both teachers and the student forward and backward, ~45 % of a CIFAR-10 Stage-II step at a batch of 256 with the cheaper attacks (docs/performance.md); this lets the student's batch grow without G's (Stage I trains G at its own batch)."""
     student_steps: int = 1
     """Not in the paper (1): student updates per Stage-II step, i.e. per G update and SA batch. Each update reuses the step's anchors, x_d and every teacher output, and redoes only the student's own inner maximisation against the updated student, so k updates cost one G update + one SA + k student passes; the student's schedule counts Stage-II steps (as Stage I's counts G steps) and its budget is steps × k. Why: a Stage-II step spends ~75 % of its time on G's update and SA (docs/performance.md), and the data-free KD recipes take many student steps per generator step."""
     replay_steps: int = 0
@@ -982,6 +984,16 @@ def validate(cfg: RunConfig) -> None:
     positive("stage1.student_steps", cfg.stage1.student_steps)
     positive("stage1.generator_steps", cfg.stage1.generator_steps)
     positive("stage2.student_steps", cfg.stage2.student_steps)
+    if cfg.stage2.generator_batch_size is not None:
+        positive("stage2.generator_batch_size", cfg.stage2.generator_batch_size)
+        if cfg.method != "derd":
+            raise ConfigError(
+                f"stage2.generator_batch_size: only DERD's Stage II updates G this way (method: {cfg.method})"
+            )
+        if not cfg.stage2.generator_updates:
+            raise ConfigError(
+                "stage2.generator_batch_size: G takes no Stage-II update (stage2.generator_updates=false); leave it null"
+            )
     _check_stage2_replay(cfg)
     _check_robust_prior_correction(cfg)
     positive("stage2.sa.steps", cfg.stage2.sa.steps, strict=False)
@@ -1025,12 +1037,14 @@ def validate(cfg: RunConfig) -> None:
         if any(not 0 < m < 1 for m in oc.milestones):
             raise ConfigError(f"optim.{which}.milestones: fractions in (0, 1), got {oc.milestones}")
     positive("distributed.gradient_accumulation_steps", cfg.distributed.gradient_accumulation_steps)
-    for stage in ("stage1", "stage2"):
-        bs, acc = getattr(cfg, stage).batch_size, cfg.distributed.gradient_accumulation_steps
-        if bs % acc:
-            raise ConfigError(
-                f"{stage}.batch_size: {bs} is not divisible by distributed.gradient_accumulation_steps={acc}"
-            )
+    acc = cfg.distributed.gradient_accumulation_steps
+    for key, bs in (
+        ("stage1.batch_size", cfg.stage1.batch_size),
+        ("stage2.batch_size", cfg.stage2.batch_size),
+        ("stage2.generator_batch_size", cfg.stage2.generator_batch_size),
+    ):
+        if bs is not None and bs % acc:
+            raise ConfigError(f"{key}: {bs} is not divisible by distributed.gradient_accumulation_steps={acc}")
     if cfg.distributed.fsdp_min_params is not None:
         positive("distributed.fsdp_min_params", cfg.distributed.fsdp_min_params)
     if cfg.distributed.expected_world_size is not None:

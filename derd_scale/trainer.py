@@ -73,6 +73,11 @@ def generator_step_noise(seed: int, step: int, update: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + 104_729 * (step + 1) + 7_927 * update) % (2**63 - 1))
 
 
+def generator_batch_noise(seed: int, step: int) -> torch.Generator:
+    """The latents of Stage-II step ``step``'s G update when it has its own batch (stage2.generator_batch_size)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + 15_485_863 * (step + 1) + 1) % (2**63 - 1))
+
+
 MIXUP_STREAM = 1_000  # augment_uniforms' stream of stage2's mixup weights (crop_flip uses 0…accumulation − 1)
 # stage2.augment=resized_crop_flip's area fraction: at most a 1.41× zoom, so a crop keeps most of
 # a 32-px object (CMI's 0.25 is for its contrastive local views, not for a student's inputs).
@@ -351,14 +356,20 @@ def stage2_step(
     latents = sample_latents(models, cfg, "stage2", state.step, s2.batch_size, par)
     metrics: dict = {}
 
-    # 0. Pseudo images G(z): the clean anchors (G keeps learning Eq. 11 unless switched off).
-    if s2.generator_updates:
-        teacher = models.robust_teacher if s2.generator_teacher == "robust" else expert
+    # 0. Pseudo images G(z): the clean anchors (G keeps learning Eq. 11 unless switched off), made
+    #    by G before its update; the update is on the anchors' own batch or, with
+    #    stage2.generator_batch_size, on a batch of its own (the student's batch grows, G's does not).
+    teacher = models.robust_teacher if s2.generator_teacher == "robust" else expert
+    if s2.generator_updates and s2.generator_batch_size is None:
         anchors, _, parts = generator_update(models, teacher, latents, cfg, scheds["generator"], par)
         metrics.update(parts)
     else:
         with torch.no_grad(), par.autocast():
             anchors = [models.generator(z, y).float() for z, y in latents]
+        if s2.generator_updates:
+            noise = generator_batch_noise(cfg.seed, state.step)
+            g_latents = sample_latents(models, cfg, "stage2", state.step, s2.generator_batch_size, par, noise)
+            metrics.update(generator_update(models, teacher, g_latents, cfg, scheds["generator"], par)[2])
 
     if s2.augment in ("crop_flip", "crop_flip_mixup"):  # the student's anchors are a random view of G(z)
         anchors = [

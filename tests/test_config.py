@@ -188,3 +188,24 @@ def test_robust_prior_correction_is_checked(extra, message):
     for preset in ("derd_recommended", "derd_paper"):  # any robust target: its own batch marginal
         cfg = config_from_dict({}, [f"preset={preset}", "stage2.eg.robust_prior_correction=0.5"])
         assert cfg.stage2.eg.robust_prior_correction == 0.5
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["stage2.generator_batch_size=0"], r"^stage2\.generator_batch_size: must be > 0"),
+        (
+            ["stage2.generator_batch_size=64", "stage2.generator_updates=false"],
+            r"^stage2\.generator_batch_size: G takes no",
+        ),
+        (["stage2.generator_batch_size=64", "method=rslad"], r"^stage2\.generator_batch_size: only DERD's Stage II"),
+        (
+            ["stage2.generator_batch_size=6", "distributed.gradient_accumulation_steps=4"],
+            r"^stage2\.generator_batch_size: 6 is not divisible by distributed\.gradient_accumulation_steps=4",
+        ),
+    ],
+)
+def test_generator_batch_size_is_checked(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, extra)
+    assert config_from_dict({}, ["stage2.generator_batch_size=64"]).stage2.generator_batch_size == 64

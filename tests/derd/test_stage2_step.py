@@ -156,6 +156,36 @@ def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
     assert all(p.grad is None for p in models.student.parameters())
 
 
+def test_generator_batch_size_gives_g_its_own_batch_and_the_student_the_whole_pre_update_batch():
+    """stage2.generator_batch_size = n: G makes exactly Eq. 11's update on n latents of its own stream
+    (generator_batch_noise), and the student makes exactly the straight-line update from the step's
+    whole batch of G(z) as G made it before that update."""
+    from accelerate import Accelerator
+
+    from derd_scale.trainer import generator_batch_noise, generator_update, sample_latents
+
+    cfg, models = _setup("sga")
+    cfg.stage2.generator_updates, cfg.stage2.generator_batch_size = True, 4
+    expected, _ = _reference(cfg, models, copy.deepcopy(models.student))  # pre-update G on all 8 latents
+    _, lone = _setup("sga")
+    lone.generator.load_state_dict(models.generator.state_dict())
+    lone, lone_par, lone_scheds, _ = build_training(cfg, Accelerator(cpu=True), lone)
+    latents = sample_latents(lone, cfg, "stage2", 0, 4, lone_par, generator_batch_noise(cfg.seed, 0))
+    assert latents[0][0].shape[0] == 4
+    generator_update(lone, lone.natural_teacher, latents, cfg, lone_scheds["generator"], lone_par)
+    g_before = [p.detach().clone() for p in models.generator.parameters()]
+
+    models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
+    metrics = stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
+    got = torch.cat([p.detach().flatten() for p in models.student.parameters()])
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got - expected).abs().max()
+    # Parameters, not the state dict: the anchors' no-gradient forward also moves G's BN running
+    # statistics, which G (always in train mode) never reads.
+    for a, b, before in zip(models.generator.parameters(), lone.generator.parameters(), g_before):
+        assert torch.equal(a, b) and not torch.equal(a, before)
+    assert "l_g" in metrics and all(p.grad is None for p in models.student.parameters())
+
+
 @pytest.mark.parametrize("generator_teacher", ["natural", "robust"])
 def test_stage2_generator_learns_eq11_on_the_chosen_teacher(generator_teacher):
     """stage2.generator_teacher: in Stage II G makes exactly Eq. 11's update on that teacher
