@@ -5,6 +5,8 @@
     python bench/throughput.py --out bench/out/throughput.json   # + throughput.md beside it
     python bench/throughput.py --recipes vit_real --threads 16 --precisions bf16 --batch 32 \
         --stages stage2 --compile default                        # + the torch.compile'd step (GPU)
+    python bench/throughput.py --recipes cifar10 --threads 1 --precisions bf16 --stages stage2 --batch 256 \
+        --variant g64 --set stage2.generator_batch_size=64     # a candidate configuration, named
 
 For each recipe (``RECIPES``: the Fashion-MNIST CNNs, the CIFAR-10 recipe ResNet-56 natural +
 ResNet-4B robust -> ResNet-20, the tiny ImageNet-100 ViT twin, one real-size ViT-S -> ViT-T
@@ -540,6 +542,15 @@ def main(argv=None) -> int:
     p.add_argument(
         "--stages", default=",".join(STAGES), help="comma list of stage1, stage2 (both: + the ratio variants)"
     )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override on every measurement (repeatable; needs --variant, which names the rows it makes)",
+    )
+    p.add_argument("--variant", help="the variant name of the rows --set makes (e.g. a candidate recipe)")
     p.add_argument("--out", default="bench/out/throughput.json")
     p.add_argument("--fresh", action="store_true", help="start over instead of keeping the rows already in --out")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -585,7 +596,14 @@ def main(argv=None) -> int:
     if not stages or set(args.stages.split(",")) - set(STAGES):
         print(f"--stages: {args.stages!r}; allowed: {', '.join(STAGES)}", file=sys.stderr)
         return 2
+    if bool(args.overrides) != bool(args.variant):
+        print("--set and --variant go together: the variant names the rows the overrides make", file=sys.stderr)
+        return 2
     specs = plan(recipes, threads, precisions, args.steps, torch.cuda.is_available(), compile_modes, stages)
+    if args.variant:  # one candidate configuration: its plain rows only, under its own name
+        specs = [s for s in specs if "variant" not in s]
+        for spec in specs:
+            spec.update(variant=args.variant, variant_overrides=list(args.overrides))
     for spec in specs:
         spec["batch"] = args.batch
     if out.exists() and not args.fresh:

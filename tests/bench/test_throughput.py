@@ -64,3 +64,24 @@ def test_compile_modes_add_one_variant_per_stage_paired_with_the_eager_step():
     (ratio,) = throughput.ratios(rows)
     assert ratio["name"] == "compiled_speedup_default" and ratio["stage"] == "stage2"
     assert ratio["value"] == pytest.approx(2.0)
+
+
+def test_a_named_variant_measures_the_plain_steps_under_its_overrides(tmp_path, monkeypatch):
+    throughput = _load()
+    seen = []
+
+    def fake_worker(spec):
+        seen.append(spec)
+        row = _row(spec["stage"], spec["variant"], 2.0)
+        return {**row, "batch": spec["batch"], "fraction_of_peak": 0.5, "peak_gflops": 100.0}
+
+    monkeypatch.setattr(throughput, "run_worker", fake_worker)
+    monkeypatch.setattr(throughput, "markdown", lambda result: "")
+    sets = ["--set", "stage2.generator_batch_size=64", "--set", "stage2.sa.steps=1"]
+    argv = ["--recipes", "cifar10", "--threads", "1", "--precisions", "bf16", "--stages", "stage1,stage2"]
+    out = ["--out", str(tmp_path / "t.json"), "--batch", "256"]
+    assert throughput.main(argv + out + sets + ["--variant", "g64"]) == 0
+    # the plain stage steps only (no ga / bare / plain ratio variants), each under the variant's name
+    assert [(s["stage"], s["variant"], s["batch"]) for s in seen] == [("stage1", "g64", 256), ("stage2", "g64", 256)]
+    assert all(s["variant_overrides"] == ["stage2.generator_batch_size=64", "stage2.sa.steps=1"] for s in seen)
+    assert throughput.main(argv + out + sets) == 2  # overrides without a name would pass as the default rows
