@@ -1030,6 +1030,8 @@ def write_tables(out: Path, r: dict, title: str) -> None:
 
 
 def main(argv=None) -> int:
+    from derd_scale.commands import add_override_option
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", required=True, choices=[*RECIPES, *RECIPE_ALIASES], help="cifar10 = cifar10_2")
     p.add_argument("--data-path", default="../shared/data")
@@ -1039,14 +1041,7 @@ def main(argv=None) -> int:
         default=",".join(ROWS),
         help=f"comma list of {', '.join(ALL_ROWS)}, or 'table2' (DERD's presets, every baseline and data-driven bound); default: all but the steering and baseline rows",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra dotted config override for every row (e.g. stage2.steps=50)",
-    )
+    add_override_option(p, "extra dotted config override for every row (e.g. stage2.steps=50)")
     p.add_argument(
         "--seeds", default="0", help="comma list of seeds; every row runs once per seed (folders row, row-seed1, ...)"
     )

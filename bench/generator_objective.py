@@ -134,6 +134,8 @@ def generator_objective(cfg, steps: int, samples: int, log_every: int, real: int
 def main(argv=None) -> int:
     import distill_table
 
+    from derd_scale.commands import add_override_option
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", required=True, choices=[*distill_table.RECIPES, *distill_table.RECIPE_ALIASES])
     p.add_argument("--data-path", required=True, help="root of the Hub-layout parquet files (../shared/data)")
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--real", type=int, default=1000, help="the yardstick's first N real test images (0: none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override, repeatable")
+    add_override_option(p, "dotted config override, repeatable")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     for name, least in (("steps", 0), ("samples", 1), ("log_every", 1), ("real", 0)):
@@ -155,13 +157,13 @@ def main(argv=None) -> int:
     r = distill_table.recipe(args.recipe, args.data_path)
     if r["ensure_teachers"] is not None:
         r["ensure_teachers"](r["teachers"], args.data_path)
-    overrides = [*r["config"], *distill_table.ROW_OVERRIDES["derd_recommended"], f"seed={args.seed}", *args.set]
+    overrides = [*r["config"], *distill_table.ROW_OVERRIDES["derd_recommended"], f"seed={args.seed}", *args.overrides]
     try:
         cfg = config_from_dict({}, overrides)
     except ConfigError as e:
         print(f"--set: {e}", file=sys.stderr)
         return 2
-    result = {"recipe": args.recipe, "set": args.set, "seed": args.seed}
+    result = {"recipe": args.recipe, "set": args.overrides, "seed": args.seed}
     result |= generator_objective(cfg, args.steps, args.samples, args.log_every, args.real)
     text = json.dumps(result, indent=2)
     print(text)

@@ -47,12 +47,14 @@ def time_per_update(config: list[str], k: int, steps: int) -> float:
 def main() -> int:
     import importlib.util
 
+    from derd_scale.commands import add_override_option
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="fmnist", choices=["fmnist", "cifar10_2"])
     p.add_argument("--data-path", default="../shared/data")
     p.add_argument("--order", default="1,2,1,2", help="the k of each measurement, in order")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_override_option(p, "dotted config override, repeatable")
     p.add_argument("--out", default=str(REPO / "bench/out/stage2_student_steps.json"))
     args = p.parse_args()
     spec = importlib.util.spec_from_file_location("distill_table", REPO / "bench/distill_table.py")

@@ -526,6 +526,8 @@ _PART_ORDER = ("generator", "sa", "student_inputs", "eg", "ga_sga", "optimizer")
 
 
 def main(argv=None) -> int:
+    from derd_scale.commands import add_override_option
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
     p.add_argument("--threads", default="1,2", help="comma list of thread counts")
@@ -542,13 +544,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--stages", default=",".join(STAGES), help="comma list of stage1, stage2 (both: + the ratio variants)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override on every measurement (repeatable; needs --variant, which names the rows it makes)",
+    add_override_option(
+        p, "config override on every measurement (repeatable; needs --variant, which names the rows it makes)"
     )
     p.add_argument("--variant", help="the variant name of the rows --set makes (e.g. a candidate recipe)")
     p.add_argument("--out", default="bench/out/throughput.json")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from derd_scale.commands import add_override_option  # noqa: E402
 from derd_scale.config import config_from_dict  # noqa: E402
 from derd_scale.distributed import build_accelerator, world  # noqa: E402
 from derd_scale.trainer import train  # noqa: E402
@@ -24,7 +25,7 @@ from derd_scale.trainer import train  # noqa: E402
 p = argparse.ArgumentParser()
 p.add_argument("root")
 p.add_argument("--preempt", required=True)
-p.add_argument("--set", dest="overrides", action="append", default=[])
+add_override_option(p, "dotted config override, repeatable")
 args = p.parse_args()
 
 cfg = config_from_dict({}, args.overrides + [f"output.root={args.root}", "output.name=full"])
