@@ -198,6 +198,8 @@ class EGConfig:
     """Not in the paper (false): weight each sample of L_1 and L_2 by N / (C · n_ŷ), ŷ = T_nat's label of G(z), n_c its count in the global batch (derd/expert_guiding.py::class_balance_weights), so the classes G rarely shows (shirt on Fashion-MNIST) weigh as much as the common ones. Measured on Fashion-MNIST (3 seeds): +1.2 clean, −0.2 PGD_S, inside seed noise (docs/results.md); off in the presets until a table confirms it."""
     robust_clean_weight: float = 0.0
     """β: L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z))) with t the robust target (RSLAD: β = 1/6; the paper: 0)."""
+    robust_self_weight: float = 0.0
+    """Not in the paper (0 = off): γ ≥ 0 adds TRADES's boundary term γ·KL_B(S(G(z)) ‖ S(x_r)) to L_2 (derd/student_adversary.py::robust_distillation_loss): the student's own clean prediction, not T_rob's, is what it must keep on x_r, gradient through both sides. Why: on the CIFAR-10 recipe T_rob gives T_nat's label on only 26 % of G(z), so the robustness L_2 teaches is tied to robust targets that are often wrong; this term asks for a student that is flat around each anchor whatever the target says there (no extra forward: S(G(z)) is already computed)."""
     robust_prior_correction: float = 0.0
     """Not in the paper (0 = off): τ ≥ 0 in t = softmax(z − τ·log p̄), the robust target's logits z (T_rob(G(z)) under robust_target=anchor) adjusted by p̄, the mean of softmax(z) over the step's global batch (derd/expert_guiding.py::prior_corrected_logits; logit adjustment, Menon et al. 2021), so the robust soft labels the student distils are no longer skewed to the classes T_rob reads into pseudo images (τ = 1: divided by that marginal). Not with stage2.replay_steps. Why: on 1024 G(z) of the CIFAR-10 recipe T_rob gave T_nat's label on 26 % and filed 21-30 % as cat against 2-4 % as deer or dog, and every robust student then files 26-28 % of real test images as cat while losing bird and deer (docs/results.md)."""
     natural_teacher: Literal["teacher", "student", "ema"] = "teacher"
@@ -1003,6 +1005,7 @@ def validate(cfg: RunConfig) -> None:
     positive("stage2.eg.lambda_nat", cfg.stage2.eg.lambda_nat, strict=False)
     if not 0.0 <= cfg.stage2.eg.robust_clean_weight <= 1.0:
         raise ConfigError(f"stage2.eg.robust_clean_weight: must be in [0, 1], got {cfg.stage2.eg.robust_clean_weight}")
+    positive("stage2.eg.robust_self_weight", cfg.stage2.eg.robust_self_weight, strict=False)
     if cfg.stage2.eps is not None and not 0.0 < cfg.stage2.eps <= 1.0:
         raise ConfigError(f"stage2.eps: must be in (0, 1] or null, got {cfg.stage2.eps}")
     if cfg.stage2.adv.alpha is not None:

@@ -269,6 +269,13 @@ CASES: list[tuple[str, Callable, list[str], int, str]] = [
         r"^config error: stage2\.eg\.robust_clean_weight: must be in \[0, 1\], got 2\.0$",
     ),
     (
+        "self_weight_negative",
+        _none,
+        _sets("stage2.eg.robust_self_weight=-1"),
+        2,
+        r"^config error: stage2\.eg\.robust_self_weight: must be >= 0, got -1\.0$",
+    ),
+    (
         "self_objective_without_sa",
         _none,
         _sets("stage2.adv.objective=self", "stage2.sa.enabled=false"),

@@ -16,6 +16,8 @@ and the measurements behind the recommended preset):
     class_balance  false | true    per-sample weights N / (C · n_ŷ) on L_1 and L_2, ŷ = T_nat's label
                                    of G(z), n_c its count in the global batch, C the classes present
     robust_clean_weight β          L_2 = (1−β) KL(t ‖ S(x_r)) + β KL(t ‖ S(G(z)))
+    robust_self_weight γ           L_2 += γ KL_B(S(G(z)) ‖ S(x_r)), TRADES's boundary term (the
+                                   student's own clean prediction, gradient through both sides)
     robust_prior_correction τ      t = softmax(z_t − τ log p̄), z_t the target's logits, p̄ their
                                    mean softmax over the global batch (``prior_corrected_logits``)
     lambda_nat, lambda_rob         L_1 and L_2 weights (they scale g1, g2 before GA/SGA)
@@ -248,9 +250,15 @@ def student_losses(student, batch: StudentBatch, eg, temperature: float, natural
         return logits[id(x)]
 
     s_r = forward(batch.robust_input)
-    s_clean = forward(batch.anchor) if eg.robust_clean_weight else None
+    s_clean = forward(batch.anchor) if eg.robust_clean_weight or eg.robust_self_weight else None
     l_2 = robust_distillation_loss(
-        batch.robust_target, s_r, s_clean, temperature, eg.robust_clean_weight, batch.robust_weight
+        batch.robust_target,
+        s_r,
+        s_clean,
+        temperature,
+        eg.robust_clean_weight,
+        batch.robust_weight,
+        self_weight=eg.robust_self_weight,
     )
     l_1 = (
         eg.lambda_nat * kd_kl(batch.natural_target, forward(batch.natural_input), temperature, batch.natural_weight)

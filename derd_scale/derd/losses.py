@@ -81,6 +81,14 @@ def kd_kl(
     return (weight.to(per_sample.dtype) * per_sample).sum() / per_sample.shape[0] * (t * t)
 
 
+def kl_per_sample(target_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_T^τ(x_i) ‖ p_S^τ(x_i)) per sample (no τ² factor); gradients flow into both arguments
+    (TRADES's KL(p_S(x) ‖ p_S(x')) needs that; a teacher's target is detached by the caller)."""
+    log_p = F.log_softmax(target_logits.float() / temperature, dim=1)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
 def discrepancy(natural_logits: torch.Tensor, robust_logits: torch.Tensor, on: str = "probs") -> torch.Tensor:
     """D = mean_i ‖T_nat(x_i) − T_rob(x_i)‖₁ on softmax probabilities (Decision) or on logits."""
     if on == "probs":

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from ..linf import clean_log_probs, kl_sum, pgd, project
-from .losses import kd_kl
+from .losses import kd_kl, kl_per_sample
 
 
 def inner_max_target(objective: str, target_logits: torch.Tensor, student, anchor: torch.Tensor) -> torch.Tensor:
@@ -67,11 +67,21 @@ def robust_distillation_loss(
     temperature: float = 1.0,
     clean_weight: float = 0.0,
     weight: Optional[torch.Tensor] = None,
+    self_weight: float = 0.0,
 ) -> torch.Tensor:
-    """L_2 = (1 − β) KL(t ‖ S(x_r)) + β KL(t ‖ S(x)); β = 0 is the paper's L_2 on x_r alone.
-    ``weight``: per-sample weights of both KL terms (``kd_kl``), e.g. a 0/1 mask."""
+    """L_2 = (1 − β) KL(t ‖ S(x_r)) + β KL(t ‖ S(x)) + γ KL_B(S(x) ‖ S(x_r)); β = γ = 0 is the
+    paper's L_2 on x_r alone, β = 1/6 RSLAD's. The γ term is TRADES's boundary term (Zhang et al.,
+    ICML 2019, the KL it adds to the clean loss): the student's own clean prediction, not a teacher's, is what S(x_r) must keep,
+    with the gradient through both sides and no temperature, so it asks for a student that is flat
+    around the anchor whatever the robust target says there.
+    ``weight``: per-sample weights of every term (``kd_kl``), e.g. a 0/1 mask."""
     loss = kd_kl(target_logits, student_logits_adv, temperature, weight)
     if clean_weight:
         clean = kd_kl(target_logits, student_logits_clean, temperature, weight)
         loss = (1 - clean_weight) * loss + clean_weight * clean
+    if self_weight:
+        boundary = kl_per_sample(student_logits_clean, student_logits_adv)
+        if weight is not None:
+            boundary = weight.to(boundary.dtype) * boundary
+        loss = loss + self_weight * boundary.mean()
     return loss

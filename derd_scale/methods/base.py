@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..derd.losses import kl_per_sample
 
 
 @dataclass
@@ -107,13 +108,6 @@ class Method:
 # --------------------------------------------------------------------------------------
 # KL and its scales
 # --------------------------------------------------------------------------------------
-
-
-def kl_per_sample(target_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(p_T^τ(x_i) ‖ p_S^τ(x_i)) per sample (no τ² factor); gradients flow into both arguments."""
-    log_p = F.log_softmax(target_logits.float() / temperature, dim=1)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
 def kl_b(target_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

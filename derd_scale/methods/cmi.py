@@ -49,9 +49,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..derd.losses import BNStatistics
+from ..derd.losses import BNStatistics, kl_per_sample
 from .augment import crop_flip, resized_crop_flip
-from .base import Batch, Context, Method, kd_teacher, kl_per_sample
+from .base import Batch, Context, Method, kd_teacher
 from .rslad import kd_or_rslad_student
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults: the source builds the head's Adam with them

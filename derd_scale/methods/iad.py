@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, Context, Method, kl_per_sample
+from ..derd.losses import kl_per_sample
+from .base import Batch, Context, Method
 from .sat import pgd_ce
 
 SOURCE_WARMUP = {"I": 60 / 200, "II": 40 / 200}

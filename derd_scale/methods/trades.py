@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..derd.losses import kl_per_sample
 from ..linf import clean_log_probs, kl_sum, pgd, start_normal
-from .base import Batch, Context, Method, kl_per_sample, mode
+from .base import Batch, Context, Method, mode
 
 
 def trades_loss(

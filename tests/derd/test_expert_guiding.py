@@ -74,6 +74,20 @@ def test_anchor_targets_x_adv_and_weights():
     assert student.calls == 2  # x_adv and G(z); G(z) serves the clean robust term and L_1
 
 
+def test_boundary_term_uses_the_anchor_forward_and_joins_l_2():
+    x, dd, student = _setup()
+    eg = EGConfig(natural_data="gz", robust_target="anchor", robust_data="x_adv", robust_self_weight=3.0)
+    batch = student_batch(eg, StudentAdversaryConfig(alpha=0.02, steps=3, start="x_d"), x, dd, student, eps=0.05)
+    student.calls = 0
+    out = student_losses(student, batch, eg, temperature=1.0)
+    s_adv, s_x = student.net(batch.robust_input), student.net(x)
+    p, q = torch.log_softmax(s_x, 1), torch.log_softmax(s_adv, 1)
+    boundary = (p.exp() * (p - q)).sum(1).mean()
+    l_2 = kd_kl(dd.anchor_robust_logits, s_adv) + 3.0 * boundary
+    assert out.robust.item() == pytest.approx(l_2.item(), rel=1e-6)
+    assert student.calls == 2  # x_adv and G(z), as with β > 0: no forward of its own
+
+
 def test_robust_only_is_unweighted():
     x, dd, student = _setup()
     eg = EGConfig(lambda_rob=4.0)

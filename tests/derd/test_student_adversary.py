@@ -51,6 +51,28 @@ def test_robust_distillation_loss_hand_value():
     )
 
 
+def test_robust_distillation_loss_boundary_term_hand_value_and_gradient():
+    # S(x) = softmax([0, ln 3]) = [1/4, 3/4], S(x_r) uniform: KL(S(x) ‖ S(x_r)) = kl (as above).
+    t = torch.tensor([[0.0, math.log(3.0)]])
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    s_clean = t.clone().requires_grad_(True)
+    s_adv = torch.zeros(1, 2, requires_grad=True)
+    # KL(t ‖ S(x_r)) + 2·KL(S(x) ‖ S(x_r)) = kl + 2·kl
+    loss = robust_distillation_loss(t, s_adv, s_clean, self_weight=2.0)
+    assert loss.item() == pytest.approx(3 * kl, rel=1e-6)
+    loss.backward()
+    # TRADES differentiates the clean side too: d/ds KL(softmax(s) ‖ q) at s = t is nonzero
+    assert s_clean.grad is not None and s_clean.grad.abs().sum() > 0
+    # with β = 1/6 as well: (5/6)·kl + (1/6)·KL(t ‖ t) + 2·kl
+    assert robust_distillation_loss(t, s_adv, t, clean_weight=1 / 6, self_weight=2.0).item() == pytest.approx(
+        (5 / 6 + 2) * kl, rel=1e-6
+    )
+    # a per-sample mask keeps the batch-size denominator: sample 2 (S(x) = S(x_r)) masked out
+    two_t, two_adv = torch.cat([t, t]), torch.cat([torch.zeros(1, 2), t])
+    masked = robust_distillation_loss(two_t, two_adv, two_t, weight=torch.tensor([1.0, 0.0]), self_weight=1.0)
+    assert masked.item() == pytest.approx((kl + kl) / 2, rel=1e-6)
+
+
 def test_inner_max_stays_in_the_ball_and_raises_the_kl():
     torch.manual_seed(0)
     student = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
