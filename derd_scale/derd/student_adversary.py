@@ -71,9 +71,9 @@ def robust_distillation_loss(
 ) -> torch.Tensor:
     """L_2 = (1 − β) KL(t ‖ S(x_r)) + β KL(t ‖ S(x)) + γ KL_B(S(x) ‖ S(x_r)); β = γ = 0 is the
     paper's L_2 on x_r alone, β = 1/6 RSLAD's. The γ term is TRADES's boundary term (Zhang et al.,
-    ICML 2019, the KL it adds to the clean loss): the student's own clean prediction, not a teacher's, is what S(x_r) must keep,
-    with the gradient through both sides and no temperature, so it asks for a student that is flat
-    around the anchor whatever the robust target says there.
+    ICML 2019: the KL it adds to the clean loss): S(x_r) must keep the student's own clean
+    prediction, not a teacher's, with the gradient through both sides and no temperature, so it
+    asks for a student that is flat around the anchor whatever the robust target says there.
     ``weight``: per-sample weights of every term (``kd_kl``), e.g. a 0/1 mask."""
     loss = kd_kl(target_logits, student_logits_adv, temperature, weight)
     if clean_weight:

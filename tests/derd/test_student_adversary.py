@@ -67,10 +67,12 @@ def test_robust_distillation_loss_boundary_term_hand_value_and_gradient():
     assert robust_distillation_loss(t, s_adv, t, clean_weight=1 / 6, self_weight=2.0).item() == pytest.approx(
         (5 / 6 + 2) * kl, rel=1e-6
     )
-    # a per-sample mask keeps the batch-size denominator: sample 2 (S(x) = S(x_r)) masked out
-    two_t, two_adv = torch.cat([t, t]), torch.cat([torch.zeros(1, 2), t])
+    # a per-sample mask reaches the boundary term and keeps the batch-size denominator: two copies of
+    # the sample above (kl + kl each); the second masked out → (kl + kl) / 2, unmasked → kl + kl
+    two_t, two_adv = torch.cat([t, t]), torch.zeros(2, 2)
     masked = robust_distillation_loss(two_t, two_adv, two_t, weight=torch.tensor([1.0, 0.0]), self_weight=1.0)
     assert masked.item() == pytest.approx((kl + kl) / 2, rel=1e-6)
+    assert robust_distillation_loss(two_t, two_adv, two_t, self_weight=1.0).item() == pytest.approx(2 * kl, rel=1e-6)
 
 
 def test_inner_max_stays_in_the_ball_and_raises_the_kl():
