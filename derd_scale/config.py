@@ -220,6 +220,8 @@ class AggregationConfig:
     lambda_sga: float = 1.0
     tau: Literal["mean", "sum", "one"] = "mean"
     """τ in L_SGA = τ‖r⊙θ‖₂ (the paper leaves it open): mean of τ1, τ2, their sum, or 1."""
+    balance: Literal["none", "norm"] = "none"
+    """Not in the paper ("none"): `norm` rescales g1 and g2 before GA/SGA to norms in the ratio λ_nat : λ_rob around their mean unweighted norm (derd/aggregation.py::balance_scales). Why: GA leaves each task g·g_i = ‖g_i‖²(1 − cos²), so the task with the larger gradient takes the larger share of every step: on the CIFAR-10 recipe ‖g1‖ ≈ 1.7 ‖g2‖ gave the natural task ~2.9× the robust task's progress whatever λ_rob said; balanced, the shares follow the λ's (MTARD's normalised weights, for gradients). Needs λ_nat, λ_rob > 0."""
 
 
 @dataclass
@@ -1025,6 +1027,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"stage2.eg.ema_decay: must be in [0, 1), got {cfg.stage2.eg.ema_decay}")
     positive("stage2.aggregation.sigma_r", cfg.stage2.aggregation.sigma_r, strict=False)
     positive("stage2.aggregation.lambda_sga", cfg.stage2.aggregation.lambda_sga, strict=False)
+    if cfg.stage2.aggregation.balance == "norm" and min(cfg.stage2.eg.lambda_nat, cfg.stage2.eg.lambda_rob) <= 0:
+        raise ConfigError(
+            "stage2.aggregation.balance: norm sets ‖g1‖ : ‖g2‖ = λ_nat : λ_rob and needs both > 0, got "
+            f"{cfg.stage2.eg.lambda_nat} : {cfg.stage2.eg.lambda_rob}"
+        )
     positive("generator.latent_dim", cfg.generator.latent_dim)
     positive("generator.base_channels", cfg.generator.base_channels)
     if cfg.generator.head != "sigmoid" and cfg.generator.kind == "implicit":

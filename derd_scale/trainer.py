@@ -584,6 +584,8 @@ def _expert_guided_update(
         lambda_sga=agg.lambda_sga,
         tau_mode=agg.tau,
         all_reduce=grads.all_reduce,
+        balance=agg.balance,
+        weights=(s2.eg.lambda_nat, s2.eg.lambda_rob),
     )
     grads.write_gradients(combined)
     metrics.update(
@@ -597,6 +599,8 @@ def _expert_guided_update(
         tau2=stats.tau2,
         sga_norm=stats.sga_norm,
     )
+    if agg.balance != "none":
+        metrics.update(g1_scale=stats.scale1, g2_scale=stats.scale2)
     return out
 
 

@@ -276,6 +276,13 @@ CASES: list[tuple[str, Callable, list[str], int, str]] = [
         r"^config error: stage2\.eg\.robust_self_weight: must be >= 0, got -1\.0$",
     ),
     (
+        "balance_with_zero_lambda",
+        _none,
+        _sets("stage2.aggregation.balance=norm", "stage2.eg.lambda_nat=0"),
+        2,
+        r"^config error: stage2\.aggregation\.balance: norm sets ‖g1‖ : ‖g2‖ = λ_nat : λ_rob and needs both > 0, got 0\.0 : 1\.0$",
+    ),
+    (
         "self_objective_without_sa",
         _none,
         _sets("stage2.adv.objective=self", "stage2.sa.enabled=false"),

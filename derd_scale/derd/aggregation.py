@@ -11,6 +11,12 @@ GA (Eq. 18 as printed):
     g = τ1 g1 + τ2 g2
 SGA (Eqs. 22–26): g += λ_SGA · ∇_θ [τ ‖r⊙θ‖₂] = λ_SGA · τ (r⊙r⊙θ)/‖r⊙θ‖₂,
     r ~ N(0, σ_r² I), drawn as a deterministic function of (seed, step, name, element index).
+Norm balance (not in the paper, ``balance="norm"``): before GA, g_i ← s_i g_i with
+    s_i = w_i m / ‖g_i‖,   m = ½ (‖g1‖/w1 + ‖g2‖/w2),   w = (λ_nat, λ_rob),
+so ‖g1‖ : ‖g2‖ = λ_nat : λ_rob whatever the tasks' own gradient scales. GA gives each task
+g·g_i = ‖g_i‖²(1 − cos²): without the balance the task with the larger gradient takes the larger
+share of the progress (on the CIFAR-10 recipe ‖g1‖ ≈ 1.7 ‖g2‖, so the natural task got ~2.9×
+the robust task's), with it the shares follow the λ's (equal at λ_nat = λ_rob).
 """
 
 from __future__ import annotations
@@ -38,6 +44,28 @@ class AggregationStats:
     tau2: float
     sga_norm: float = 0.0
     """‖λ_SGA · ∇L_SGA‖₂, the size of the SGA term added to g."""
+    scale1: float = 1.0
+    scale2: float = 1.0
+    """s1, s2 of the norm balance (1 without it); norm1/norm2/dot/cos are the gradients' as given."""
+
+
+def balance_scales(
+    sq1: torch.Tensor, sq2: torch.Tensor, weights: tuple[float, float] = (1.0, 1.0)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The norm balance's s1, s2 (module docstring): s_i = w_i m / ‖g_i‖ with
+    m = ½ (‖g1‖/w1 + ‖g2‖/w2), from ‖g1‖², ‖g2‖² and w = (λ_nat, λ_rob) (both > 0; g_i already
+    carries its w_i, so m is the mean norm of the unweighted task gradients). A zero gradient (e.g.
+    every sample of L_2 masked) has no direction to scale: it keeps s = 0, m is the other's
+    unweighted norm and the other gradient is left as it is (s = 1)."""
+    w1, w2 = weights
+    if w1 <= 0 or w2 <= 0:
+        raise ValueError(f"balance weights must be > 0, got {weights}")
+    norm1, norm2 = sq1.sqrt(), sq2.sqrt()
+    m = (norm1 / w1 + norm2 / w2) / ((norm1 > 0).float() + (norm2 > 0).float()).clamp_min(1)
+    tiny = torch.finfo(torch.float32).tiny
+    s1 = torch.where(norm1 > 0, w1 * m / norm1.clamp_min(tiny), torch.zeros_like(m))
+    s2 = torch.where(norm2 > 0, w2 * m / norm2.clamp_min(tiny), torch.zeros_like(m))
+    return s1, s2
 
 
 def ga_coefficients(dot: torch.Tensor, sq1: torch.Tensor, sq2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,12 +83,16 @@ def aggregate_gradients(
     method: str = "ga",
     granularity: str = "global",
     all_reduce: Optional[AllReduce] = None,
+    balance: str = "none",
+    weights: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[list[torch.Tensor], AggregationStats]:
     """Combine the two task gradients (Eqs. 18–21). ``method`` is ``sum`` (g1 + g2) or ``ga``
     (τ-weighted). ``aggregate`` below is the entry point that adds SGA's term (Eqs. 22–26).
 
     ``granularity='global'`` treats all tensors as one flat vector (Decision);
     ``per_tensor`` computes τ per tensor. Returned stats are always the global ones.
+    ``balance='norm'`` first rescales g1, g2 to norms in the ratio ``weights`` (= λ_nat : λ_rob,
+    ``balance_scales``); the scales are global scalars, so every shard and every tensor agrees.
     """
     all_reduce = all_reduce or _identity
     if len(g1) != len(g2):
@@ -81,6 +113,18 @@ def aggregate_gradients(
     dot, sq1, sq2 = total[0], total[1], total[2]
     norm1, norm2 = sq1.sqrt(), sq2.sqrt()
     cos = (dot / (norm1 * norm2).clamp_min(1e-30)).item()
+    given = (dot.item(), norm1.item(), norm2.item())
+    if balance == "norm":
+        s1, s2 = balance_scales(sq1, sq2, weights)
+        # The three sums are rescaled, not recomputed: no second pass over the gradients, no second collective.
+        sums = sums * torch.stack([s1 * s2, s1 * s1, s2 * s2])
+        dot, sq1, sq2 = dot * s1 * s2, sq1 * s1 * s1, sq2 * s2 * s2
+        g1 = [(s1 * a.float()).to(a.dtype) for a in g1]
+        g2 = [(s2 * b.float()).to(b.dtype) for b in g2]
+    elif balance == "none":
+        s1 = s2 = torch.ones(())
+    else:
+        raise ValueError(f"balance: {balance!r}; allowed: none, norm")
     if method == "sum":
         tau1 = tau2 = torch.ones(())
         combined = [a + b for a, b in zip(g1, g2)]
@@ -96,7 +140,7 @@ def aggregate_gradients(
             raise ValueError(f"granularity: {granularity!r}; allowed: global, per_tensor")
     else:
         raise ValueError(f"method: {method!r}; allowed: sum, ga")
-    stats = AggregationStats(dot.item(), norm1.item(), norm2.item(), cos, float(tau1), float(tau2))
+    stats = AggregationStats(*given, cos, float(tau1), float(tau2), scale1=float(s1), scale2=float(s2))
     return combined, stats
 
 
@@ -231,12 +275,16 @@ def aggregate(
     lambda_sga: float = 1.0,
     tau_mode: str = "mean",
     all_reduce: Optional[AllReduce] = None,
+    balance: str = "none",
+    weights: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[list[torch.Tensor], AggregationStats]:
     """Stage II's update direction, the one home of ``stage2.aggregation.method``:
 
         sum:  g = g1 + g2                                            (SA + EG)
         ga:   g = τ1 g1 + τ2 g2                                      (Eqs. 18–21)
         sga:  g = τ1 g1 + τ2 g2 + λ_SGA ∇_θ[τ ‖r⊙θ‖₂]                 (Eqs. 22–26)
+
+    with g1, g2 first rescaled by the norm balance when ``balance='norm'`` (``weights`` = (λ_nat, λ_rob)).
 
     ``shards`` are this rank's views of the parameters (``.name``, ``.param``, ``.indices``:
     flat indices into the full parameter), in the order of ``g1``/``g2``; r is drawn from
@@ -246,7 +294,9 @@ def aggregate(
     all_reduce = all_reduce or _identity
     if method not in ("sum", "ga", "sga"):
         raise ValueError(f"method: {method!r}; allowed: sum, ga, sga")
-    combined, stats = aggregate_gradients(g1, g2, "sum" if method == "sum" else "ga", granularity, all_reduce)
+    combined, stats = aggregate_gradients(
+        g1, g2, "sum" if method == "sum" else "ga", granularity, all_reduce, balance=balance, weights=weights
+    )
     if method != "sga" or lambda_sga <= 0 or sigma_r <= 0:
         return combined, stats
     # r is hashed where the parameter lives: on a GPU, hashing a ViT-T's 5.7 M indices on the host

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from derd_scale.derd.aggregation import aggregate_gradients, ga_coefficients, hash32, sga_gradient, sga_noise, sga_tau
+from derd_scale.derd.aggregation import (
+    aggregate_gradients,
+    balance_scales,
+    ga_coefficients,
+    hash32,
+    sga_gradient,
+    sga_noise,
+    sga_tau,
+)
 
 
 def _agg(g1, g2, **kw):
@@ -43,6 +51,49 @@ def test_ga_leaves_each_task_the_share_one_minus_cos_squared_of_its_own_progress
         assert float(g @ g2) == pytest.approx(float(g2 @ g2) * (1 - s.cos**2), rel=1e-4)
         if scale > 1:  # ‖g2‖·|cos| > ‖g1‖: the plain sum would undo task 1, GA does not
             assert float((g1 + g2) @ g1) < 0 < float(g @ g1)
+
+
+def test_norm_balance_hand_value_equal_weights():
+    # ‖g1‖ = 3, ‖g2‖ = 1 → m = 2, s1 = 2/3, s2 = 2 → g1' = (2, 0), g2' = (−1.2, 1.6);
+    # g1'·g2' = −2.4, ‖g1'‖² = ‖g2'‖² = 4 → τ1 = τ2 = 1.6 → g = (3.2 − 1.92, 2.56) = (1.28, 2.56)
+    g, s = _agg([3.0, 0.0], [-0.6, 0.8], method="ga", balance="norm")
+    assert g == pytest.approx([1.28, 2.56])
+    assert s.scale1 == pytest.approx(2 / 3) and s.scale2 == pytest.approx(2.0)
+    assert s.tau1 == pytest.approx(1.6) and s.tau2 == pytest.approx(1.6)
+    assert s.norm1 == pytest.approx(3.0) and s.norm2 == pytest.approx(1.0)  # the gradients as given
+    assert s.dot == pytest.approx(-1.8) and s.cos == pytest.approx(-0.6)
+    # each task's first-order progress g·g_i' is now the same: 4 (1 − 0.36) = 2.56; unbalanced GA gives
+    # the larger gradient 9× the smaller's (9 · 0.64 against 1 · 0.64)
+    out = torch.tensor(g)
+    g1b, g2b = s.scale1 * torch.tensor([3.0, 0.0]), s.scale2 * torch.tensor([-0.6, 0.8])
+    assert float(out @ g1b) == pytest.approx(2.56) and float(out @ g2b) == pytest.approx(2.56)
+
+
+def test_norm_balance_follows_the_lambdas():
+    # weights (λ_nat, λ_rob) = (1, 2); g2 = ∇(2 L_2) = (−0.6, 0.8), so ‖∇L_2‖ = 0.5 → m = (3 + 0.5)/2 = 1.75,
+    # ‖g1'‖ = 1.75, ‖g2'‖ = 3.5: g1' = (1.75, 0), g2' = (−2.1, 2.8); dot −3.675 → τ1 = 2.2, τ2 = 1.3
+    # → g = (3.85 − 2.73, 3.64) = (1.12, 3.64)
+    g, s = _agg([3.0, 0.0], [-0.6, 0.8], method="ga", balance="norm", weights=(1.0, 2.0))
+    assert g == pytest.approx([1.12, 3.64])
+    assert s.scale1 == pytest.approx(1.75 / 3) and s.scale2 == pytest.approx(3.5)
+    assert s.tau1 == pytest.approx(2.2) and s.tau2 == pytest.approx(1.3)
+    # per tensor: the same global scales, then τ per tensor on the scaled sums
+    g1 = [torch.tensor([3.0]), torch.tensor([0.0])]
+    g2 = [torch.tensor([-0.6]), torch.tensor([0.8])]
+    out, _ = aggregate_gradients(g1, g2, "ga", "per_tensor", balance="norm", weights=(1.0, 2.0))
+    ref, _ = aggregate_gradients([1.75 / 3 * t for t in g1], [3.5 * t for t in g2], "ga", "per_tensor")
+    assert [t.item() for t in out] == pytest.approx([t.item() for t in ref])
+
+
+def test_norm_balance_edge_cases():
+    s1, s2 = balance_scales(torch.tensor(4.0), torch.tensor(0.0), (2.0, 1.0))
+    assert s1.item() == pytest.approx(1.0) and s2.item() == 0.0  # g2 = 0: nothing to balance against, no NaN
+    s1, s2 = balance_scales(torch.tensor(0.0), torch.tensor(0.0))
+    assert s1.item() == 0.0 and s2.item() == 0.0
+    with pytest.raises(ValueError, match="balance weights must be > 0"):
+        balance_scales(torch.tensor(1.0), torch.tensor(1.0), (0.0, 1.0))
+    with pytest.raises(ValueError, match="balance: 'l2'; allowed: none, norm"):
+        _agg([1.0], [1.0], method="ga", balance="l2")
 
 
 def test_ga_orthogonal_is_not_a_conflict():

@@ -13,7 +13,7 @@ from derd_scale.state import TrainState
 from derd_scale.trainer import build_training, stage2_step, step_noise
 
 
-def _setup(method="sga", natural_data="x_d"):
+def _setup(method="sga", natural_data="x_d", balance="none"):
     cfg = config_from_dict(
         {"data": {"name": "fashion_mnist"}},
         [
@@ -26,6 +26,7 @@ def _setup(method="sga", natural_data="x_d"):
             "stage2.eg.lambda_rob=2.0",
             f"stage2.eg.natural_data={natural_data}",
             f"stage2.aggregation.method={method}",
+            f"stage2.aggregation.balance={balance}",
             "stage2.aggregation.sigma_r=0.05",
             "stage2.aggregation.lambda_sga=3.0",
             "stage2.generator_updates=false",
@@ -62,6 +63,10 @@ def _reference(cfg, models, student):
     l2 = s2.eg.lambda_rob * kl(rob(x).detach(), out)
     g1 = torch.cat([g.flatten() for g in torch.autograd.grad(l1, params, retain_graph=True)])
     g2 = torch.cat([g.flatten() for g in torch.autograd.grad(l2, params)])
+    if s2.aggregation.balance == "norm":  # ‖g1‖ : ‖g2‖ = λ_nat : λ_rob around the mean unweighted norm
+        w1, w2 = s2.eg.lambda_nat, s2.eg.lambda_rob
+        m = 0.5 * (g1.norm() / w1 + g2.norm() / w2)
+        g1, g2 = g1 * (w1 * m / g1.norm()), g2 * (w2 * m / g2.norm())
     dot = g1 @ g2
     if s2.aggregation.method == "sum" or dot >= 0:
         t1 = t2 = 1.0
@@ -80,11 +85,20 @@ def _reference(cfg, models, student):
     return theta - oc.lr * (g + oc.weight_decay * theta), (float(t1), float(t2))
 
 
-@pytest.mark.parametrize("method,natural_data", [("sga", "x_d"), ("ga", "x_d"), ("sum", "x_d"), ("sga", "gz")])
-def test_one_stage2_step_matches_the_formulas(method, natural_data):
+@pytest.mark.parametrize(
+    "method,natural_data,balance",
+    [
+        ("sga", "x_d", "none"),
+        ("ga", "x_d", "none"),
+        ("sum", "x_d", "none"),
+        ("sga", "gz", "none"),
+        ("sga", "x_d", "norm"),
+    ],
+)
+def test_one_stage2_step_matches_the_formulas(method, natural_data, balance):
     from accelerate import Accelerator
 
-    cfg, models = _setup(method, natural_data)
+    cfg, models = _setup(method, natural_data, balance)
     ref_student = copy.deepcopy(models.student)
     expected, (t1, t2) = _reference(cfg, models, ref_student)
     teachers_before = [
@@ -109,6 +123,7 @@ def test_one_stage2_step_matches_the_formulas(method, natural_data):
     ):
         assert name in metrics
     assert (metrics["sga_norm"] > 0) == (method == "sga")
+    assert ("g1_scale" in metrics) == (balance == "norm")
     for p, q in zip(
         list(models.natural_teacher.parameters()) + list(models.robust_teacher.parameters()), teachers_before
     ):

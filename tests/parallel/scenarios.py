@@ -77,11 +77,13 @@ SCENARIOS = {
         0,
         2,
     ),
+    # gathered snapshot + EMA of the sharded student; the norm balance's scales come from the
+    # globally reduced ‖g1‖², ‖g2‖², so every shard scales its part alike
     "ema_natural": (
-        ["stage2.eg.natural_teacher=ema", "stage2.eg.ema_decay=0.5"],
+        ["stage2.eg.natural_teacher=ema", "stage2.eg.ema_decay=0.5", "stage2.aggregation.balance=norm"],
         0,
         2,
-    ),  # gathered snapshot + EMA of the sharded student
+    ),
     "accumulation": (["distributed.gradient_accumulation_steps=2"], 1, 2),
     "bf16": (["distributed.mixed_precision=bf16"], 1, 1),
     # The recommended preset: SA in the eps-ball, the student's inner maximisation (a
