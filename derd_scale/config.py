@@ -145,6 +145,8 @@ class Stage1Config:
     """Not in the paper (0 = Eq. 11): G also maximises KL(T_nat(G(z)) ‖ S(G(z))) where S and T_nat agree (CMI's / Fast-DFKD's adversarial term, methods/cmi.py::agreement_adv; S in eval mode, T_nat's logits detached), so G keeps making images the student has not learnt; G's objective in both stages."""
     lambda_robust_g: float = 0.0
     """Not in the paper (0 = Eq. 11): G's objective also carries λ·Eq. 11 on T_rob, its one-hot term on T_nat's pseudo-labels (the same ŷ), so G(z) shows each class to both experts; G's objective in both stages. Why: T_rob gave T_nat's label on only 22-50 % of G(z) for six Fashion-MNIST classes, and the robust targets distilled on such images teach the wrong class (docs/results.md)."""
+    loss_weights: Literal["fixed", "uniform"] = "fixed"
+    """Not in the paper ("fixed" = Eq. 11's λ's on every update): "uniform" is DataFreeShield's diversified sample synthesis (Lee et al., ICML 2024) on G — every G update, in both stages, multiplies each weight of G's objective (λ_oh, λ_a, λ_BN, λ_ie, λ_tv, λ_adv, λ_robust_g) by its own u ~ U(0, 1), drawn from (seed, stage, step, update) alike on every rank (derd/losses.py::diversified_weights), so successive batches come from differently weighted objectives and the pseudo data is more varied. Why: on the CIFAR-10 recipe a G whose images both experts read taught less (docs/results.md): the robust term needs pseudo images as varied as real ones, and L_BN (60-540) otherwise outweighs L_oh (~8) on every update."""
     student_steps: int = 1
     """Student updates per generator update, on the same detached batch (Decision)."""
     generator_steps: int = 1

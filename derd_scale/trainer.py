@@ -44,7 +44,7 @@ from .derd.expert_guiding import (
     student_losses,
 )
 from .derd.generator import build_generator
-from .derd.losses import generator_loss, kd_kl
+from .derd.losses import GENERATOR_WEIGHTS, diversified_weights, generator_loss, kd_kl
 from .derd.replay import ReplayBank
 from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
@@ -219,19 +219,40 @@ def sample_latents(
     ]
 
 
+def generator_weights(cfg: RunConfig, stage: str, step: int, update: int = 0) -> dict[str, float]:
+    """The weights of G's objective for G update ``update`` of ``stage``'s step ``step``: the
+    configured λ's, or with ``stage1.loss_weights=uniform`` each times its own U(0, 1) draw
+    (diversified_weights), drawn from (seed, stage, step, update) so every rank and every resume
+    draws the same."""
+    fixed = {name: getattr(cfg.stage1, name) for name in GENERATOR_WEIGHTS}
+    if cfg.stage1.loss_weights == "fixed":
+        return fixed
+    gen = torch.Generator().manual_seed(
+        (cfg.seed * 1_000_003 + STAGES.index(stage) * 7_919 + 49_157 * (step + 1) + 31 * update + 3) % (2**63 - 1)
+    )
+    return diversified_weights(fixed, torch.rand(len(fixed), generator=gen))
+
+
 def generator_update(
-    models: Models, teacher: nn.Module, latents: list, cfg: RunConfig, sched, par: Parallel
+    models: Models,
+    teacher: nn.Module,
+    latents: list,
+    cfg: RunConfig,
+    sched,
+    par: Parallel,
+    weights: Optional[dict[str, float]] = None,
 ) -> tuple[list, list, dict]:
     """Eq. 11 on ``teacher`` (frozen), one optimiser step for G (+ λ_adv·L_adv, ``stage1.lambda_adv``;
-    + λ·Eq. 11 on T_rob with ``teacher``'s pseudo-labels, ``stage1.lambda_robust_g``).
+    + λ·Eq. 11 on T_rob with ``teacher``'s pseudo-labels, ``stage1.lambda_robust_g``), with the
+    update's ``weights`` (generator_weights; None: the configured λ's).
 
     Returns, per micro-batch, G(z) before the update (detached, fp32 pixels) and the
     teacher's logits on it — Stage I's KD targets — plus the loss parts."""
-    s1 = cfg.stage1
+    w = weights if weights is not None else {name: getattr(cfg.stage1, name) for name in GENERATOR_WEIGHTS}
 
     def eq11(on: nn.Module, x: torch.Tensor, targets: Optional[torch.Tensor]):
-        weights = (s1.lambda_oh, s1.lambda_a, s1.lambda_bn, s1.lambda_ie, s1.lambda_tv)
-        return generator_loss(on, x, *weights, targets=targets, batch_mean=par.batch_mean)
+        eq11_weights = (w["lambda_oh"], w["lambda_a"], w["lambda_bn"], w["lambda_ie"], w["lambda_tv"])
+        return generator_loss(on, x, *eq11_weights, targets=targets, batch_mean=par.batch_mean)
 
     images, logits, parts = [], [], []
     for m, (z, y) in enumerate(latents):
@@ -239,14 +260,16 @@ def generator_update(
             with par.autocast():
                 x = models.generator(z, y)
                 loss, t_logits, p = eq11(teacher, x, y)
-                if s1.lambda_robust_g:  # Eq. 11 on T_rob too, on the same pseudo-labels (docs/derd.md)
+                if cfg.stage1.lambda_robust_g:  # Eq. 11 on T_rob too, on the same pseudo-labels (docs/derd.md)
                     l_rob, _, p_rob = eq11(
                         models.robust_teacher, x, y if y is not None else t_logits.detach().argmax(1)
                     )
-                    loss = loss + s1.lambda_robust_g * l_rob
+                    loss = loss + w["lambda_robust_g"] * l_rob
                     p["l_g_robust"] = p_rob["l_g"]
-            if s1.lambda_adv:
-                loss = loss + _adversarial_term(x, t_logits, s1.lambda_adv, par, p)
+            if cfg.stage1.lambda_adv:
+                loss = loss + _adversarial_term(x, t_logits, w["lambda_adv"], par, p)
+            if cfg.stage1.loss_weights == "uniform":  # the drawn weights, for the curves
+                p.update({f"g_{name}": torch.tensor(value) for name, value in w.items()})
             par.generator.backward(loss)
         images.append(x.detach().float())
         logits.append(t_logits.detach())
@@ -282,8 +305,9 @@ def stage1_step(
     for g_update in range(cfg.stage1.generator_steps):
         noise = generator_step_noise(cfg.seed, step, g_update) if g_update else None
         latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par, noise)
+        weights = generator_weights(cfg, "stage1", step, g_update)
         images, teacher_logits, metrics = generator_update(
-            models, models.natural_teacher, latents, cfg, scheds["generator"], par
+            models, models.natural_teacher, latents, cfg, scheds["generator"], par, weights
         )
     earlier = [None] * cfg.stage1.student_steps
     if replay is not None:  # drawn before this step joins the bank: always earlier steps
@@ -360,8 +384,9 @@ def stage2_step(
     #    by G before its update; the update is on the anchors' own batch or, with
     #    stage2.generator_batch_size, on a batch of its own (the student's batch grows, G's does not).
     teacher = models.robust_teacher if s2.generator_teacher == "robust" else expert
+    g_weights = generator_weights(cfg, "stage2", state.step)
     if s2.generator_updates and s2.generator_batch_size is None:
-        anchors, _, parts = generator_update(models, teacher, latents, cfg, scheds["generator"], par)
+        anchors, _, parts = generator_update(models, teacher, latents, cfg, scheds["generator"], par, g_weights)
         metrics.update(parts)
     else:
         with torch.no_grad(), par.autocast():
@@ -369,7 +394,7 @@ def stage2_step(
         if s2.generator_updates:
             noise = generator_batch_noise(cfg.seed, state.step)
             g_latents = sample_latents(models, cfg, "stage2", state.step, s2.generator_batch_size, par, noise)
-            metrics.update(generator_update(models, teacher, g_latents, cfg, scheds["generator"], par)[2])
+            metrics.update(generator_update(models, teacher, g_latents, cfg, scheds["generator"], par, g_weights)[2])
 
     if s2.augment in ("crop_flip", "crop_flip_mixup"):  # the student's anchors are a random view of G(z)
         anchors = [

@@ -484,3 +484,55 @@ def test_stage2_student_steps_reuse_the_teachers_outputs_and_step_the_student_k_
     assert len(calls["inner"]) == 3 and len(set(calls["inner"])) == 3  # each against a student that moved
     assert calls["sga_steps"] == [15, 16, 17]  # SGA's noise: (seed, 5 × 3 + update)
     assert scheds["student"].last_epoch == 1 and scheds["student"].get_last_lr()[0] != lr_before
+
+
+def test_generator_weights_fixed_are_the_config_and_uniform_draws_are_reproducible():
+    """stage1.loss_weights: "fixed" hands G's objective the configured λ's; "uniform" (DSS) draws each
+    λ·u, u ∈ [0, 1), from (seed, stage, step, update) alone — the same on a second call (a resume, any
+    rank), different for another update, step or stage — and a zero λ stays zero."""
+    from derd_scale.config import config_from_dict
+    from derd_scale.derd.losses import GENERATOR_WEIGHTS
+    from derd_scale.trainer import generator_weights
+
+    fixed = config_from_dict({"data": {"name": "fashion_mnist"}}, ["stage1.lambda_adv=0.5"])
+    assert generator_weights(fixed, "stage1", 3, 1) == {name: getattr(fixed.stage1, name) for name in GENERATOR_WEIGHTS}
+    cfg = config_from_dict(
+        {"data": {"name": "fashion_mnist"}}, ["stage1.lambda_adv=0.5", "stage1.loss_weights=uniform"]
+    )
+    w = generator_weights(cfg, "stage1", 3, 1)
+    assert w == generator_weights(cfg, "stage1", 3, 1)
+    for other in (
+        generator_weights(cfg, "stage1", 3, 0),
+        generator_weights(cfg, "stage1", 4, 1),
+        generator_weights(cfg, "stage2", 3, 1),
+    ):
+        assert other != w
+    for name in GENERATOR_WEIGHTS:
+        assert 0.0 <= w[name] <= getattr(cfg.stage1, name)
+    assert w["lambda_tv"] == 0.0 and w["lambda_robust_g"] == 0.0  # off in this config, off in every draw
+    assert 0.0 < w["lambda_bn"] < 1.0 and 0.0 < w["lambda_adv"] < 0.5
+
+
+def test_generator_update_with_drawn_weights_equals_the_fixed_config_at_those_weights():
+    """G's update under drawn weights is Eq. 11 (+ T_rob's Eq. 11) at exactly those λ's: the same
+    SGD step as a config whose λ's are set to them."""
+    import copy
+
+    from derd_scale.trainer import generator_update, generator_weights, sample_latents
+
+    sgd = ["optim.generator.name=sgd", "optim.generator.lr=0.1", "optim.generator.schedule=constant"]
+    cfg, models, par, scheds = _fmnist_training("stage1.loss_weights=uniform", "stage1.lambda_robust_g=1.0", *sgd)
+    w = generator_weights(cfg, "stage1", 2)
+    assert len({round(v, 6) for k, v in w.items() if k in ("lambda_oh", "lambda_bn", "lambda_ie")}) == 3
+    pinned = [f"stage1.{name}={value!r}" for name, value in w.items()]
+    ref_cfg, ref_models, ref_par, ref_scheds = _fmnist_training(*pinned, *sgd)
+    ref_models.generator.load_state_dict(copy.deepcopy(models.generator.state_dict()))
+    latents = sample_latents(models, cfg, "stage1", 2, 8, par)
+    _, _, parts = generator_update(models, models.natural_teacher, latents, cfg, scheds["generator"], par, w)
+    _, _, ref_parts = generator_update(
+        ref_models, ref_models.natural_teacher, latents, ref_cfg, ref_scheds["generator"], ref_par
+    )
+    assert parts["l_g"].item() == pytest.approx(ref_parts["l_g"].item(), rel=1e-6)
+    assert parts["g_lambda_bn"].item() == pytest.approx(w["lambda_bn"])
+    for (name, got), want in zip(models.generator.named_parameters(), ref_models.generator.parameters()):
+        assert torch.allclose(got, want, atol=1e-6), name

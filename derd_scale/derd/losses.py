@@ -220,3 +220,20 @@ def generator_loss(
         "l_g": total.detach(),
     }
     return total, logits, parts
+
+
+GENERATOR_WEIGHTS = ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv", "lambda_robust_g")
+"""The weights of G's objective (stage1.*): Eq. 11's five and the two additions."""
+
+
+def diversified_weights(weights: dict[str, float], uniforms: torch.Tensor) -> dict[str, float]:
+    """DataFreeShield's diversified sample synthesis (Lee et al., ICML 2024, Sec. 4.1) on G's objective:
+    λ_i ← u_i·λ_i with u_i ~ U(0, 1), one draw per term and per G update (``uniforms``, ordered as
+    ``weights``). The source samples its synthesis loss's coefficients per batch so that batches come
+    from differently weighted objectives; here the configured λ keeps each term's scale and the draw
+    varies the mix. Zero weights stay zero (a term that is off stays off)."""
+    if uniforms.shape != (len(weights),):
+        raise ValueError(
+            f"diversified_weights: {len(weights)} weights need as many uniforms, got {tuple(uniforms.shape)}"
+        )
+    return {name: float(u) * w for (name, w), u in zip(weights.items(), uniforms.tolist())}

@@ -11,6 +11,7 @@ from derd_scale.derd.losses import (
     BNStatistics,
     activation_loss,
     discrepancy,
+    diversified_weights,
     generator_loss,
     information_entropy_loss,
     kd_kl,
@@ -122,3 +123,15 @@ def test_generator_loss_eq11_is_the_weighted_sum():
     assert parts["l_bn"].item() > 0
     total.backward()
     assert x.grad is not None and all(p.grad is None for p in teacher.parameters())
+
+
+def test_diversified_weights_scale_each_lambda_by_its_own_draw():
+    """DataFreeShield's DSS on G's objective: λ_i·u_i per term, hand values; an off term stays off."""
+    weights = {"lambda_oh": 2.0, "lambda_bn": 0.0, "lambda_ie": 5.0}
+    got = diversified_weights(weights, torch.tensor([0.5, 0.9, 0.2]))
+    assert list(got) == ["lambda_oh", "lambda_bn", "lambda_ie"]
+    assert got["lambda_oh"] == pytest.approx(1.0)
+    assert got["lambda_bn"] == 0.0
+    assert got["lambda_ie"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="3 weights need as many uniforms"):
+        diversified_weights(weights, torch.tensor([0.5, 0.9]))
