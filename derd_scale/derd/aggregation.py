@@ -119,22 +119,26 @@ def aggregate_gradients(
         # The three sums are rescaled, not recomputed: no second pass over the gradients, no second collective.
         sums = sums * torch.stack([s1 * s2, s1 * s1, s2 * s2])
         dot, sq1, sq2 = dot * s1 * s2, sq1 * s1 * s1, sq2 * s2 * s2
-        g1 = [(s1 * a.float()).to(a.dtype) for a in g1]
-        g2 = [(s2 * b.float()).to(b.dtype) for b in g2]
     elif balance == "none":
         s1 = s2 = torch.ones(())
     else:
         raise ValueError(f"balance: {balance!r}; allowed: none, norm")
+    # The balance's scales ride on the combine's coefficients (τ_i s_i): the gradients are read once.
     if method == "sum":
         tau1 = tau2 = torch.ones(())
-        combined = [a + b for a, b in zip(g1, g2)]
+        if balance == "none":
+            combined = [a + b for a, b in zip(g1, g2)]
+        else:
+            combined = [(s1 * a.float() + s2 * b.float()).to(a.dtype) for a, b in zip(g1, g2)]
     elif method == "ga":
         if granularity == "global":
             tau1, tau2 = ga_coefficients(dot, sq1, sq2)
-            combined = [(tau1 * a.float() + tau2 * b.float()).to(a.dtype) for a, b in zip(g1, g2)]
+            c1, c2 = tau1 * s1, tau2 * s2
+            combined = [(c1 * a.float() + c2 * b.float()).to(a.dtype) for a, b in zip(g1, g2)]
         elif granularity == "per_tensor":
             t1, t2 = ga_coefficients(sums[:, 0], sums[:, 1], sums[:, 2])
-            combined = [(t1[i] * a.float() + t2[i] * b.float()).to(a.dtype) for i, (a, b) in enumerate(zip(g1, g2))]
+            c1, c2 = t1 * s1, t2 * s2
+            combined = [(c1[i] * a.float() + c2[i] * b.float()).to(a.dtype) for i, (a, b) in enumerate(zip(g1, g2))]
             tau1, tau2 = ga_coefficients(dot, sq1, sq2)  # logged: the global view
         else:
             raise ValueError(f"granularity: {granularity!r}; allowed: global, per_tensor")
