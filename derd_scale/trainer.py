@@ -240,18 +240,23 @@ def generator_update(
     cfg: RunConfig,
     sched,
     par: Parallel,
-    weights: Optional[dict[str, float]] = None,
+    weights: dict[str, float],
 ) -> tuple[list, list, dict]:
     """Eq. 11 on ``teacher`` (frozen), one optimiser step for G (+ λ_adv·L_adv, ``stage1.lambda_adv``;
     + λ·Eq. 11 on T_rob with ``teacher``'s pseudo-labels, ``stage1.lambda_robust_g``), with the
-    update's ``weights`` (generator_weights; None: the configured λ's).
+    update's ``weights`` (generator_weights: the configured λ's, or their drawn multiples).
 
     Returns, per micro-batch, G(z) before the update (detached, fp32 pixels) and the
     teacher's logits on it — Stage I's KD targets — plus the loss parts."""
-    w = weights if weights is not None else {name: getattr(cfg.stage1, name) for name in GENERATOR_WEIGHTS}
 
     def eq11(on: nn.Module, x: torch.Tensor, targets: Optional[torch.Tensor]):
-        eq11_weights = (w["lambda_oh"], w["lambda_a"], w["lambda_bn"], w["lambda_ie"], w["lambda_tv"])
+        eq11_weights = (
+            weights["lambda_oh"],
+            weights["lambda_a"],
+            weights["lambda_bn"],
+            weights["lambda_ie"],
+            weights["lambda_tv"],
+        )
         return generator_loss(on, x, *eq11_weights, targets=targets, batch_mean=par.batch_mean)
 
     images, logits, parts = [], [], []
@@ -264,12 +269,12 @@ def generator_update(
                     l_rob, _, p_rob = eq11(
                         models.robust_teacher, x, y if y is not None else t_logits.detach().argmax(1)
                     )
-                    loss = loss + w["lambda_robust_g"] * l_rob
+                    loss = loss + weights["lambda_robust_g"] * l_rob
                     p["l_g_robust"] = p_rob["l_g"]
             if cfg.stage1.lambda_adv:
-                loss = loss + _adversarial_term(x, t_logits, w["lambda_adv"], par, p)
+                loss = loss + _adversarial_term(x, t_logits, weights["lambda_adv"], par, p)
             if cfg.stage1.loss_weights == "uniform":  # the drawn weights, for the curves
-                p.update({f"g_{name}": torch.tensor(value) for name, value in w.items()})
+                p.update({f"g_{name}": torch.tensor(value) for name, value in weights.items()})
             par.generator.backward(loss)
         images.append(x.detach().float())
         logits.append(t_logits.detach())

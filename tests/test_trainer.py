@@ -218,7 +218,7 @@ def test_stage1_adversarial_term_moves_g_along_its_gradient_and_leaves_the_stude
     from derd_scale.methods.cmi import agreement_adv
     from derd_scale.models import create_model, freeze
     from derd_scale.state import Models
-    from derd_scale.trainer import build_training, generator_update, sample_latents
+    from derd_scale.trainer import build_training, generator_update, generator_weights, sample_latents
 
     zero = [f"stage1.{k}=0" for k in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie")]
     cfg = config_from_dict(
@@ -253,7 +253,8 @@ def test_stage1_adversarial_term_moves_g_along_its_gradient_and_leaves_the_stude
     l_adv = agreement_adv(ref_student(x), teacher(x).detach())
     assert l_adv.item() < 0  # the mask kept some images
     grads = torch.autograd.grad(2.0 * l_adv, list(ref_gen.parameters()))
-    _, _, parts = generator_update(models, teacher, latents, cfg, scheds["generator"], par)
+    g_weights = generator_weights(cfg, "stage1", 0)
+    _, _, parts = generator_update(models, teacher, latents, cfg, scheds["generator"], par, g_weights)
     assert parts["l_adv"].item() == pytest.approx(l_adv.item(), rel=1e-5)
     for (name, got), before, g in zip(models.generator.named_parameters(), ref_gen.parameters(), grads):
         assert torch.allclose(got, before - 0.1 * g, atol=1e-6), name
@@ -530,7 +531,13 @@ def test_generator_update_with_drawn_weights_equals_the_fixed_config_at_those_we
     latents = sample_latents(models, cfg, "stage1", 2, 8, par)
     _, _, parts = generator_update(models, models.natural_teacher, latents, cfg, scheds["generator"], par, w)
     _, _, ref_parts = generator_update(
-        ref_models, ref_models.natural_teacher, latents, ref_cfg, ref_scheds["generator"], ref_par
+        ref_models,
+        ref_models.natural_teacher,
+        latents,
+        ref_cfg,
+        ref_scheds["generator"],
+        ref_par,
+        generator_weights(ref_cfg, "stage1", 2),
     )
     assert parts["l_g"].item() == pytest.approx(ref_parts["l_g"].item(), rel=1e-6)
     assert parts["g_lambda_bn"].item() == pytest.approx(w["lambda_bn"])

@@ -138,7 +138,7 @@ def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
     model's loss reaches the other's parameters or gradients."""
     from accelerate import Accelerator
 
-    from derd_scale.trainer import generator_update, sample_latents, stage1_step
+    from derd_scale.trainer import generator_update, generator_weights, sample_latents, stage1_step
 
     cfg, models = _setup("sga")
     cfg.stage2.generator_updates = True
@@ -155,6 +155,7 @@ def test_generator_and_student_updates_do_not_leak_into_each_other(stage):
         cfg,
         lone_scheds["generator"],
         lone_par,
+        generator_weights(cfg, stage, 0),
     )
     assert all(p.grad is None for p in lone.student.parameters()), "G's update wrote gradients into the student"
 
@@ -177,7 +178,7 @@ def test_generator_batch_size_gives_g_its_own_batch_and_the_student_the_whole_pr
     whole batch of G(z) as G made it before that update."""
     from accelerate import Accelerator
 
-    from derd_scale.trainer import generator_batch_noise, generator_update, sample_latents
+    from derd_scale.trainer import generator_batch_noise, generator_update, generator_weights, sample_latents
 
     cfg, models = _setup("sga")
     cfg.stage2.generator_updates, cfg.stage2.generator_batch_size = True, 4
@@ -187,7 +188,8 @@ def test_generator_batch_size_gives_g_its_own_batch_and_the_student_the_whole_pr
     lone, lone_par, lone_scheds, _ = build_training(cfg, Accelerator(cpu=True), lone)
     latents = sample_latents(lone, cfg, "stage2", 0, 4, lone_par, generator_batch_noise(cfg.seed, 0))
     assert latents[0][0].shape[0] == 4
-    generator_update(lone, lone.natural_teacher, latents, cfg, lone_scheds["generator"], lone_par)
+    weights = generator_weights(cfg, "stage2", 0)
+    generator_update(lone, lone.natural_teacher, latents, cfg, lone_scheds["generator"], lone_par, weights)
     g_before = [p.detach().clone() for p in models.generator.parameters()]
 
     models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
@@ -207,7 +209,7 @@ def test_stage2_generator_learns_eq11_on_the_chosen_teacher(generator_teacher):
     (the natural expert, the paper; or T_rob), and not the other's."""
     from accelerate import Accelerator
 
-    from derd_scale.trainer import generator_update, sample_latents
+    from derd_scale.trainer import generator_update, generator_weights, sample_latents
 
     cfg, models = _setup("sga")
     cfg.stage2.generator_updates = True
@@ -219,7 +221,8 @@ def test_stage2_generator_learns_eq11_on_the_chosen_teacher(generator_teacher):
         copy_models, copy_par, copy_scheds, _ = build_training(cfg, Accelerator(cpu=True), copy_models)
         teacher = copy_models.natural_teacher if role == "natural" else copy_models.robust_teacher
         latents = sample_latents(copy_models, cfg, "stage2", 0, cfg.stage2.batch_size, copy_par)
-        generator_update(copy_models, teacher, latents, cfg, copy_scheds["generator"], copy_par)
+        weights = generator_weights(cfg, "stage2", 0)
+        generator_update(copy_models, teacher, latents, cfg, copy_scheds["generator"], copy_par, weights)
         lone[role] = torch.cat([p.detach().flatten() for p in copy_models.generator.parameters()])
     models, par, scheds, _ = build_training(cfg, Accelerator(cpu=True), models)
     stage2_step(models, cfg, TrainState(stage="stage2"), scheds, par)
@@ -236,7 +239,7 @@ def test_lambda_robust_g_adds_eq11_on_t_rob_with_t_nat_pseudo_labels():
 
     from derd_scale.derd.losses import generator_loss
     from derd_scale.optim import build_optimizer
-    from derd_scale.trainer import generator_update, sample_latents
+    from derd_scale.trainer import generator_update, generator_weights, sample_latents
 
     cfg, models = _setup("sga")
     cfg.stage1.lambda_robust_g = 0.7
@@ -252,7 +255,8 @@ def test_lambda_robust_g_adds_eq11_on_t_rob_with_t_nat_pseudo_labels():
     l_rob, _, _ = generator_loss(models.robust_teacher, x, *weights, targets=t_logits.argmax(1))
     (l_nat + 0.7 * l_rob).backward()
     opt.step()
-    _, _, parts = generator_update(models, models.natural_teacher, latents, cfg, scheds["generator"], par)
+    g_weights = generator_weights(cfg, "stage1", 0)
+    _, _, parts = generator_update(models, models.natural_teacher, latents, cfg, scheds["generator"], par, g_weights)
     assert parts["l_g_robust"].item() == pytest.approx(l_rob.item(), rel=1e-6)
     for a, b in zip(models.generator.parameters(), ref.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
