@@ -1077,8 +1077,11 @@ def main(argv=None) -> int:
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r = with_overrides(r, args.overrides)
     r["budget"] += f"; training in {training_precision(r['config'])}, evaluation in fp32"
-    if args.overrides:  # the text above is the recipe's: a --set that changes the budget must show
-        r["budget"] += "; every row also with --set " + ", ".join(f"`{o}`" for o in args.overrides)
+    if args.overrides:  # the text above is the recipe's: a --set that changes the budget must show first
+        sets = ", ".join(f"`{o}`" for o in args.overrides)
+        r["budget"] = (
+            f"the recipe's, with every row changed by --set {sets} (each row's budget as run: at the end) — {r['budget']}"
+        )
     title = f"{RECIPE_ALIASES.get(args.recipe, args.recipe)}: DERD rows and data-driven references"
     t0 = time.time()
     for seed in seeds:

@@ -238,7 +238,8 @@ def test_rows_table2_expands_and_an_unknown_row_is_refused(tmp_path, monkeypatch
 
 
 def test_a_set_override_is_named_in_the_stated_budget(tmp_path, monkeypatch):
-    """The budget line is the recipe's text: a --set (e.g. a pilot's stage2.batch_size=128) must be named in it."""
+    """The budget line is the recipe's text: a --set (e.g. a pilot's stage2.batch_size=128, or a reduced
+    stage1.steps) must be named in it, first, so the recipe's step counts are not read as the table's."""
     dt = _load()
     budgets = []
     monkeypatch.setattr(dt, "run_row", lambda row, r, out, progress, seed=0: budgets.append(r["budget"]))
@@ -246,7 +247,7 @@ def test_a_set_override_is_named_in_the_stated_budget(tmp_path, monkeypatch):
     argv = ["--recipe", "cifar10", "--out", str(tmp_path), "--rows", "rslad", "--no-aa"]
     assert dt.main(argv) == 0 and "--set" not in budgets[-1]
     assert dt.main(argv + ["--set", "stage2.batch_size=128"]) == 0
-    assert budgets[-1].endswith("; every row also with --set `stage2.batch_size=128`")
+    assert budgets[-1].startswith("the recipe's, with every row changed by --set `stage2.batch_size=128` (")
 
 
 @pytest.mark.parametrize("recipe", ["cifar10_2", "cifar10_8"])
