@@ -145,6 +145,8 @@ class Stage1Config:
     """Not in the paper (0 = Eq. 11): G also maximises KL(T_nat(G(z)) ‖ S(G(z))) where S and T_nat agree (CMI's / Fast-DFKD's adversarial term, methods/cmi.py::agreement_adv; S in eval mode, T_nat's logits detached), so G keeps making images the student has not learnt; G's objective in both stages."""
     lambda_robust_g: float = 0.0
     """Not in the paper (0 = Eq. 11): G's objective also carries λ·Eq. 11 on T_rob, its one-hot term on T_nat's pseudo-labels (the same ŷ), so G(z) shows each class to both experts; G's objective in both stages. Why: T_rob gave T_nat's label on only 22-50 % of G(z) for six Fashion-MNIST classes, and the robust targets distilled on such images teach the wrong class (docs/results.md)."""
+    generator_teacher: Literal["natural", "robust"] = "natural"
+    """Whose Eq. 11 G learns in Stage I: T_nat's (the paper) or T_rob's (its BatchNorm statistics, its one-hot and entropy terms; λ_adv then measures the student against T_rob). The Stage-I student distils T_nat either way (Eq. 12, T_nat's logits taken on G(z) without a gradient). Not in the paper; pair it with ``stage2.generator_teacher=robust`` for a G that inverts T_rob throughout. Why: on CIFAR-10 at 8/255 DeepInversion-RSLAD, whose pseudo images invert T_rob, beat the recommended DERD row on every column, and neither an image pool nor more Stage-II steps closed the gap (docs/results.md)."""
     loss_weights: Literal["fixed", "uniform"] = "fixed"
     """Not in the paper ("fixed" = Eq. 11's λ's on every update): "uniform" is DataFreeShield's diversified sample synthesis (Lee et al., ICML 2024) on G — every G update, in both stages, multiplies each weight of G's objective (λ_oh, λ_a, λ_BN, λ_ie, λ_tv, λ_adv, λ_robust_g) by its own u ~ U(0, 1), drawn from (seed, stage, step, update) alike on every rank (derd/losses.py::diversified_weights), so successive batches come from differently weighted objectives and the pseudo data is more varied. Why: on the CIFAR-10 recipe a G whose images both experts read taught less (docs/results.md): the robust term needs pseudo images as varied as real ones, and L_BN (60-540) otherwise outweighs L_oh (~8) on every update. Measured on the CIFAR-10 recipe (seed 0): 62.60 / 47.15 / 44.90 clean / PGD_S / CW against 63.35 / 47.20 / 45.40, level (docs/results.md); off in the recipes."""
     student_steps: int = 1
@@ -987,6 +989,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"stage1.replay_steps: must be ≥ 0 (0 = no replay), got {cfg.stage1.replay_steps}")
     for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv", "lambda_robust_g"):
         positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
+    if cfg.stage1.generator_teacher == "robust" and cfg.stage1.lambda_robust_g:
+        raise ConfigError(
+            "stage1.lambda_robust_g: Eq. 11 on T_rob is already G's objective with stage1.generator_teacher=robust; set it to 0"
+        )
     positive("stage1.student_steps", cfg.stage1.student_steps)
     positive("stage1.generator_steps", cfg.stage1.generator_steps)
     positive("stage2.student_steps", cfg.stage2.student_steps)

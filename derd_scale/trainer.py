@@ -303,17 +303,23 @@ def _mean_dicts(items: list[dict]) -> dict:
 def stage1_step(
     models: Models, cfg: RunConfig, step: int, scheds: dict, par: Parallel, replay: Optional[ReplayBank] = None
 ) -> dict:
-    """G learns Eq. 11 against T_nat (``stage1.generator_steps`` updates, each on fresh latents);
-    S distils T_nat on the last update's (detached) batch, Eq. 12, for ``stage1.student_steps``
-    updates — with ``replay`` (stage1.replay_steps), each update on that batch with one earlier
-    step's batch appended (a new draw per update). The metrics are the last G update's."""
+    """G learns Eq. 11 against T_nat (or T_rob: ``stage1.generator_teacher``; ``stage1.generator_steps``
+    updates, each on fresh latents); S distils T_nat on the last update's (detached) batch, Eq. 12,
+    for ``stage1.student_steps`` updates — with ``replay`` (stage1.replay_steps), each update on that
+    batch with one earlier step's batch appended (a new draw per update). The metrics are the last G
+    update's."""
+    robust_g = cfg.stage1.generator_teacher == "robust"
+    g_teacher = models.robust_teacher if robust_g else models.natural_teacher
     for g_update in range(cfg.stage1.generator_steps):
         noise = generator_step_noise(cfg.seed, step, g_update) if g_update else None
         latents = sample_latents(models, cfg, "stage1", step, cfg.stage1.batch_size, par, noise)
         weights = generator_weights(cfg, "stage1", step, g_update)
         images, teacher_logits, metrics = generator_update(
-            models, models.natural_teacher, latents, cfg, scheds["generator"], par, weights
+            models, g_teacher, latents, cfg, scheds["generator"], par, weights
         )
+    if robust_g:  # G's update ran T_rob; Eq. 12 distils T_nat, so its logits on the batch (one forward)
+        with torch.no_grad(), par.autocast():
+            teacher_logits = [models.natural_teacher(x) for x in images]
     earlier = [None] * cfg.stage1.student_steps
     if replay is not None:  # drawn before this step joins the bank: always earlier steps
         earlier = [replay.draw(cfg.seed, step, update) for update in range(cfg.stage1.student_steps)]

@@ -331,6 +331,46 @@ def test_stage1_generator_steps_update_g_on_fresh_latents_and_distil_the_last_ba
     assert torch.allclose(seen[0], models.natural_teacher(expected_batch).float(), atol=1e-5)
 
 
+def test_stage1_generator_teacher_robust_inverts_t_rob_and_distils_t_nat(monkeypatch):
+    """stage1.generator_teacher=robust: G takes exactly one Adam step of Eq. 11 on T_rob (its own
+    argmax labels, its BN statistics), and Eq. 12's targets are T_nat's logits on G(z) as G made it
+    before that step — not T_rob's."""
+    import copy
+
+    import derd_scale.trainer as trainer
+    from derd_scale.models import create_model, freeze
+
+    cfg, models, par, scheds = _fmnist_training("stage1.generator_teacher=robust")
+    torch.manual_seed(1)  # a robust teacher distinct from the natural one
+    models.robust_teacher = freeze(create_model("small_cnn", 10, in_chans=1, width=4))
+    gen = copy.deepcopy(models.generator)
+    (z, y), *_ = trainer.sample_latents(models, cfg, "stage1", 2, 8, par)
+    opt = torch.optim.Adam(gen.parameters(), lr=cfg.optim.generator.lr, betas=tuple(cfg.optim.generator.betas))
+    x = gen(z, y)
+    expected_batch = x.detach().clone()
+    loss, _, _ = trainer.generator_loss(models.robust_teacher, x, 1.0, 0.1, 1.0, 5.0, 0.0, targets=y)
+    loss.backward()
+    opt.step()
+    seen = []
+    real_kd = trainer.kd_kl
+    monkeypatch.setattr(trainer, "kd_kl", lambda t, s_, temp, w=None: seen.append(t) or real_kd(t, s_, temp, w))
+    trainer.stage1_step(models, cfg, 2, scheds, par)
+    for got, want in zip(models.generator.parameters(), gen.parameters()):
+        assert torch.allclose(got, want, atol=1e-5)
+    (target,) = seen
+    assert torch.allclose(target.float(), models.natural_teacher(expected_batch).float(), atol=1e-5)
+    assert not torch.allclose(target.float(), models.robust_teacher(expected_batch).float(), atol=1e-2)
+
+
+def test_stage1_generator_teacher_robust_refuses_eq11_on_t_rob_twice():
+    from derd_scale.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="stage1.lambda_robust_g"):
+        config_from_dict(
+            {"data": {"name": "fashion_mnist"}}, ["stage1.generator_teacher=robust", "stage1.lambda_robust_g=1"]
+        )
+
+
 def test_stage1_class_balance_weights_eq12_by_the_inverse_frequency_of_t_nats_labels(monkeypatch):
     """stage1.class_balance: Eq. 12 becomes (1/B) Σ_i w_i KL(T_nat(x_i) ‖ S(x_i)) with
     w_i = N / (C · n_{ŷ_i}), ŷ = argmax T_nat(x_i) — checked against the sum written out."""
