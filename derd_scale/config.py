@@ -989,10 +989,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"stage1.replay_steps: must be ≥ 0 (0 = no replay), got {cfg.stage1.replay_steps}")
     for name in ("lambda_oh", "lambda_a", "lambda_bn", "lambda_ie", "lambda_tv", "lambda_adv", "lambda_robust_g"):
         positive(f"stage1.{name}", getattr(cfg.stage1, name), strict=False)
-    if cfg.stage1.generator_teacher == "robust" and cfg.stage1.lambda_robust_g:
-        raise ConfigError(
-            "stage1.lambda_robust_g: Eq. 11 on T_rob is already G's objective with stage1.generator_teacher=robust; set it to 0"
-        )
+    # λ_robust_g adds Eq. 11 on T_rob beside G's own teacher (trainer.py::generator_update): with T_rob
+    # as that teacher, in either stage, G would take Eq. 11 on T_rob twice.
+    for stage, sc in (("stage1", cfg.stage1), ("stage2", cfg.stage2)):
+        if sc.generator_teacher == "robust" and cfg.stage1.lambda_robust_g:
+            raise ConfigError(
+                f"stage1.lambda_robust_g: Eq. 11 on T_rob is already G's objective with {stage}.generator_teacher=robust; set it to 0"
+            )
     positive("stage1.student_steps", cfg.stage1.student_steps)
     positive("stage1.generator_steps", cfg.stage1.generator_steps)
     positive("stage2.student_steps", cfg.stage2.student_steps)

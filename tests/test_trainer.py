@@ -362,13 +362,16 @@ def test_stage1_generator_teacher_robust_inverts_t_rob_and_distils_t_nat(monkeyp
     assert not torch.allclose(target.float(), models.robust_teacher(expected_batch).float(), atol=1e-2)
 
 
-def test_stage1_generator_teacher_robust_refuses_eq11_on_t_rob_twice():
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_generator_teacher_robust_refuses_eq11_on_t_rob_twice(stage):
     from derd_scale.config import ConfigError, config_from_dict
 
-    with pytest.raises(ConfigError, match="stage1.lambda_robust_g"):
+    with pytest.raises(ConfigError, match=f"stage1.lambda_robust_g: .* {stage}.generator_teacher=robust"):
         config_from_dict(
-            {"data": {"name": "fashion_mnist"}}, ["stage1.generator_teacher=robust", "stage1.lambda_robust_g=1"]
+            {"data": {"name": "fashion_mnist"}}, [f"{stage}.generator_teacher=robust", "stage1.lambda_robust_g=1"]
         )
+    # each switch alone stays valid
+    config_from_dict({"data": {"name": "fashion_mnist"}}, [f"{stage}.generator_teacher=robust"])
 
 
 def test_stage1_class_balance_weights_eq12_by_the_inverse_frequency_of_t_nats_labels(monkeypatch):
