@@ -4,6 +4,9 @@
     python bench/distill_table.py --recipe cifar10_2 --data-path ../shared/data --out bench/out/cifar10_2 \
         --archive docs/results/cifar10   # a new machine resumes from the committed runs (no retraining)
     python bench/distill_table.py --recipe cifar10_8 --data-path ../shared/data --rows table2 --seeds 0,1
+    python bench/distill_table.py --recipe cifar10_2 --data-path ../shared/data --out bench/out/table2_c10_2 \
+        --archive docs/results/table2_cifar10_2 --restore-from docs/results/cifar10 --rows table2
+        # the ε = 2/255 Table 2: its DERD rows and RSLAD are the issue-15 table's runs, shared, not retrained
 
 Recipes (each states its budget in the table): ``fmnist`` (ε = 0.1, the committed Fashion-MNIST
 teachers); ``cifar10_2`` (ε = 2/255, the shared akamaster ResNet-56 and alpha-beta-CROWN ResNet-4B
@@ -58,6 +61,7 @@ The Fashion-MNIST teachers are the committed ones in ``bench/teachers/fashion_mn
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 import sys
@@ -909,6 +913,27 @@ def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None
     return copied
 
 
+def borrowed_unchanged(out: Path, sources: list[Path], run: str) -> bool:
+    """Whether ``out/run`` is a run restored from one of the ``--restore-from`` archives and still
+    holds exactly what that archive holds (then --archive does not get a second copy of it; once the
+    run gains a file there, e.g. its AutoAttack cell, it is archived like any other)."""
+    live = out / run
+    for source in sources:
+        kept = source / "runs" / run
+        if not (kept / "row.json").exists():
+            continue
+        names = [n for n in ARCHIVED if (live / n).exists() or (kept / n).exists()]
+        return all(_same_tree(live / n, kept / n) for n in names)
+    return False
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    if a.is_dir() and b.is_dir():
+        names = sorted(p.name for p in a.iterdir())
+        return names == sorted(p.name for p in b.iterdir()) and all(_same_tree(a / n, b / n) for n in names)
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
 def row_group(row: str) -> str:
     """The Pareto plot's group of a row: a DERD-loop row, a data-free baseline or a data-driven bound."""
     if row not in METHOD_ROWS:
@@ -1052,6 +1077,15 @@ def main(argv=None) -> int:
         help="a committed folder (e.g. docs/results/cifar10): finished runs' results, logs and exported "
         "students are restored from its runs/ into --out first and copied there after each row",
     )
+    p.add_argument(
+        "--restore-from",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another committed table folder whose finished runs this table shares (e.g. --restore-from "
+        "docs/results/cifar10 for the cifar10_2 Table 2's DERD rows and RSLAD): restored into --out like "
+        "--archive's, after it, and copied to --archive only once they change there (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     r = recipe(args.recipe, args.data_path)
@@ -1062,6 +1096,21 @@ def main(argv=None) -> int:
         restored = archive_runs(out, archive, restore=True)
         if restored:
             print(f"[bench] restored from {archive}: {', '.join(restored)}", flush=True)
+    shared = [Path(x) for x in args.restore_from]
+    for source in shared:
+        if not (source / "runs").is_dir():
+            print(
+                f"--restore-from: {source} has no runs/ folder (a --archive folder of distill_table)", file=sys.stderr
+            )
+            return 2
+        restored = archive_runs(out, source, restore=True)
+        if restored:
+            print(f"[bench] restored from {source}: {', '.join(restored)}", flush=True)
+
+    def keep(run: str) -> None:
+        if archive is not None and not borrowed_unchanged(out, shared, run):
+            archive_runs(out, archive, restore=False, runs=[run])
+
     if r["ensure_teachers"] is not None:
         r["ensure_teachers"](r["teachers"], args.data_path)  # trains (resumably) only what is missing
     rows = [
@@ -1089,16 +1138,14 @@ def main(argv=None) -> int:
             print(f"[bench] {args.recipe}: row {row} seed {seed}", flush=True)
             run_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/row.json
             write_tables(out, r, title)
-            if archive is not None:
-                archive_runs(out, archive, restore=False, runs=[run_name(row, seed)])
+            keep(run_name(row, seed))
     if not args.no_aa:
         for seed in seeds:
             for row in rows:
                 print(f"[bench] {args.recipe}: AutoAttack on {row} seed {seed}", flush=True)
                 autoattack_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/aa.json
                 write_tables(out, r, title)
-                if archive is not None:
-                    archive_runs(out, archive, restore=False, runs=[run_name(row, seed)])
+                keep(run_name(row, seed))
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())
     return 0

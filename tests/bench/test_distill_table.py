@@ -556,3 +556,37 @@ def test_the_shipped_cifar10_config_carries_the_cifar10_recipes_method_switches(
         if value != measured[key] and key not in budget and not key.startswith(("output.", "logging."))
     ]
     assert not differ, differ
+
+
+def test_rows_shared_from_another_table_are_restored_but_archived_only_once_they_change(tmp_path, monkeypatch):
+    """--restore-from: the cifar10_2 Table 2 shares the DERD rows and RSLAD of the issue-15 table
+    (docs/results/cifar10). They are restored into --out and tabled, but --archive gets no second copy
+    of a run until it changes in --out (here: its AutoAttack cell), and a new row is archived as usual."""
+    dt = _load()
+    out, own, shared = tmp_path / "out", tmp_path / "table2", tmp_path / "cifar10"
+    _row(shared / "runs", "rslad", 0.63, aa=0.631)
+    _row(shared / "runs", "derd_recommended", 0.47)  # no AA cell yet
+    (shared / "runs" / "derd_recommended" / "student").mkdir()
+    (shared / "runs" / "derd_recommended" / "student" / "model.safetensors").write_bytes(b"weights")
+
+    def fake_run_row(row, r, out_dir, progress, seed=0):
+        if not (out_dir / row / "row.json").exists():
+            _row(out_dir, row, 0.2)
+
+    def fake_aa(row, r, out_dir, progress, seed=0):
+        if not (out_dir / row / "aa.json").exists():
+            (out_dir / row / "aa.json").write_text(json.dumps({"aa": 0.44, "n": 1000, "seconds": 1.0}))
+
+    monkeypatch.setattr(dt, "run_row", fake_run_row)
+    monkeypatch.setattr(dt, "autoattack_row", fake_aa)
+    argv = ["--recipe", "cifar10_2", "--out", str(out), "--archive", str(own), "--restore-from", str(shared)]
+    assert dt.main(argv + ["--rows", "rslad,deepinv_rslad", "--no-aa"]) == 0
+    assert (out / "rslad" / "aa.json").exists()  # restored, and tabled with its AA cell
+    assert json.loads((out / "results.json").read_text())["rslad"]["attacks"]["aa"] == 0.631
+    assert sorted(p.name for p in (own / "runs").iterdir()) == ["deepinv_rslad"]  # not rslad: unchanged
+    # derd_recommended gains its AA cell here: from then on this table keeps its own copy
+    assert dt.main(argv + ["--rows", "derd_recommended"]) == 0
+    assert json.loads((own / "runs" / "derd_recommended" / "aa.json").read_text())["aa"] == 0.44
+    assert (own / "runs" / "derd_recommended" / "student" / "model.safetensors").read_bytes() == b"weights"
+    assert not (own / "runs" / "rslad").exists() and not (shared / "runs" / "derd_recommended" / "aa.json").exists()
+    assert dt.main(argv[:-1] + [str(tmp_path / "nowhere"), "--rows", "rslad", "--no-aa"]) == 2
