@@ -1092,17 +1092,18 @@ def main(argv=None) -> int:
     out = Path(args.out or f"bench/out/{args.recipe}")  # as named: an old `--recipe cifar10` folder resumes
     out.mkdir(parents=True, exist_ok=True)
     archive = Path(args.archive) if args.archive else None
-    if archive is not None:
-        restored = archive_runs(out, archive, restore=True)
-        if restored:
-            print(f"[bench] restored from {archive}: {', '.join(restored)}", flush=True)
     shared = [Path(x) for x in args.restore_from]
-    for source in shared:
+    for source in shared:  # checked before anything is copied into --out
         if not (source / "runs").is_dir():
             print(
                 f"--restore-from: {source} has no runs/ folder (a --archive folder of distill_table)", file=sys.stderr
             )
             return 2
+    if archive is not None:
+        restored = archive_runs(out, archive, restore=True)
+        if restored:
+            print(f"[bench] restored from {archive}: {', '.join(restored)}", flush=True)
+    for source in shared:
         restored = archive_runs(out, source, restore=True)
         if restored:
             print(f"[bench] restored from {source}: {', '.join(restored)}", flush=True)
