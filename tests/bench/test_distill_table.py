@@ -590,3 +590,42 @@ def test_rows_shared_from_another_table_are_restored_but_archived_only_once_they
     assert (own / "runs" / "derd_recommended" / "student" / "model.safetensors").read_bytes() == b"weights"
     assert not (own / "runs" / "rslad").exists() and not (shared / "runs" / "derd_recommended" / "aa.json").exists()
     assert dt.main(argv[:-1] + [str(tmp_path / "nowhere"), "--rows", "rslad", "--no-aa"]) == 2
+
+
+def test_autoattack_is_read_against_the_data_driven_bound_with_the_masking_gap(tmp_path):
+    dt = _load()
+    _row(tmp_path, "derd_recommended", 0.4712, aa=0.4435)
+    _row(tmp_path, "rslad", 0.6377, aa=0.631)
+    _row(tmp_path, "deepinv_rslad", 0.2185, aa=0.156)
+    _row(tmp_path, "sa_only", 0.40)  # no AA cell yet: not in the block
+    bound = dt.against_the_bound(dt.finished_rows(tmp_path))
+    assert set(bound) == {"derd_recommended", "rslad", "deepinv_rslad"}
+    # 0.4435 / 0.631 = 0.70285…; 0.4712 − 0.4435 = 0.0277; 0.2185 − 0.156 = 0.0625 (> the 5-point bound)
+    assert bound["derd_recommended"]["ratio"] == pytest.approx(0.70285, abs=1e-5)
+    assert bound["derd_recommended"]["pgd_s_minus_aa"] == pytest.approx(0.0277)
+    assert bound["rslad"]["ratio"] == pytest.approx(1.0)
+    dt.write_tables(tmp_path, {"aa_examples": 1000}, "t")
+    table = (tmp_path / "results.md").read_text()
+    assert "| derd_recommended | 44.35 | 0.70 | 2.77 |" in table
+    assert "| deepinv_rslad | 15.60 | 0.25 | 6.25 (> 5) |" in table
+    # without the bound's AA there is no ratio, but the gap is still shown
+    shutil.rmtree(tmp_path / "rslad")
+    assert dt.against_the_bound(dt.finished_rows(tmp_path))["derd_recommended"]["ratio"] is None
+
+
+def test_table_only_rewrites_a_committed_table_without_training_attacking_or_ensuring_teachers(tmp_path, monkeypatch):
+    dt = _load()
+    archive, out = tmp_path / "archive", tmp_path / "out"
+    _row(archive / "runs", "rslad", 0.63, aa=0.631)
+    _row(archive / "runs", "sa_only", 0.40)  # no AA cell: --table-only must not run it
+
+    def refuse(*a, **k):
+        raise AssertionError("--table-only trained, attacked or ensured a teacher")
+
+    monkeypatch.setattr(dt, "run_row", refuse)
+    monkeypatch.setattr(dt, "autoattack_row", refuse)
+    monkeypatch.setattr(dt, "ensure_cifar10_8_teacher", refuse)
+    argv = ["--recipe", "cifar10_8", "--out", str(out), "--archive", str(archive), "--rows", "table2"]
+    assert dt.main(argv + ["--table-only"]) == 0
+    assert set(json.loads((out / "results.json").read_text())) == {"sa_only", "rslad"}
+    assert "| rslad | 63.10 | 1.00 |" in (out / "results.md").read_text()
