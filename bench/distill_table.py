@@ -146,6 +146,9 @@ METHOD_ROWS = {
 BASELINE_ROWS = tuple(row for row in METHOD_ROWS if row not in ROWS)
 TABLE2_ROWS = ("derd_paper", "derd_recommended", *BASELINE_ROWS, "natural", "rslad")
 ALL_ROWS = ROWS + STEERING_ROWS + BASELINE_ROWS
+# Issue 15's no-masking target for the recommended rows: PGD_S − AA at most 5 points (a fraction here). The
+# evaluator's own `eval.masking_threshold` (10 points) is a warning about one report, not this target.
+NO_MASKING_GAP = 0.05
 ROW_OVERRIDES = {
     "stage1_only": ["stage2.enabled=false"],
     "sa_only": ["stage2.eg.enabled=false"],
@@ -949,7 +952,7 @@ def row_group(row: str) -> str:
 def against_the_bound(results: dict, bound: str = "rslad") -> dict:
     """Per row with an AutoAttack mean: AA itself, AA(row) / AA(``bound``) (issue 17's ratio;
     None while the bound has no AA, or an AA of 0) and PGD_S − AA (issue 15's no-masking check,
-    ≤ 5 points on the recommended rows), all as fractions of the seed means.
+    ≤ ``NO_MASKING_GAP`` on the recommended rows), all as fractions of the seed means.
 
     E.g. AA 0.4435 beside RSLAD's 0.631 → ratio 0.7029; PGD_S 0.4712 → gap 0.0277."""
     reference = results.get(bound, {}).get("attacks", {}).get("aa")
@@ -966,7 +969,8 @@ def against_the_bound(results: dict, bound: str = "rslad") -> dict:
     return rows
 
 
-def write_tables(out: Path, r: dict, title: str) -> None:
+def write_tables(out: Path, r: dict, title: str) -> dict:
+    """Write results.{md,json,png} and pareto.png of every finished row in ``out``; returns the rows tabled."""
     from derd_scale.plots import plot_pareto, plot_results_bars
 
     results = finished_rows(out)
@@ -1078,8 +1082,8 @@ def write_tables(out: Path, r: dict, title: str) -> None:
         for row, b in bound.items():
             ratio = "—" if b["ratio"] is None else f"{b['ratio']:.2f}"
             gap = "—" if b["pgd_s_minus_aa"] is None else f"{100 * b['pgd_s_minus_aa']:.2f}"
-            if b["pgd_s_minus_aa"] is not None and b["pgd_s_minus_aa"] > 0.05:
-                gap += " (> 5)"
+            if b["pgd_s_minus_aa"] is not None and b["pgd_s_minus_aa"] > NO_MASKING_GAP:
+                gap += f" (> {100 * NO_MASKING_GAP:.0f})"
             lines.append(f"| {row} | {100 * b['aa']:.2f} | {ratio} | {gap} |")
     warn = [f"- {row}: {w}" for row, res in results.items() for w in res.get("warnings", [])]
     if warn:
@@ -1091,6 +1095,7 @@ def write_tables(out: Path, r: dict, title: str) -> None:
     plot_results_bars(bars, out / "results.png", title)
     robust = "aa" if any("aa" in res["attacks"] for res in results.values()) else "pgd_s"
     plot_pareto(results, out / "pareto.png", title, {row: row_group(row) for row in results}, y=robust)
+    return results
 
 
 def main(argv=None) -> int:
@@ -1179,8 +1184,8 @@ def main(argv=None) -> int:
         )
     title = f"{RECIPE_ALIASES.get(args.recipe, args.recipe)}: DERD rows and data-driven references"
     if args.table_only:
-        write_tables(out, r, title)
-        print(f"[bench] table of {len(finished_rows(out))} finished rows → {out / 'results.md'}")
+        tabled = write_tables(out, r, title)
+        print(f"[bench] table of {len(tabled)} finished rows → {out / 'results.md'}")
         return 0
     t0 = time.time()
     for seed in seeds:
