@@ -55,6 +55,8 @@ re-running skips finished rows (resumable). Outputs: ``results.json``, ``results
 one has, rows without AA are left out — one point per row with the seed std as error bars, DERD
 rows, data-free baselines and data-driven bounds marked apart) and ``<row>/curves.png`` for the
 DERD rows.
+With ``--archive`` the four table files are also written beside the archived runs (the committed
+table), each time the table is rewritten.
 
 The Fashion-MNIST teachers are the committed ones in ``bench/teachers/fashion_mnist/``
 (trained with the recipe in ``ensure_fmnist_teachers`` if the folder is missing).
@@ -888,6 +890,21 @@ TRANSIENT = ("aa_partial",)
 finished batches travel to a new machine and resume there, and leave with its aa.json."""
 
 
+TABLE_FILES = ("results.json", "results.md", "results.png", "pareto.png")
+
+
+def publish_table(out: Path, archive: Path) -> None:
+    """Copy the table ``write_tables`` just wrote in ``out`` into ``archive`` (the committed copy).
+
+    Why here and not by hand: the archive's runs are restored into ``out`` before any row, so the
+    table of ``out`` always holds at least the archived rows, and a committed table can no longer
+    lag behind the runs committed beside it."""
+    archive.mkdir(parents=True, exist_ok=True)
+    for name in TABLE_FILES:
+        if (out / name).exists():
+            shutil.copy2(out / name, archive / name)
+
+
 def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None = None) -> list[str]:
     """Copy each finished run's ``ARCHIVED`` files between ``out`` and ``archive/runs``.
 
@@ -1161,6 +1178,8 @@ def main(argv=None) -> int:
     def keep(run: str) -> None:
         if archive is not None and not borrowed_unchanged(out, shared, run):
             archive_runs(out, archive, restore=False, runs=[run])
+        if archive is not None:
+            publish_table(out, archive)
 
     if r["ensure_teachers"] is not None and not args.table_only:
         r["ensure_teachers"](r["teachers"], args.data_path)  # trains (resumably) only what is missing
@@ -1185,7 +1204,12 @@ def main(argv=None) -> int:
     title = f"{RECIPE_ALIASES.get(args.recipe, args.recipe)}: DERD rows and data-driven references"
     if args.table_only:
         tabled = write_tables(out, r, title)
-        print(f"[bench] table of {len(tabled)} finished rows → {out / 'results.md'}")
+        if archive is not None:
+            publish_table(out, archive)
+        print(
+            f"[bench] table of {len(tabled)} finished rows → {out / 'results.md'}"
+            + (f" and {archive / 'results.md'}" if archive is not None else "")
+        )
         return 0
     t0 = time.time()
     for seed in seeds:

@@ -629,3 +629,6 @@ def test_table_only_rewrites_a_committed_table_without_training_attacking_or_ens
     assert dt.main(argv + ["--table-only"]) == 0
     assert set(json.loads((out / "results.json").read_text())) == {"sa_only", "rslad"}
     assert "| rslad | 63.10 | 1.00 |" in (out / "results.md").read_text()
+    # the committed copy beside the archived runs is the table just written, file for file
+    for name in dt.TABLE_FILES:
+        assert (archive / name).read_bytes() == (out / name).read_bytes()
