@@ -30,10 +30,11 @@ Rows (every DERD row uses the same teachers, student architecture and step count
   (natural and rslad are registered methods, ``method: natural | rslad``, trained by ``train``)
 
 Baseline rows (``--rows table2`` = DERD's two presets, every baseline and every data-driven bound;
-docs/baselines.md): registered methods (``method: <name>``, derd_scale/methods) trained from scratch
-by the same ``train`` with the same teachers, student, batch and *student-step* budget as the DERD
-rows (a method with n student steps per step runs budget/n steps; its G steps are stated in the
-table's budget section):
+docs/baselines.md): registered methods (``method: <name>``, derd_scale/methods) trained from the
+recipe's student start (CIFAR-10: T_nat's inherited weights; not from DERD's Stage I) by the same ``train`` with the same teachers, student and *student-step* budget as the DERD rows (a
+method with n student steps per step runs budget/n steps; its G steps are stated in the table's
+budget section), at the recipe's method batch (CIFAR-10: 64, where the DERD rows' Stage II takes 128;
+Fashion-MNIST: the DERD rows' 128):
   dafl_kd dafl_rslad dfad_kd dfad_rslad zskt_kd zskt_rslad deepinv_kd deepinv_rslad cmi_kd cmi_rslad
                  clean-KD data-free methods, -KD (T_nat, original objective) and -RSLAD (T_rob,
                  RSLAD's student objective on the pseudo batch)
@@ -47,14 +48,16 @@ hypothesis each about why the natural term costs robustness (docs/results.md, "R
   full_derd_lrob4     λ_rob = 4 (the robust term outweighs the natural one)
   full_derd_gz_lrob4  natural term on G(z) and λ_rob = 4
   full_derd_gz_ga     natural term on G(z), GA without the SGA regulariser
+  rec_a … rec_f, rec_no_sa   the Fashion-MNIST steering toward the recommended configuration, one
+                      switch at a time (docs/derd.md, "The recommended configuration: how it was chosen")
 
 Stage I is run once (the ``stage1_only`` row) and every Stage-II row resumes from its final
 checkpoint, so rows differ only in what they change. Each row writes ``<out>/<row>/``;
 re-running skips finished rows (resumable). Outputs: ``results.json``, ``results.md``,
 ``results.png`` (grouped bars), ``pareto.png`` (clean vs AA — vs PGD_S while no row has AA; once
 one has, rows without AA are left out — one point per row with the seed std as error bars, DERD
-rows, data-free baselines and data-driven bounds marked apart) and ``<row>/curves.png`` for the
-DERD rows.
+rows, data-free baselines and data-driven bounds marked apart) and ``<row>/curves.png`` for every
+row (a DERD row's with its shared Stage I's curve in front).
 With ``--archive`` the four table files are also written beside the archived runs (the committed
 table), each time the table is rewritten.
 

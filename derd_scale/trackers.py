@@ -1,7 +1,7 @@
 """Experiment trackers (TensorBoard, W&B, Trackio, MLflow, Aim, …) through Accelerate.
 
     derd-scale train --config configs/fmnist_quickstart.yaml --set 'logging.trackers=[tensorboard]'
-    tensorboard --logdir runs/fmnist_quickstart/trackers
+    tensorboard --logdir runs/quickstart/derd/trackers   # <output.root>/<output.name>/trackers
 
 ``logging.trackers`` names Accelerate trackers (``Accelerator(log_with=…)``'s names). When the
 run folder is open, ``start_trackers`` sets them on the run's accelerator, calls
