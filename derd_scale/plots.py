@@ -159,6 +159,27 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
+LABEL_LINE = 9
+"""Points of font-size-7 text per label line on the Pareto plot."""
+
+
+def label_offsets(pts: dict[str, tuple[float, float]], near: float = 0.03) -> dict[str, tuple[int, int]]:
+    """Text offsets (points) for each point's label so that labels of points that (nearly) coincide
+    stack downwards instead of printing over each other: a point whose x and y both lie within
+    ``near`` of the axis spans of an earlier point (in ``pts`` order) drops its label one more line
+    per such neighbour. E.g. two collapsed students both at (9.95, 10.30) get (5, 4) and (5, −5)."""
+    if not pts:
+        return {}
+    xs, ys = [p[0] for p in pts.values()], [p[1] for p in pts.values()]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    offsets, seen = {}, []
+    for row, (px, py) in pts.items():
+        below = sum(abs(px - qx) <= near * span_x and abs(py - qy) <= near * span_y for qx, qy in seen)
+        offsets[row] = (5, 4 - LABEL_LINE * below)
+        seen.append((px, py))
+    return offsets
+
+
 def plot_pareto(
     results: dict[str, dict],
     out_png: str | Path,
@@ -182,6 +203,7 @@ def plot_pareto(
     extra = iter(("^", "D", "v", "P", "X"))
     styles = dict(PARETO_STYLES)
     labelled = set()
+    offsets = label_offsets(pts)
     for row, (px, py) in pts.items():
         group = groups.get(row, "other")
         if group not in styles:
@@ -200,7 +222,7 @@ def plot_pareto(
             label=group if group not in labelled else None,
         )
         labelled.add(group)
-        ax.annotate(row, (px, py), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.annotate(row, (px, py), textcoords="offset points", xytext=offsets[row], fontsize=7)
     front = pareto_front(pts)
     if len(front) > 1:
         ax.plot([pts[n][0] for n in front], [pts[n][1] for n in front], ls="--", color="black", lw=0.8, zorder=0)

@@ -1,6 +1,6 @@
 import json
 
-from derd_scale.plots import pareto_front, plot_pareto, plot_results_bars, plot_training_curves
+from derd_scale.plots import label_offsets, pareto_front, plot_pareto, plot_results_bars, plot_training_curves
 
 
 def test_plots_write_pngs(tmp_path):
@@ -69,3 +69,20 @@ def test_pareto_plot_writes_a_png_with_error_bars_and_groups(tmp_path):
     assert other.read_bytes() != out.read_bytes()
     empty = plot_pareto({"sat": results["sat"]}, tmp_path / "e.png")
     assert empty.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_offsets_stack_the_labels_of_coinciding_points():
+    # spans: x 10 → 90 (80), y 0 → 24 (24); within 3 %: |dx| ≤ 2.4, |dy| ≤ 0.72
+    pts = {
+        "dfad_kd": (9.95, 10.30),
+        "zskt_kd": (9.95, 10.30),
+        "other": (11.0, 10.0),
+        "far": (90.0, 0.0),
+        "top": (50.0, 24.0),
+    }
+    off = label_offsets(pts)
+    assert off["dfad_kd"] == (5, 4)
+    assert off["zskt_kd"] == (5, 4 - 9)  # one earlier neighbour
+    assert off["other"] == (5, 4 - 18)  # within 1.05 and 0.30 of both earlier points
+    assert off["far"] == (5, 4) and off["top"] == (5, 4)
+    assert label_offsets({}) == {}
