@@ -31,9 +31,10 @@ Rows (every DERD row uses the same teachers, student architecture and step count
 
 Baseline rows (``--rows table2`` = DERD's two presets, every baseline and every data-driven bound;
 docs/baselines.md): registered methods (``method: <name>``, derd_scale/methods) trained from the
-recipe's student start (CIFAR-10: T_nat's inherited weights; not from DERD's Stage I) by the same ``train`` with the same teachers, student and *student-step* budget as the DERD rows (a
-method with n student steps per step runs budget/n steps; its G steps are stated in the table's
-budget section), at the recipe's method batch (CIFAR-10: 64, where the DERD rows' Stage II takes 128;
+recipe's student start (CIFAR-10: T_nat's inherited weights; not from DERD's Stage I) by the same
+``train`` with the same teachers, student and *student-step* budget as the DERD rows (a method with
+n student steps per step runs budget/n steps; its G steps are stated in the table's budget
+section), at the recipe's method batch (CIFAR-10: 64, where the DERD rows' Stage II takes 128;
 Fashion-MNIST: the DERD rows' 128):
   dafl_kd dafl_rslad dfad_kd dfad_rslad zskt_kd zskt_rslad deepinv_kd deepinv_rslad cmi_kd cmi_rslad
                  clean-KD data-free methods, -KD (T_nat, original objective) and -RSLAD (T_rob,
@@ -903,9 +904,8 @@ def publish_table(out: Path, archive: Path) -> None:
     table of ``out`` always holds at least the archived rows, and a committed table can no longer
     lag behind the runs committed beside it."""
     archive.mkdir(parents=True, exist_ok=True)
-    for name in TABLE_FILES:
-        if (out / name).exists():
-            shutil.copy2(out / name, archive / name)
+    for name in TABLE_FILES:  # write_tables writes all four, rows or not
+        shutil.copy2(out / name, archive / name)
 
 
 def archive_runs(out: Path, archive: Path, restore: bool, runs: list[str] | None = None) -> list[str]:
@@ -1181,8 +1181,6 @@ def main(argv=None) -> int:
     def keep(run: str) -> None:
         if archive is not None and not borrowed_unchanged(out, shared, run):
             archive_runs(out, archive, restore=False, runs=[run])
-        if archive is not None:
-            publish_table(out, archive)
 
     if r["ensure_teachers"] is not None and not args.table_only:
         r["ensure_teachers"](r["teachers"], args.data_path)  # trains (resumably) only what is missing
@@ -1205,10 +1203,15 @@ def main(argv=None) -> int:
             f"the recipe's, with every row changed by --set {sets} (each row's budget as run: at the end) — {r['budget']}"
         )
     title = f"{RECIPE_ALIASES.get(args.recipe, args.recipe)}: DERD rows and data-driven references"
-    if args.table_only:
+
+    def table() -> dict:  # the table of --out, and its committed copy beside --archive's runs
         tabled = write_tables(out, r, title)
         if archive is not None:
             publish_table(out, archive)
+        return tabled
+
+    if args.table_only:
+        tabled = table()
         print(
             f"[bench] table of {len(tabled)} finished rows → {out / 'results.md'}"
             + (f" and {archive / 'results.md'}" if archive is not None else "")
@@ -1219,14 +1222,14 @@ def main(argv=None) -> int:
         for row in rows:
             print(f"[bench] {args.recipe}: row {row} seed {seed}", flush=True)
             run_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/row.json
-            write_tables(out, r, title)
+            table()
             keep(run_name(row, seed))
     if not args.no_aa:
         for seed in seeds:
             for row in rows:
                 print(f"[bench] {args.recipe}: AutoAttack on {row} seed {seed}", flush=True)
                 autoattack_row(row, r, out, not args.no_progress, seed)  # writes <row>[-seedK]/aa.json
-                write_tables(out, r, title)
+                table()
                 keep(run_name(row, seed))
     print(f"[bench] done in {(time.time() - t0) / 60:.1f} min → {out / 'results.md'}")
     print((out / "results.md").read_text())

@@ -587,6 +587,9 @@ def test_rows_shared_from_another_table_are_restored_but_archived_only_once_they
     # derd_recommended gains its AA cell here: from then on this table keeps its own copy
     assert dt.main(argv + ["--rows", "derd_recommended"]) == 0
     assert json.loads((own / "runs" / "derd_recommended" / "aa.json").read_text())["aa"] == 0.44
+    # every table rewrite of a training or attacking run also lands beside --archive's runs
+    assert json.loads((own / "results.json").read_text())["derd_recommended"]["attacks"]["aa"] == 0.44
+    assert (own / "results.md").read_bytes() == (out / "results.md").read_bytes()
     assert (own / "runs" / "derd_recommended" / "student" / "model.safetensors").read_bytes() == b"weights"
     assert not (own / "runs" / "rslad").exists() and not (shared / "runs" / "derd_recommended" / "aa.json").exists()
     assert dt.main(argv[:-1] + [str(tmp_path / "nowhere"), "--rows", "rslad", "--no-aa"]) == 2
