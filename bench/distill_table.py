@@ -496,22 +496,6 @@ def evaluate_teacher_columns(teacher: Path, data_path: str, n_examples: int) -> 
     return report.to_json()
 
 
-def training_precision(overrides: list[str]) -> str:
-    """What the rows train in under these overrides: fp32, or bf16 (``distributed.mixed_precision``
-    bf16, or auto on a processor with native bf16, which is what ran here)."""
-    import torch
-
-    from derd_scale.config import DistributedConfig, apply_overrides
-    from derd_scale.distributed import resolve_mixed_precision
-
-    # The recipe's overrides alone, not validated as a run: a --set may only make sense with a
-    # row's preset (stage2.replay_steps needs derd_recommended's anchor-side targets).
-    distributed = apply_overrides({}, overrides).get("distributed", {})
-    setting = distributed.get("mixed_precision", DistributedConfig().mixed_precision)
-    resolved = resolve_mixed_precision(setting, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    return "bf16 autocast" if resolved == "bf16" else "fp32"
-
-
 def run_name(row: str, seed: int) -> str:
     """The folder of one (row, seed): ``row`` for seed 0 (the tables' first seed), ``row-seedK`` else."""
     return row if seed == 0 else f"{row}-seed{seed}"
@@ -581,6 +565,8 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
         "n": {k: v["n"] for k, v in report["attacks"].items()},
         "warnings": report.get("warnings", []),
         "seconds": time.time() - t0,
+        # what it trained in, from its DONE (mixed_precision "auto" differs between machines)
+        **({"precision": precision} if (precision := run_precision(row_dir)) is not None else {}),
         # of which the white-box evaluation (every attack's seconds in the report): its share of a row
         "eval_seconds": sum(float(v.get("seconds", 0.0)) for v in report["attacks"].values()),
         # per-class clean and PGD_S accuracy (a sink class hides in the mean; not tabled, read from here)
@@ -592,6 +578,29 @@ def run_row(row: str, r: dict, out: Path, progress: bool, seed: int = 0) -> dict
 
 
 STAGE1_SOURCE = "stage1_source.json"
+
+
+PRECISION_NAMES = {"bf16": "bf16 autocast", "no": "fp32"}
+
+
+def run_precision(run: Path) -> str | None:
+    """What a finished run trained in ("bf16 autocast" or "fp32", from its DONE), None if its DONE
+    predates the record (2026-12-07) or is missing."""
+    done = run / "DONE"
+    setting = json.loads(done.read_text()).get("mixed_precision") if done.exists() else None
+    return PRECISION_NAMES.get(setting) if setting is not None else None
+
+
+def precision_text(results: dict) -> str:
+    """The budget line's "training in …" for the tabled rows: one precision when they agree, else the
+    most common one with the exceptions named, e.g. "bf16 autocast (fp32: iad, zskt_rslad; not recorded: ard)"."""
+    by_row = {row: res.get("precision", "not recorded") for row, res in results.items()}
+    counts = {p: sum(1 for v in by_row.values() if v == p) for p in by_row.values()}
+    if not counts:
+        return "not recorded"
+    main = max(counts, key=lambda p: (counts[p], p != "not recorded"))
+    others = {p: [row for row, v in by_row.items() if v == p] for p in counts if p != main}
+    return main + (" (" + "; ".join(f"{p}: {', '.join(rows)}" for p, rows in others.items()) + ")" if others else "")
 
 
 def run_train_seconds(run: Path) -> float:
@@ -874,6 +883,9 @@ def finished_rows(out: Path) -> dict:
             ],
             "seconds": sum(per_seed[s]["seconds"] for s in seeds),
         }
+        precisions = sorted({per_seed[s].get("precision", "not recorded") for s in seeds})
+        if precisions != ["not recorded"]:
+            found[row]["precision"] = " / ".join(precisions)  # seeds trained on different machines: both
         # Evaluation cost, where every seed recorded it (rows tabled before 2026-12-03 did not):
         # white-box seconds (inside "seconds") and AutoAttack seconds (after it, from aa.json).
         timed = [out / run_name(row, s) for s in seeds]
@@ -1011,7 +1023,8 @@ def write_tables(out: Path, r: dict, title: str) -> dict:
     lines = [
         f"# {title}",
         "",
-        f"Budget: {r['budget']}." if r.get("budget") else "",
+        # what the rows trained in is read from the rows (a table holds runs from several machines)
+        f"Budget: {r['budget']}; training in {precision_text(results)}, evaluation in fp32." if r.get("budget") else "",
         white_box if sizes else "",
         "Mean ± sample std over seeds (one seed: the value).",
         "",
@@ -1196,7 +1209,6 @@ def main(argv=None) -> int:
         rows.append("stage1_only")  # a DERD row still to train resumes from the shared Stage I
     rows = sorted(set(rows), key=ALL_ROWS.index)  # stage1_only comes before the Stage-II rows
     r = with_overrides(r, args.overrides)
-    r["budget"] += f"; training in {training_precision(r['config'])}, evaluation in fp32"
     if args.overrides:  # the text above is the recipe's: a --set that changes the budget must show first
         sets = ", ".join(f"`{o}`" for o in args.overrides)
         r["budget"] = (

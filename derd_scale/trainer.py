@@ -981,6 +981,9 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
         "train_seconds": state.train_seconds,
         "world_size": par.world_size,
         "backend": par.backend,
+        # "bf16" or "no": what this process trained in (distributed.mixed_precision "auto" resolves
+        # per machine, so a table of runs from several machines reads it here, not from the config)
+        "mixed_precision": par.mixed_precision,
         "student_digest": check_ranks_in_sync(par.student),
     }
     last = "stage2" if steps["stage2"] else "stage1"

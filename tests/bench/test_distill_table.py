@@ -202,6 +202,7 @@ def test_a_method_row_trains_through_train_writes_the_same_row_schema_and_is_res
         }
         (run / "eval" / "report.json").write_text(json.dumps(report))
         (run / "metrics.jsonl").write_text(json.dumps({"stage": "stage2", "step": 1, "l_s": 1.0}) + "\n")
+        (run / "DONE").write_text(json.dumps({"train_seconds": 5.0, "mixed_precision": "no"}))
 
     monkeypatch.setattr("derd_scale.trainer.train", fake_train)
     result = dt.run_row("dfad_rslad", r, tmp_path, progress=False, seed=1)
@@ -215,9 +216,11 @@ def test_a_method_row_trains_through_train_writes_the_same_row_schema_and_is_res
         "n",
         "warnings",
         "seconds",
+        "precision",
         "eval_seconds",
         "per_class",
     }  # the DERD rows' schema
+    assert result["precision"] == "fp32"  # from its DONE: what it trained in, not what this machine would
     assert result["attacks"] == {"clean": 0.7, "pgd_s": 0.4}
     assert result["per_class"] == {"clean": [0.9, 0.5], "pgd_s": [0.6, 0.2]}
     assert dt.run_row("dfad_rslad", r, tmp_path, progress=False, seed=1) == result and len(seen) == 1  # cached
@@ -235,6 +238,30 @@ def test_rows_table2_expands_and_an_unknown_row_is_refused(tmp_path, monkeypatch
     assert ran == sorted(dt.TABLE2_ROWS + ("stage1_only",), key=dt.ALL_ROWS.index)
     assert dt.main(["--recipe", "cifar10", "--out", str(tmp_path), "--rows", "dfad_kd,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_the_budget_line_states_what_the_rows_trained_in_naming_the_exceptions(tmp_path):
+    """mixed_precision=auto resolves per machine, so a table of rows trained on several machines
+    reads each row's precision (row.json, from its DONE) instead of the machine writing the table."""
+    dt = _load()
+    for name, precision in [("rslad", "bf16 autocast"), ("sat", "bf16 autocast"), ("iad", "fp32"), ("ard", None)]:
+        result = _row(tmp_path, name, 0.3)
+        if precision is not None:
+            result["precision"] = precision
+        (tmp_path / name / "row.json").write_text(json.dumps(result))
+    dt.write_tables(tmp_path, {"aa_examples": 1000, "budget": "2000 steps"}, "t")
+    table = (tmp_path / "results.md").read_text()
+    assert "Budget: 2000 steps; training in bf16 autocast (not recorded: ard; fp32: iad), evaluation in fp32." in table
+    assert json.loads((tmp_path / "results.json").read_text())["iad"]["precision"] == "fp32"
+    assert dt.precision_text({"a": {"precision": "fp32"}, "b": {"precision": "fp32"}}) == "fp32"
+    assert dt.precision_text({}) == "not recorded"
+    done = tmp_path / "run"
+    done.mkdir()
+    assert dt.run_precision(done) is None  # no DONE
+    (done / "DONE").write_text(json.dumps({"train_seconds": 1.0}))
+    assert dt.run_precision(done) is None  # a DONE from before the record
+    (done / "DONE").write_text(json.dumps({"mixed_precision": "bf16"}))
+    assert dt.run_precision(done) == "bf16 autocast"
 
 
 def test_a_set_override_is_named_in_the_stated_budget(tmp_path, monkeypatch):
