@@ -35,7 +35,30 @@ def test_quickstart_tiny_budget_beats_an_untrained_network(tmp_path, shared_data
     assert "| Clean | FGSM | PGD_S | PGD_T | CW | AA | Ave |" in first.stdout  # the six columns, printed
     for png in (out / "results.png", out / "derd" / "curves.png"):
         assert png.stat().st_size > 10_000
-    # a second run reuses the cached teachers
+    # a second run reuses the cached teachers and, its config unchanged, the finished DERD run
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reusing cached") == 2
+    assert "reusing the finished DERD run" in second.stdout
+    assert json.loads((out / "summary.json").read_text())["rows"] == rows  # the same student, re-tabulated
+
+
+def test_a_finished_derd_run_is_reused_only_under_the_same_config(tmp_path):
+    """The quickstart's second run skips training only when the finished run's saved config equals
+    the new one (keys a resume ignores aside); another budget, a killed run or no evaluation retrain."""
+    from derd_scale.commands.quickstart import QUICKSTART_CONFIG, finished_with
+    from derd_scale.config import load_config, save_config
+    from derd_scale.run_dir import RunDir
+
+    cfg = load_config(QUICKSTART_CONFIG, ["stage2.steps=60", "output.overwrite=true"])
+    run = RunDir(tmp_path / "derd")
+    run.path.mkdir()
+    save_config(cfg, run.config_path)
+    assert not finished_with(run, cfg)  # not finished
+    run.mark_finished({"train_seconds": 1.0})
+    assert not finished_with(run, cfg)  # finished, but its evaluation is missing
+    (run.path / "eval").mkdir()
+    (run.path / "eval" / "report.json").write_text("{}")
+    assert finished_with(run, cfg)
+    assert finished_with(run, load_config(QUICKSTART_CONFIG, ["stage2.steps=60", "logging.progress_bar=false"]))
+    assert not finished_with(run, load_config(QUICKSTART_CONFIG, ["stage2.steps=61"]))
