@@ -12,9 +12,10 @@ localhost. Every launch has a timeout, so a hang fails instead of blocking CI.
 
 Tolerance: parameters and buffers of student and generator agree within ``PARAM_TOL``
 (2e-6 absolute; parameters are O(0.1-1), observed differences ≤ 2e-7 — fp32 round-off
-from summing the two halves of the batch in another order); logged metrics within 1e-4
-relative. bf16 runs are checked for being bf16 (far from fp32) and for every 2-process
-layout agreeing with every other.
+from summing the two halves of the batch in another order; the rounding exceptions are named
+below, SIGN_FLIP_TOL and FP16_ROUNDING_TOL); logged metrics within 1e-4 relative. bf16 runs
+are checked for being bf16 (far from fp32) and for every 2-process layout agreeing with every
+other.
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ PARAM_TOL = 2e-6
 # EPYC (AVX-512; the next step's g2_norm then 1.4 % off; it fails there at the commits before too),
 # within 2e-6 on the Xeon the scenario was written on. A slicing or reduction bug moves every weight
 # by far more (the other scenarios and layouts keep PARAM_TOL).
-SIGN_FLIP_TOL = {("fsdp", "stage2_student_steps"): 1e-3}
+# The same flip under DDP's all-reduce on a 2-core AMD EPYC with AVX2 only: 3.5e-4 (2026-12-07; the
+# 1-process reference then runs in the test process on two threads).
+SIGN_FLIP_TOL = {("fsdp", "stage2_student_steps"): 1e-3, ("ddp", "stage2_student_steps"): 1e-3}
+# Scenarios whose result may leave PARAM_TOL by fp16 rounding: Stage I's replay bank stores G's images
+# in fp16, and an image element whose fp32 value differs by round-off (a half batch through the conv
+# kernels) can round to the neighbouring fp16 value, 2^-11 relative, which the replayed updates then
+# train on. Measured on a 2-core AMD EPYC with AVX2 only: 6.6e-5 (stage1_replay) and 1.9e-5
+# (stage1_augment_replay) on every layout, while the 1-process run with an fp32 bank moves by 1.1e-4
+# from the fp16 one; replaying another step than the 1-process run (the bug this catches) moves the
+# student by 5e-4 to 3e-3. Within PARAM_TOL on the Xeon the scenarios were written on.
+FP16_ROUNDING_TOL = {"stage1_replay": 2e-4, "stage1_augment_replay": 2e-4}
 FP32_SCENARIOS = [s for s in SCENARIOS if s != "bf16"]
 LAYOUTS = ["ddp", "zero1", "zero2", "zero3", "fsdp"]
 
@@ -168,7 +179,7 @@ def test_two_processes_equal_one_process(layout, two_process, one_process):
             continue
         want = one_process(name)
         assert got["world_size"] == 2 and got["backend"] == ("deepspeed" if layout.startswith("zero") else layout)
-        tol = SIGN_FLIP_TOL.get((layout, name), PARAM_TOL)
+        tol = SIGN_FLIP_TOL.get((layout, name), FP16_ROUNDING_TOL.get(name, PARAM_TOL))
         for part in ("student", "generator"):
             diff, where = max_difference(got[part], want[part])
             assert diff <= tol, f"{layout}/{name}: {part} differs by {diff:.3g} at {where}"
@@ -206,8 +217,12 @@ def test_bf16_step_runs_on_every_backend_and_is_the_same_autocast_everywhere(two
         assert max_difference(s, fp32_twin["student"])[0] > 1e-4, layout
         assert max_difference(s, bf16_one["student"])[0] < 2e-2, layout
         students[layout] = s
-    for layout in LAYOUTS[1:]:  # every 2-process layout does the same bf16 arithmetic
-        assert max_difference(students[layout], students["ddp"])[0] < 1e-5, layout
+    # Every 2-process layout does the same bf16 arithmetic. Not bit-equal: the layouts reduce the fp32
+    # gradients in other orders, and a weight whose fp32 value differs by that round-off can round to
+    # the neighbouring bf16 value at the next step's cast (measured 2.4e-5, ZeRO-1 against DDP, on a
+    # 2-core AMD EPYC with AVX2 only — bf16 emulated there; below 1e-5 on the AMX Xeon).
+    for layout in LAYOUTS[1:]:
+        assert max_difference(students[layout], students["ddp"])[0] < 1e-4, layout
 
 
 # --------------------------------------------------------------------------------------
