@@ -592,15 +592,32 @@ def run_precision(run: Path) -> str | None:
 
 
 def precision_text(results: dict) -> str:
-    """The budget line's "training in …" for the tabled rows: one precision when they agree, else the
-    most common one with the exceptions named, e.g. "bf16 autocast (fp32: iad, zskt_rslad; not recorded: ard)"."""
-    by_row = {row: res.get("precision", "not recorded") for row, res in results.items()}
-    counts = {p: sum(1 for v in by_row.values() if v == p) for p in by_row.values()}
-    if not counts:
+    """The budget line's "training in …" for the tabled rows: one precision when every (row, seed) agrees,
+    else the most common one with the exceptions named — a row when all its seeds differ, else the seed:
+    e.g. "bf16 autocast (fp32: iad, sat seed 2; not recorded: ard)". A row's ``precision`` is one string
+    (its seeds agree) or a {seed: precision} dict (finished_rows)."""
+    units = []  # (name in the text, precision, row, seed)
+    for row, res in results.items():
+        p = res.get("precision", "not recorded")
+        if isinstance(p, dict):
+            units += [(f"{row} seed {seed}", v, row, seed) for seed, v in p.items()]
+        else:
+            units.append((row, p, row, None))
+    if not units:
         return "not recorded"
+    counts = {}
+    for _, p, _, _ in units:
+        counts[p] = counts.get(p, 0) + 1
     main = max(counts, key=lambda p: (counts[p], p != "not recorded"))
-    others = {p: [row for row, v in by_row.items() if v == p] for p in counts if p != main}
-    return main + (" (" + "; ".join(f"{p}: {', '.join(rows)}" for p, rows in others.items()) + ")" if others else "")
+    others = {}
+    for row, res in results.items():
+        seeds = [u for u in units if u[2] == row and u[1] != main]
+        n_seeds = len([u for u in units if u[2] == row])
+        for p in dict.fromkeys(u[1] for u in seeds):
+            named = [u for u in seeds if u[1] == p]
+            # every seed of the row off the main precision, and the same one: name the row
+            others.setdefault(p, []).extend([row] if len(named) == n_seeds else [u[0] for u in named])
+    return main + (" (" + "; ".join(f"{p}: {', '.join(names)}" for p, names in others.items()) + ")" if others else "")
 
 
 def run_train_seconds(run: Path) -> float:
@@ -883,9 +900,11 @@ def finished_rows(out: Path) -> dict:
             ],
             "seconds": sum(per_seed[s]["seconds"] for s in seeds),
         }
-        precisions = sorted({per_seed[s].get("precision", "not recorded") for s in seeds})
-        if precisions != ["not recorded"]:
-            found[row]["precision"] = " / ".join(precisions)  # seeds trained on different machines: both
+        precisions = {str(s): per_seed[s].get("precision", "not recorded") for s in seeds}
+        if set(precisions.values()) != {"not recorded"}:
+            # one string where the seeds agree, else per seed (seeds trained on different machines)
+            one = set(precisions.values())
+            found[row]["precision"] = one.pop() if len(one) == 1 else precisions
         # Evaluation cost, where every seed recorded it (rows tabled before 2026-12-03 did not):
         # white-box seconds (inside "seconds") and AutoAttack seconds (after it, from aa.json).
         timed = [out / run_name(row, s) for s in seeds]

@@ -244,16 +244,27 @@ def test_the_budget_line_states_what_the_rows_trained_in_naming_the_exceptions(t
     """mixed_precision=auto resolves per machine, so a table of rows trained on several machines
     reads each row's precision (row.json, from its DONE) instead of the machine writing the table."""
     dt = _load()
-    for name, precision in [("rslad", "bf16 autocast"), ("sat", "bf16 autocast"), ("iad", "fp32"), ("ard", None)]:
-        result = _row(tmp_path, name, 0.3)
+    rows = [("rslad", "bf16 autocast"), ("sat", "bf16 autocast"), ("iad", "fp32"), ("ard", None)]
+    rows += [("trades", "bf16 autocast"), ("sat-seed1", "fp32")]  # a seed trained on another machine
+    for name, precision in rows:
+        result = _row(tmp_path, name, 0.3, seed=1 if name.endswith("seed1") else 0)
         if precision is not None:
             result["precision"] = precision
         (tmp_path / name / "row.json").write_text(json.dumps(result))
     dt.write_tables(tmp_path, {"aa_examples": 1000, "budget": "2000 steps"}, "t")
     table = (tmp_path / "results.md").read_text()
-    assert "Budget: 2000 steps; training in bf16 autocast (not recorded: ard; fp32: iad), evaluation in fp32." in table
-    assert json.loads((tmp_path / "results.json").read_text())["iad"]["precision"] == "fp32"
+    assert "training in bf16 autocast (fp32: sat seed 1, iad; not recorded: ard), evaluation in fp32." in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["iad"]["precision"] == "fp32" and "precision" not in saved["ard"]
+    assert saved["sat"]["precision"] == {"0": "bf16 autocast", "1": "fp32"}
     assert dt.precision_text({"a": {"precision": "fp32"}, "b": {"precision": "fp32"}}) == "fp32"
+    mixed = {"sat": {"precision": {"0": "bf16 autocast", "1": "bf16 autocast", "2": "fp32"}}, "rslad": {}}
+    assert dt.precision_text(mixed) == "bf16 autocast (fp32: sat seed 2; not recorded: rslad)"  # in row order
+    both = {"sat": {"precision": {"0": "fp32", "1": "fp32"}}, "trades": {"precision": "bf16 autocast"}}
+    assert dt.precision_text(both) == "fp32 (bf16 autocast: trades)"  # the most common (row, seed) leads
+    two = {"sat": {"precision": {"0": "fp32", "1": "fp32"}}, "a": {"precision": "bf16 autocast"}}
+    two["b"] = two["c"] = {"precision": "bf16 autocast"}
+    assert dt.precision_text(two) == "bf16 autocast (fp32: sat)"
     assert dt.precision_text({}) == "not recorded"
     done = tmp_path / "run"
     done.mkdir()
