@@ -60,7 +60,9 @@ one has, rows without AA are left out — one point per row with the seed std as
 rows, data-free baselines and data-driven bounds marked apart) and ``<row>/curves.png`` for every
 row (a DERD row's with its shared Stage I's curve in front).
 With ``--archive`` the four table files are also written beside the archived runs (the committed
-table), each time the table is rewritten.
+table), each time the table is rewritten. Each row's row.json records what it trained in
+(``precision``: "bf16 autocast" or "fp32", from the run's DONE — ``mixed_precision: auto`` resolves
+per machine), and the budget line states the rows' precision, naming rows or seeds that differ.
 
 The Fashion-MNIST teachers are the committed ones in ``bench/teachers/fashion_mnist/``
 (trained with the recipe in ``ensure_fmnist_teachers`` if the folder is missing).
