@@ -71,6 +71,7 @@ The Fashion-MNIST teachers are the committed ones in ``bench/teachers/fashion_mn
 from __future__ import annotations
 
 import argparse
+import collections
 import filecmp
 import json
 import shutil
@@ -588,44 +589,40 @@ PRECISION_NAMES = {"bf16": "bf16 autocast", "no": "fp32"}
 def run_precision(run: Path) -> str | None:
     """What a finished run trained in ("bf16 autocast" or "fp32", from its DONE), None if its DONE
     predates the record (2026-12-07) or is missing."""
-    done = run / "DONE"
-    setting = json.loads(done.read_text()).get("mixed_precision") if done.exists() else None
-    return PRECISION_NAMES.get(setting) if setting is not None else None
+    from derd_scale.run_dir import RunDir
+
+    return PRECISION_NAMES.get(RunDir(run).summary().get("mixed_precision"))
 
 
 def precision_text(results: dict) -> str:
     """The budget line's "training in …" for the tabled rows: one precision when every (row, seed) agrees,
-    else the most common one with the exceptions named — a row when all its seeds differ, else the seed:
-    e.g. "bf16 autocast (fp32: iad, sat seed 2; not recorded: ard)". A row's ``precision`` is one string
-    (its seeds agree) or a {seed: precision} dict (finished_rows)."""
-    units = []  # (name in the text, precision, row, seed)
+    else the most common one with the exceptions named — a row when all its seeds differ the same way,
+    else the seed: e.g. "bf16 autocast (fp32: iad, sat seed 2; not recorded: ard)". A row's
+    ``precision`` is one string (its seeds agree) or a {seed: precision} dict (finished_rows)."""
+    per_row = {}  # row -> {seed or None: precision}
     for row, res in results.items():
         p = res.get("precision", "not recorded")
-        if isinstance(p, dict):
-            units += [(f"{row} seed {seed}", v, row, seed) for seed, v in p.items()]
-        else:
-            units.append((row, p, row, None))
-    if not units:
+        per_row[row] = p if isinstance(p, dict) else {None: p}
+    counts = collections.Counter(p for seeds in per_row.values() for p in seeds.values())
+    if not counts:
         return "not recorded"
-    counts = {}
-    for _, p, _, _ in units:
-        counts[p] = counts.get(p, 0) + 1
     main = max(counts, key=lambda p: (counts[p], p != "not recorded"))
-    others = {}
-    for row, res in results.items():
-        seeds = [u for u in units if u[2] == row and u[1] != main]
-        n_seeds = len([u for u in units if u[2] == row])
-        for p in dict.fromkeys(u[1] for u in seeds):
-            named = [u for u in seeds if u[1] == p]
-            # every seed of the row off the main precision, and the same one: name the row
-            others.setdefault(p, []).extend([row] if len(named) == n_seeds else [u[0] for u in named])
+    others = {}  # precision -> names in the text, in row order
+    for row, seeds in per_row.items():
+        off = {seed: p for seed, p in seeds.items() if p != main}
+        if len(off) == len(seeds) and len(set(off.values())) == 1:
+            others.setdefault(next(iter(off.values())), []).append(row)
+        else:
+            for seed, p in off.items():
+                others.setdefault(p, []).append(f"{row} seed {seed}")
     return main + (" (" + "; ".join(f"{p}: {', '.join(names)}" for p, names in others.items()) + ")" if others else "")
 
 
 def run_train_seconds(run: Path) -> float:
-    """A finished run's training seconds (its DONE file; accumulated over resumes), 0 if unknown."""
-    done = run / "DONE"
-    return float(json.loads(done.read_text()).get("train_seconds", 0.0)) if done.exists() else 0.0
+    """A finished run's training seconds (its DONE; accumulated over resumes), 0 if unknown."""
+    from derd_scale.run_dir import RunDir
+
+    return float(RunDir(run).summary().get("train_seconds", 0.0))
 
 
 def trained_before_resume(row_dir: Path, stage1: Path | None) -> float:
@@ -903,10 +900,10 @@ def finished_rows(out: Path) -> dict:
             "seconds": sum(per_seed[s]["seconds"] for s in seeds),
         }
         precisions = {str(s): per_seed[s].get("precision", "not recorded") for s in seeds}
-        if set(precisions.values()) != {"not recorded"}:
+        distinct = set(precisions.values())
+        if distinct != {"not recorded"}:
             # one string where the seeds agree, else per seed (seeds trained on different machines)
-            one = set(precisions.values())
-            found[row]["precision"] = one.pop() if len(one) == 1 else precisions
+            found[row]["precision"] = distinct.pop() if len(distinct) == 1 else precisions
         # Evaluation cost, where every seed recorded it (rows tabled before 2026-12-03 did not):
         # white-box seconds (inside "seconds") and AutoAttack seconds (after it, from aa.json).
         timed = [out / run_name(row, s) for s in seeds]

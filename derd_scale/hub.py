@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .run_dir import RunDir
+
 ATTACK_NAMES = {
     "clean": "Clean accuracy",
     "fgsm": "FGSM",
@@ -241,8 +243,7 @@ def build_model_card(run_dir: Path, repo_id: str, license: str = "apache-2.0") -
     export = _read_json(run_dir / "student" / "config.json", "student export")
     attacks = read_eval_report(run_dir / "eval" / "report.json")
     report = _read_json(run_dir / "eval" / "report.json", "evaluation report") if attacks else {}
-    summary = _read_json(run_dir / "DONE", "training summary") if (run_dir / "DONE").exists() else {}
-    summary = summary if isinstance(summary, dict) else {}
+    summary = RunDir(run_dir).summary()
 
     data_cfg = config.get("data", {})
     dataset = data_cfg.get("name", "unknown")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .config import ConfigError, RunConfig, check_run_name, config_from_dict, save_config, to_dict
-from .errors import ResumeError, RunExistsError
+from .errors import InputError, ResumeError, RunExistsError
 
 __all__ = [
     "RunDir",
@@ -80,6 +80,18 @@ class RunDir:
 
     def mark_finished(self, summary: Optional[dict] = None) -> None:
         self.done_marker.write_text(json.dumps(summary or {}, indent=2))
+
+    def summary(self) -> dict:
+        """The training summary a finished run wrote into DONE (``train_seconds``, ``world_size``,
+        ``mixed_precision``, …); {} while unfinished, or for a DONE that holds no JSON object
+        (hand-made markers). The one reader of DONE: the Hub card and the tables read it here."""
+        if not self.is_finished():
+            return {}
+        try:
+            summary = json.loads(self.done_marker.read_text() or "{}")
+        except json.JSONDecodeError as err:
+            raise InputError(f"{self.done_marker}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        return summary if isinstance(summary, dict) else {}
 
     def checkpoint_dirs(self) -> list[Path]:
         """``<stage>-<step>`` folders holding a ``state.pt``, oldest first (other names are ignored)."""

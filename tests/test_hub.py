@@ -145,6 +145,18 @@ def test_dry_run_writes_exactly_the_upload(finished_run, tmp_path, capsys):
     assert code == 2 and "expected ORG/NAME" in err
 
 
+def test_a_done_that_is_not_json_is_one_line(finished_run, tmp_path, capsys):
+    (finished_run / "DONE").write_text('{"train_seconds": 6')  # a DONE torn mid-write
+    code, out, err = _push_cli(
+        ["--model", str(finished_run), "--repo-id", "me/x", "--dry-run", str(tmp_path / "cli")], capsys
+    )
+    lines = err.strip().splitlines()
+    assert (
+        code == 2 and len(lines) == 1 and lines[0].endswith("DONE: not valid JSON (Expecting ',' delimiter at line 1)")
+    )
+    assert not (tmp_path / "cli").exists()
+
+
 @pytest.mark.parametrize("revision", [None, "v1"])
 def test_push_sends_the_dry_run_files_in_one_commit(finished_run, tmp_path, monkeypatch, capsys, revision):
     """create_repo / create_branch / create_commit are huggingface_hub's HTTP calls (create_commit

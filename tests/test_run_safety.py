@@ -137,6 +137,24 @@ def test_push_to_hub_refuses_a_non_finite_model(tmp_path, capsys):
     assert len(err) == 1 and "holds Inf values" in err[0]
 
 
+def test_run_summary_reads_done(tmp_path):
+    from derd_scale.errors import InputError
+    from derd_scale.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    assert run.summary() == {}  # unfinished
+    run.mark_finished({"train_seconds": 12.5, "mixed_precision": "bf16"})
+    assert run.summary() == {"train_seconds": 12.5, "mixed_precision": "bf16"}
+    run.done_marker.write_text("")  # a hand-made marker
+    assert run.summary() == {}
+    run.done_marker.write_text("[1, 2]")
+    assert run.summary() == {}
+    run.done_marker.write_text("{")
+    with pytest.raises(InputError, match=r"DONE: not valid JSON \(Expecting property name"):
+        run.summary()
+
+
 # --------------------------------------------------------------------------------------
 # Resume outside the happy path
 # --------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def build_parser(prog: str = "derd-scale push") -> argparse.ArgumentParser:
 
 def main(argv=None, prog: str = "derd-scale push") -> int:
     args = build_parser(prog).parse_args(argv)
+    from derd_scale.errors import RunError
     from derd_scale.hub import RunFolderError, push_to_hub, stage_upload
 
     parts = args.repo_id.split("/")
@@ -60,7 +61,7 @@ def main(argv=None, prog: str = "derd-scale push") -> int:
         url = push_to_hub(
             Path(args.model), args.repo_id, args.private, args.revision, args.license, args.commit_message
         )
-    except RunFolderError as err:
+    except (RunFolderError, RunError) as err:  # RunError: a DONE that is not JSON (RunDir.summary)
         print(str(err), file=sys.stderr)
         return 2
     print(f"pushed: {url}")
