@@ -79,9 +79,11 @@ def plot_training_curves(
     ax.plot(*series(s2, "g2_norm"), label="‖g2‖ (robust)")
     ax.plot(*series(s2, "sga_norm"), label="‖SGA term‖")
     ax.plot(*series(s2, "flip_rate"), label="T_nat flip rate")
-    # log (zeros masked: GA without SGA logs ‖SGA‖ = 0); norms span ~1e-2…1e1
+    # log (zeros masked: GA without SGA logs ‖SGA‖ = 0); norms span ~1e-2…1e1. Linear when nothing is
+    # positive: a single-teacher row (rslad_gz) logs only flip_rate = 0, and a log axis of it warns.
+    positive = any(y > 0 for line in ax.get_lines() for y in line.get_ydata())
     (
-        ax.set_yscale("log", nonpositive="mask"),
+        ax.set_yscale("log", nonpositive="mask") if positive else None,
         ax.set_title("Which teacher dominates"),
         ax.set_xlabel("step"),
         ax.legend(fontsize=8),

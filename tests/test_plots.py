@@ -1,4 +1,5 @@
 import json
+import warnings
 
 from derd_scale.plots import label_offsets, pareto_front, plot_pareto, plot_results_bars, plot_training_curves
 
@@ -86,3 +87,13 @@ def test_label_offsets_stack_the_labels_of_coinciding_points():
     assert off["other"] == (5, 4 - 18)  # within 1.05 and 0.30 of both earlier points
     assert off["far"] == (5, 4) and off["top"] == (5, 4)
     assert label_offsets({}) == {}
+
+
+def test_a_row_with_only_zero_flip_rates_plots_without_a_log_scale_warning(tmp_path):
+    """RSLAD on G(z) (one teacher) logs flip_rate = 0 and no norms: the panel stays linear, no warning."""
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps({"stage": "stage2", "step": s, "l_2": 0.5, "flip_rate": 0.0}) for s in (1, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_training_curves(path, tmp_path / "c.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
