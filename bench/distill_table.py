@@ -754,12 +754,16 @@ def student_budget(cfg) -> int:
 def step_counts(cfg) -> tuple[int, int]:
     """(G steps, student steps) per step of a registered method's ``cfg.method`` (a DERD row's
     budget is ``student_budget``: its two stages step differently)."""
-    from derd_scale.methods import get_method
+    from derd_scale.methods import get_method, reads_real_data
 
     if cfg.method == "derd":
         return 1, 1
     method, b = get_method(cfg.method), cfg.baselines
-    g = 0 if method.data == "real" else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
+    g = (
+        0
+        if reads_real_data(cfg.method)
+        else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
+    )
     return g, b.student_steps if b.student_steps is not None else method.student_steps
 
 
@@ -779,9 +783,9 @@ def row_budget(row: str, r: dict) -> str:
     cfg = config_from_dict({}, row_config(row, r) + row_overrides(row, base))
     g, s = step_counts(cfg)
     n = cfg.stage2.steps
-    from derd_scale.methods import get_method
+    from derd_scale.methods import reads_real_data
 
-    data = "real training split" if get_method(cfg.method).data == "real" else "data-free"
+    data = "real training split" if reads_real_data(cfg.method) else "data-free"
     return f"{n * s} student steps ({n} × {s}), {n * g} G steps, {data}"
 
 
@@ -993,10 +997,10 @@ def row_group(row: str) -> str:
     """The Pareto plot's group of a row: a DERD-loop row, a data-free baseline or a data-driven bound."""
     if row not in METHOD_ROWS:
         return "DERD rows"
-    from derd_scale.methods import get_method
+    from derd_scale.methods import reads_real_data
 
     name = next(o.split("=", 1)[1] for o in METHOD_ROWS[row] if o.startswith("method="))
-    return "data-driven bound" if get_method(name).data == "real" else "data-free baseline"
+    return "data-driven bound" if reads_real_data(name) else "data-free baseline"
 
 
 def against_the_bound(results: dict, bound: str = "rslad") -> dict:

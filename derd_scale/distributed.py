@@ -1,8 +1,8 @@
 """The one place that knows about distribution.
 
 ``build_accelerator`` makes the Accelerator (gloo on CPU); ``prepare`` turns the built
-models into a ``Parallel``: the student and the generator wrapped for the backend, each
-with its optimiser and a gradient adapter (``derd_scale.parallel``), the frozen teachers
+models into a ``Parallel``: the student and the generator (none for a data-driven method)
+wrapped for the backend, each with its optimiser and a gradient adapter (``derd_scale.parallel``), the frozen teachers
 only moved to the device (eval, no gradients, bf16 weights under bf16 autocast), global
 batch statistics when the batch is split across processes, and the autocast context.
 
@@ -174,7 +174,8 @@ def compile_models(models, mode: str, trained: bool) -> None:
     kwargs = {} if mode == "default" else {"mode": mode}
     names = ("natural_teacher", "robust_teacher", *(("student", "generator") if trained else ()))
     for name in names:
-        getattr(models, name).compile(**kwargs)
+        if getattr(models, name) is not None:
+            getattr(models, name).compile(**kwargs)
 
 
 @dataclass
@@ -187,7 +188,8 @@ class Parallel:
     accelerator: Any
     backend: str
     student: GradientAdapter
-    generator: GradientAdapter
+    generator: Optional[GradientAdapter]
+    """None where the run has no generator (a data-driven method: ``state.Models.generator``)."""
     rank: int = 0
     world_size: int = 1
     accumulation: int = 1
@@ -210,11 +212,12 @@ class Parallel:
 
     @property
     def optimizers(self) -> dict:
-        return {"student": self.student.optimizer, "generator": self.generator.optimizer}
+        return {name: adapter.optimizer for name, adapter in self.adapters.items()}
 
     @property
     def adapters(self) -> dict:
-        return {"student": self.student, "generator": self.generator}
+        """The trained models' adapters by role (what checkpoints save and load)."""
+        return {"student": self.student, **({"generator": self.generator} if self.generator is not None else {})}
 
     def mean_metrics(self, metrics: dict) -> dict:
         """Metrics averaged over ranks (one collective; every rank must call it). Per-rank
@@ -258,8 +261,8 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
 
 
 def prepare(models, cfg, accelerator) -> Parallel:
-    """Wrap ``models.student`` / ``models.generator`` for the backend (``models.student`` then
-    names the adapter's ``module``: ``par.student`` owns it), build their optimisers
+    """Wrap ``models.student`` / ``models.generator`` (when there is one) for the backend
+    (``models.student`` then names the adapter's ``module``: ``par.student`` owns it), build their optimisers
     (``derd_scale.optim.build_optimizer``), place the teachers, set up the natural expert.
     Every rank must call it (it creates process groups)."""
     from .optim import build_optimizer as make_optimizer
@@ -278,15 +281,13 @@ def prepare(models, cfg, accelerator) -> Parallel:
         # channels-last weight refuses: there only the frozen teachers change format.
         trained = (models.student, models.generator) if backend in ("none", "ddp") else ()
         for module in (models.natural_teacher, models.robust_teacher, *trained):
-            module.to(memory_format=torch.channels_last)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
 
     # Unsharded copies to rebuild full models from (snapshots, evaluation, the
     # student-as-natural-teacher variants) — only the sharded backends need them.
-    templates = (
-        {k: copy.deepcopy(getattr(models, k)) for k in ("student", "generator")}
-        if backend in ("deepspeed", "fsdp")
-        else {}
-    )
+    roles = [k for k in ("student", "generator") if getattr(models, k) is not None]  # no G: a data-driven method
+    templates = {k: copy.deepcopy(getattr(models, k)) for k in roles} if backend in ("deepspeed", "fsdp") else {}
     compile_mode = dc.compile if dc.compile != "auto" else ("default" if device.type == "cuda" else "none")
     if compile_mode != "none":
         compile_models(models, compile_mode, trained=backend in ("none", "ddp"))
@@ -296,8 +297,8 @@ def prepare(models, cfg, accelerator) -> Parallel:
         # backend's gradient reductions, which must not share a queue with them.
         group = dist.new_group()
         batch_mean = partial(global_mean, group=group)
-        convert_batchnorm(models.student, group)
-        convert_batchnorm(models.generator, group)
+        for name in roles:
+            convert_batchnorm(getattr(models, name), group)
 
     accumulation = dc.gradient_accumulation_steps
     mesh, ds_base = None, None
@@ -311,7 +312,7 @@ def prepare(models, cfg, accelerator) -> Parallel:
         ds_base = load_deepspeed_config(accelerator, dc.deepspeed_config)
 
     adapters = {}
-    for name in ("student", "generator"):
+    for name in roles:
         module = getattr(models, name).to(device)
         oc = getattr(cfg.optim, name)
         kw = dict(name=name, accumulation=accumulation, max_norm=oc.grad_clip, template=templates.get(name))
@@ -355,7 +356,7 @@ def prepare(models, cfg, accelerator) -> Parallel:
         accelerator,
         backend,
         adapters["student"],
-        adapters["generator"],
+        adapters.get("generator"),
         rank,
         size,
         accumulation,

@@ -9,7 +9,7 @@ models and the natural expert have one owner each: ``par.student`` / ``par.gener
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch.nn as nn
 
@@ -25,8 +25,10 @@ class Models:
     student: nn.Module
     """The student as built. ``prepare`` replaces it by its adapter's ``module`` (the same
     object as ``par.student.module``, not a second copy): after it, ``par.student`` owns the student."""
-    generator: nn.Module
-    """Likewise: after ``prepare``, ``par.generator.module``."""
+    generator: Optional[nn.Module]
+    """Likewise: after ``prepare``, ``par.generator.module``. None for a registered method that
+    reads the real training split (``methods.base.Method.data == "real"``): nothing is generated,
+    so no generator is built, wrapped, stepped or checkpointed."""
     info: DatasetInfo
 
 

@@ -48,7 +48,7 @@ from .derd.losses import GENERATOR_WEIGHTS, diversified_weights, generator_loss,
 from .derd.replay import ReplayBank
 from .derd.self_adversary import craft_discrepancy_data
 from .distributed import Parallel, build_accelerator, prepare, unwrap, world
-from .methods import Batch, Context, get_method
+from .methods import Batch, Context, get_method, reads_real_data
 from .methods.augment import crop_flip, mixup, resized_crop_flip
 from .methods.base import mode
 from .methods.cmi import agreement_adv
@@ -121,7 +121,24 @@ def build_models(cfg: RunConfig) -> Models:
         except ValueError as err:
             raise ConfigError(f"student_init=natural_teacher: {err}") from None
     g = cfg.generator
-    generator = build_generator(
+    # A data-driven method generates nothing: building G would only fill its checkpoints (most of a
+    # CIFAR ResNet-20 run's 17 MB) and its optimiser state.
+    generator = None if reads_real_data(cfg.method) else _build_generator(cfg, info, natural)
+    for key, module, wanted in (
+        ("student.grad_checkpointing", student.model, cfg.student.grad_checkpointing),
+        ("generator.grad_checkpointing", generator, g.grad_checkpointing),
+    ):
+        if wanted and module is not None:
+            if not hasattr(module, "set_grad_checkpointing"):
+                raise ValueError(f"{key}: {type(module).__name__} does not support activation checkpointing")
+            module.set_grad_checkpointing(True)
+    return Models(natural, robust, student, generator, info)
+
+
+def _build_generator(cfg: RunConfig, info, natural: nn.Module) -> nn.Module:
+    """G as ``cfg.generator`` configures it, for ``info``'s images and ``natural``'s input space."""
+    g = cfg.generator
+    return build_generator(
         g.kind,
         info.image_size,
         info.channels,
@@ -138,15 +155,6 @@ def build_models(cfg: RunConfig) -> Models:
         natural.mean.flatten() if g.head != "sigmoid" and natural.has_norm else None,
         natural.std.flatten() if g.head != "sigmoid" and natural.has_norm else None,
     )
-    for key, module, wanted in (
-        ("student.grad_checkpointing", student.model, cfg.student.grad_checkpointing),
-        ("generator.grad_checkpointing", generator, g.grad_checkpointing),
-    ):
-        if wanted:
-            if not hasattr(module, "set_grad_checkpointing"):
-                raise ValueError(f"{key}: {type(module).__name__} does not support activation checkpointing")
-            module.set_grad_checkpointing(True)
-    return Models(natural, robust, student, generator, info)
 
 
 # --------------------------------------------------------------------------------------
@@ -182,10 +190,11 @@ def build_training(cfg: RunConfig, accelerator, models: Optional[Models] = None)
         "student": build_two_stage_scheduler(
             par.student.optimizer, steps["stage1"], steps["stage2"], cfg.optim.student, cfg.stage2.lr_scale
         ),
-        "generator": build_scheduler(
-            par.generator.optimizer, steps["stage1"] * cfg.stage1.generator_steps + steps["stage2"], cfg.optim.generator
-        ),
     }
+    if par.generator is not None:
+        scheds["generator"] = build_scheduler(
+            par.generator.optimizer, steps["stage1"] * cfg.stage1.generator_steps + steps["stage2"], cfg.optim.generator
+        )
     return models, par, scheds, steps
 
 
@@ -729,7 +738,9 @@ def method_step(
     method = get_method(cfg.method)
     b = cfg.baselines
     n_g = (
-        0 if method.data == "real" else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
+        0
+        if reads_real_data(cfg.method)
+        else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
     )
     n_s = b.student_steps if b.student_steps is not None else method.student_steps
     ctx = method_context(models, cfg, state, par, eps)
@@ -748,7 +759,7 @@ def method_step(
     # 2. Student steps on the batches the method names (fresh G(z), the G step's, or real data).
     regenerated = None
     for k in range(n_s):
-        if method.data == "real":
+        if reads_real_data(cfg.method):
             batches = real_batches(cfg, state.step * n_s + k, par)
         elif method.student_batches == "reuse" and last is not None:
             batches = [Batch(x, y) for x, (_, y) in zip(last[1], last[0])]
@@ -915,7 +926,8 @@ def train(cfg: RunConfig, config_stem: str = "run", accelerator=None) -> RunDir:
             par.natural_expert.start(par.student)  # who plays T_nat (a snapshot is a collective when sharded)
             par.student_average.start(par.student)  # stage2.student_ema: the average starts at Stage I's student
         par.student.module.train()
-        models.generator.train()
+        if models.generator is not None:
+            models.generator.train()
         bar = tqdm(
             total=steps[stage],
             initial=state.step,
@@ -1005,7 +1017,7 @@ def _build_checked(cfg: RunConfig, accelerator) -> tuple:
 
     try:
         built = build_training(cfg, accelerator)
-        if cfg.method != "derd" and get_method(cfg.method).data == "real":
+        if reads_real_data(cfg.method):
             real_training_data(cfg)  # read the training split now: a missing one is an input error
         return built
     except (ConfigError, RunError):
@@ -1100,7 +1112,7 @@ def _check_finite_weights(models: Models, state: TrainState, par: Parallel, stag
     from .errors import DivergenceError
 
     found = None
-    for who, adapter in (("student", par.student), ("generator", par.generator)):
+    for who, adapter in par.adapters.items():
         named = adapter.local_parameters() if adapter.sharded else list(adapter.unwrapped.state_dict().items())
         hit = _first_nonfinite(named)
         if hit:

@@ -18,7 +18,7 @@ METHODS: dict[str, Method] = {
     for m in (dafl, dfad, zskt, deepinversion, cmi, dfard, dfhl_rs, ferd, natural, sat, trades, ard, rslad, iad, mtard)
 }
 
-__all__ = ["METHODS", "Batch", "Context", "Method", "get_method"]
+__all__ = ["METHODS", "Batch", "Context", "Method", "get_method", "reads_real_data"]
 
 
 def get_method(name: str) -> Method:
@@ -26,3 +26,9 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"method: {name!r} is not a registered baseline; allowed: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def reads_real_data(name: str) -> bool:
+    """Whether method ``name`` (``derd`` included) trains on the real training split: a data-driven
+    bound, which has no generator (``derd`` and the data-free baselines generate their batches)."""
+    return name != "derd" and get_method(name).data == "real"

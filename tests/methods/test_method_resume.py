@@ -48,8 +48,11 @@ def test_a_killed_method_run_resumes_its_state_to_the_straight_runs_student(tmp_
     state = saved["method_state"]
     if method == "mtard":
         assert state["w_nat"] != 0.5 and "l_adv0" in state  # two weight updates happened
+        # A data-driven method has no generator: none is built, stepped or checkpointed.
+        assert set(saved["models"]) == {"student"} and set(saved["schedulers"]) == {"student"}
     else:
         assert state["cmi_bank_filled"] == 12 and state["cmi_adam"]["t"] == 2  # 2 steps × 8 rows, 12-row bank
+        assert set(saved["models"]) == {"student", "generator"}
 
     resumed = _run(tmp_path, shared_data, "resumed", CASES[method], env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

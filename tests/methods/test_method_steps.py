@@ -12,7 +12,7 @@ from derd_scale import trainer
 from derd_scale.config import config_from_dict
 from derd_scale.data import dataset_info
 from derd_scale.derd.generator import PseudoImageGenerator
-from derd_scale.methods import METHODS
+from derd_scale.methods import METHODS, reads_real_data
 from derd_scale.models import create_model, freeze
 from derd_scale.state import Models, TrainState
 
@@ -81,6 +81,8 @@ def _models(cfg) -> Models:
     rob = _warm(create_model("small_cnn", 10, in_chans=1, width=4), 2)
     student = create_model("small_cnn", 10, in_chans=1, width=4)
     g = cfg.generator
+    if reads_real_data(cfg.method):  # as trainer.build_models: a data-driven method has no generator
+        return Models(nat, rob, student, None, info)
     if g.kind == "implicit":
         gen = build_generator("implicit", 28, 1, 10, pseudo_labels=g.pseudo_labels, bank_size=g.implicit_bank_size)
     else:
@@ -107,7 +109,10 @@ def test_a_few_steps_of_each_method_run_and_move_the_student(name, extra, fake_t
     teachers = [p.clone() for t in (models.natural_teacher, models.robust_teacher) for p in t.parameters()]
     state = TrainState(stage="stage2")
     models.student.train()
-    models.generator.train()
+    if models.generator is not None:
+        models.generator.train()
+    assert (models.generator is None) == (METHODS[name].data == "real")
+    assert set(scheds) == ({"student"} if models.generator is None else {"student", "generator"})
     for step in range(2):
         state.step = step
         metrics = trainer.method_step(models, cfg, state, scheds, par)
@@ -142,6 +147,13 @@ def test_cmi_keeps_its_head_and_memory_bank_in_the_checkpointed_state(tmp_path):
     torch.save(st, tmp_path / "state.pt")
     back = torch.load(tmp_path / "state.pt", weights_only=True)
     assert torch.equal(back["cmi_bank"], st["cmi_bank"]) and back["cmi_adam"]["t"] == 2
+
+
+def test_only_the_data_driven_methods_read_real_data():
+    assert not reads_real_data("derd") and not reads_real_data("dfad") and not reads_real_data("cmi")
+    assert reads_real_data("rslad") and reads_real_data("sat") and reads_real_data("mtard")
+    with pytest.raises(ValueError, match="not a registered baseline"):
+        reads_real_data("madry")
 
 
 def test_every_registered_method_has_a_smoke_case():
