@@ -16,7 +16,7 @@ per-sample mean, which data-parallel gradient averaging already makes global.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -201,13 +201,15 @@ def generator_loss(
     """Eq. 11 on a (frozen, eval-mode) teacher with ``forward_with_features``.
 
     Returns (L_G, teacher logits, parts) — the logits are reused as Stage I's KD target.
-    ``batch_mean`` makes L_BN and L_ie global-batch statistics (module docstring).
+    ``batch_mean`` makes L_BN and L_ie global-batch statistics (module docstring). A term whose
+    weight is 0 is not computed and is logged as 0 (L_BN, L_TV).
     """
-    with BNStatistics(teacher, batch_mean) as bn:
+    # λ_BN = 0 (the ViT configs: LayerNorm only) hooks nothing and so warns of no missing BatchNorm.
+    with BNStatistics(teacher, batch_mean) if lambda_bn else nullcontext() as bn:
         logits, features = teacher.forward_with_features(images)
     l_oh = one_hot_loss(logits, targets)
     l_a = activation_loss(features)
-    l_bn = bn.loss().to(images.device)
+    l_bn = bn.loss().to(images.device) if bn is not None else torch.zeros((), device=images.device)
     l_ie = information_entropy_loss(logits, batch_mean)
     l_tv = total_variation_loss(images) if lambda_tv > 0 else torch.zeros((), device=images.device)
     total = lambda_oh * l_oh + lambda_a * l_a + lambda_bn * l_bn + lambda_ie * l_ie + lambda_tv * l_tv

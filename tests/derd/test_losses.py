@@ -125,6 +125,31 @@ def test_generator_loss_eq11_is_the_weighted_sum():
     assert x.grad is not None and all(p.grad is None for p in teacher.parameters())
 
 
+def test_generator_loss_with_lambda_bn_zero_reads_no_batchnorm_statistics():
+    """λ_BN = 0 (the ViT configs): L_BN is not computed — logged 0, no hook left, no warning for a
+    teacher without BatchNorm — and L_G is the other four terms' weighted sum."""
+    from derd_scale.models import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model("small_cnn", 10, in_chans=1, width=4).eval().requires_grad_(False)
+    x = torch.rand(6, 1, 28, 28)
+    total, _, parts = generator_loss(teacher, x, 1.0, 0.1, 0.0, 5.0, 0.5)
+    assert parts["l_bn"].item() == 0.0
+    assert total.item() == pytest.approx(
+        (parts["l_oh"] + 0.1 * parts["l_a"] + 5.0 * parts["l_ie"] + 0.5 * parts["l_tv"]).item(), rel=1e-6
+    )
+    assert not any(m._forward_hooks for m in teacher.modules())
+
+    class NoBN(nn.Module):  # a fresh type: BNStatistics warns once per model type
+        def forward_with_features(self, x):
+            feats = x.flatten(1)[:, :10]
+            return feats, feats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generator_loss(NoBN(), x, 1.0, 0.1, 0.0, 5.0)
+
+
 def test_diversified_weights_scale_each_lambda_by_its_own_draw():
     """DataFreeShield's DSS on G's objective: λ_i·u_i per term, hand values; an off term stays off."""
     weights = {"lambda_oh": 2.0, "lambda_bn": 0.0, "lambda_ie": 5.0}
