@@ -737,11 +737,8 @@ def method_step(
     ``stage2_step``."""
     method = get_method(cfg.method)
     b = cfg.baselines
-    n_g = (
-        0
-        if reads_real_data(cfg.method)
-        else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
-    )
+    real = reads_real_data(cfg.method)
+    n_g = 0 if real else (b.generator_steps if b.generator_steps is not None else method.generator_steps)
     n_s = b.student_steps if b.student_steps is not None else method.student_steps
     ctx = method_context(models, cfg, state, par, eps)
     metrics: dict = {}
@@ -759,7 +756,7 @@ def method_step(
     # 2. Student steps on the batches the method names (fresh G(z), the G step's, or real data).
     regenerated = None
     for k in range(n_s):
-        if reads_real_data(cfg.method):
+        if real:
             batches = real_batches(cfg, state.step * n_s + k, par)
         elif method.student_batches == "reuse" and last is not None:
             batches = [Batch(x, y) for x, (_, y) in zip(last[1], last[0])]
